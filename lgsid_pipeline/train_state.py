@@ -1,0 +1,93 @@
+"""Resumable training state on disk: safetensors for tensors, JSON for everything else.
+
+Used by the reward model (Eq. 2-4) and G-DPO (Eq. 6-8) trainers. Every file is written to a
+temporary name and renamed into place, so a run killed mid-write leaves the previous
+checkpoint intact. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, turning corruption into a clear ``ValueError``."""
+    if not path.is_file():
+        raise ValueError(f"{what}: file {path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise ValueError(f"{what}: {path} is not a readable safetensors file ({exc})") from exc
+
+
+def load_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"{what}: file {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}: {path} is not valid JSON ({exc})") from exc
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``opt.state_dict()`` into flat tensors and a JSON-able remainder."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, st in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(st)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(ckpt_dir: Path, model_tensors: dict[str, torch.Tensor],
+                    opt: torch.optim.Optimizer, meta: dict) -> None:
+    """Write model tensors, optimizer state and ``meta`` (step, history, ...) to ``ckpt_dir``."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    opt_t, opt_meta = optimizer_tensors(opt)
+    atomic_save_tensors(model_tensors, ckpt_dir / "model.safetensors")
+    atomic_save_tensors(opt_t, ckpt_dir / "optimizer.safetensors")
+    # state.json is written last: it is the marker that the checkpoint is complete.
+    atomic_write_text(ckpt_dir / "state.json", json.dumps({**meta, "optimizer": opt_meta}))
+
+
+def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict] | None:
+    """(model tensors, optimizer tensors, meta), or None when ``ckpt_dir`` holds no checkpoint."""
+    if ckpt_dir is None or not (ckpt_dir / "state.json").is_file():
+        return None
+    meta = load_json(ckpt_dir / "state.json", "checkpoint")
+    model_t = load_tensors(ckpt_dir / "model.safetensors", "checkpoint model")
+    opt_t = load_tensors(ckpt_dir / "optimizer.safetensors", "checkpoint optimizer")
+    return model_t, opt_t, meta
