@@ -1,0 +1,18 @@
+"""Dagster asset definitions, grouped by stage: data, alignment, tokenization, evaluation.
+
+Each asset is thin: it reads its inputs, calls one function of the domain core in
+``lgsid_pipeline/`` and returns its result with metadata.
+"""
+
+import dagster as dg
+
+from assets import data
+
+_MODULES = [data]
+
+ALL_ASSETS = [obj for m in _MODULES for obj in vars(m).values() if isinstance(obj, dg.AssetsDefinition)]
+ALL_CHECKS = [obj for m in _MODULES for obj in vars(m).values() if isinstance(obj, dg.AssetChecksDefinition)]
+ALL_ASSETS = [a for a in ALL_ASSETS if a not in ALL_CHECKS]
+
+CITY_ASSET_KEYS = [k for a in ALL_ASSETS if a.partitions_def is not None for k in a.keys]
+GLOBAL_ASSET_KEYS = [k for a in ALL_ASSETS if a.partitions_def is None for k in a.keys]

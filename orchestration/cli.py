@@ -1,0 +1,234 @@
+"""``lgsid``: run the pipeline headless, and read its results, from the shell.
+
+    lgsid materialize [--data DIR] --home DIR [--select KEY,...] [--cities CITY,...]
+    lgsid report --home DIR [--json]
+
+``materialize`` runs the asset graph in-process against a persistent Dagster instance at
+``HOME/dagster`` (so ``dagster dev`` with the same DAGSTER_HOME shows every run) and writes
+Delta tables and artefacts under ``HOME``. The graph alternates between per-city and
+cross-city assets, so it runs in topological stages: a per-city stage runs once per city
+partition, a cross-city stage once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+
+def prepare_home(home: str) -> Path:
+    """Create HOME and HOME/dagster (with a dagster.yaml) and point DAGSTER_HOME at it."""
+    root = Path(home).expanduser().resolve()
+    dagster_home = root / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    cfg = dagster_home / "dagster.yaml"
+    if not cfg.exists():
+        cfg.write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    os.environ["LGSID_HOME"] = str(root)
+    return root
+
+
+def _source_from_args(args):
+    from resources import DataSource
+
+    if args.source_json:
+        return DataSource(**json.loads(args.source_json))
+    if args.data:
+        return DataSource(kind="folder", path=str(Path(args.data).resolve()), landing_dir=args.landing)
+    return DataSource(kind="generator", preset=args.preset, seed=args.seed, landing_dir=args.landing)
+
+
+def stages(defs, selection: set | None):
+    """Topologically ordered stages [(is_city_stage, [asset keys])] of the selected assets."""
+    graph = defs.resolve_asset_graph()
+    order = graph.toposorted_asset_keys
+    out: list[tuple[bool, list]] = []
+    for key in order:
+        node = graph.get(key)
+        if not node.is_materializable or (selection is not None and key not in selection):
+            continue
+        is_city = node.partitions_def is not None
+        # Put each asset in the earliest stage after all of its selected parents' stages.
+        deps = [p for p in node.parent_keys if selection is None or p in selection]
+        earliest = 0
+        for i, (_, keys) in enumerate(out):
+            if any(d in keys for d in deps):
+                earliest = i + 1
+        placed = False
+        for i in range(earliest, len(out)):
+            if out[i][0] == is_city:
+                out[i][1].append(key)
+                placed = True
+                break
+        if not placed:
+            out.append((is_city, [key]))
+    return out
+
+
+def resolve_cities(requested: str | None, available: list[str]) -> list[str]:
+    from lgsid_pipeline.partitions import sanitize_city_key
+
+    if not requested:
+        return available
+    wanted = []
+    for name in [c.strip() for c in requested.split(",") if c.strip()]:
+        key = name if name in available else sanitize_city_key(name)
+        matches = [k for k in available if k == key or k.startswith(key + "-")]
+        if not matches:
+            raise SystemExit(f"lgsid: unknown city {name!r}; available: {', '.join(available)}")
+        wanted.extend(m for m in matches if m not in wanted)
+    return wanted
+
+
+def cmd_materialize(args) -> int:
+    home = prepare_home(args.home)
+    import dagster as dg
+
+    from orchestration.definitions import build_defs
+    from resources import EncoderResource
+
+    source = _source_from_args(args)
+    encoder = EncoderResource(**json.loads(args.encoder_json)) if args.encoder_json else None
+    defs = build_defs(str(home), source, encoder)
+    instance = dg.DagsterInstance.get()
+    log = logging.getLogger("lgsid")
+    t0 = time.perf_counter()
+    available = source.city_keys()
+    cities = resolve_cities(args.cities, available)
+    if not cities:
+        raise SystemExit("lgsid: the dataset has no cities")
+    instance.add_dynamic_partitions("city", cities)
+    selection = None
+    if args.select:
+        selection = {dg.AssetKey(k.strip()) for k in args.select.split(",") if k.strip()}
+        known = set(defs.resolve_asset_graph().get_all_asset_keys())
+        unknown = sorted(k.to_user_string() for k in selection - known)
+        if unknown:
+            raise SystemExit(f"lgsid: unknown asset key(s) {unknown}")
+    plan = stages(defs, selection)
+    all_assets = list(defs.assets or []) + list(defs.asset_checks or [])
+    resources = defs.resources
+    run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    print(f"lgsid: dataset {source.describe()}, {len(cities)} cities: {', '.join(cities)}", flush=True)
+    print(f"lgsid: home {home} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", flush=True)
+    for i, (is_city, keys) in enumerate(plan, 1):
+        names = ", ".join(k.to_user_string() for k in keys)
+        for part in (cities if is_city else [None]):
+            start = time.perf_counter()
+            where = f"city {part}" if part else "all cities"
+            print(f"[{i}/{len(plan)}] {where}: {names} ...", flush=True)
+            result = dg.materialize(all_assets, selection=keys, partition_key=part, instance=instance,
+                                    resources=resources, run_config=run_config, raise_on_error=False,
+                                    tags={"lgsid/trigger": "cli"})
+            if not result.success:
+                log.error("run %s failed", result.run_id)
+                print(f"lgsid: FAILED at {where}: {names} (run {result.run_id}); "
+                      "see the run's logs in the UI or above", file=sys.stderr, flush=True)
+                return 1
+            print(f"[{i}/{len(plan)}] {where}: done in {time.perf_counter() - start:.1f}s", flush=True)
+    print(f"lgsid: materialized {sum(len(k) for _, k in plan)} assets in {time.perf_counter() - t0:.1f}s",
+          flush=True)
+    print(f"lgsid: open the UI with `DAGSTER_HOME={os.environ['DAGSTER_HOME']} make ui` "
+          "(http://127.0.0.1:3000)", flush=True)
+    return 0
+
+
+def _metadata_value(value):
+    raw = getattr(value, "value", value)
+    if hasattr(raw, "md_str"):
+        return raw.md_str
+    if hasattr(raw, "path"):
+        return raw.path
+    if hasattr(raw, "columns"):  # TableSchema
+        return [{"name": c.name, "type": c.type} for c in raw.columns]
+    try:
+        json.dumps(raw)
+        return raw
+    except Exception:
+        return str(raw)
+
+
+def collect_report(instance) -> dict:
+    """Latest materialization metadata of every asset (per partition for per-city assets)."""
+    import dagster as dg
+
+    report: dict[str, dict] = {}
+    for key in instance.get_asset_keys():
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1000).records
+        entry: dict[str, dict] = {}
+        for rec in records:  # newest first
+            mat = rec.asset_materialization
+            if mat is None:
+                continue
+            part = mat.partition or "__all__"
+            if part in entry:
+                continue
+            entry[part] = {
+                "run_id": rec.run_id,
+                "timestamp": rec.timestamp,
+                "metadata": {k: _metadata_value(v) for k, v in mat.metadata.items()},
+            }
+        report[key.to_user_string()] = entry
+    return report
+
+
+def cmd_report(args) -> int:
+    prepare_home(args.home)
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    report = collect_report(instance)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        for asset, parts in sorted(report.items()):
+            print(f"{asset}: {len(parts)} partition(s)")
+            for part, info in sorted(parts.items()):
+                scalars = {k: v for k, v in info["metadata"].items()
+                           if isinstance(v, int | float) and not isinstance(v, bool)}
+                shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in list(scalars.items())[:8])
+                print(f"  {part}: {shown}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lgsid", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("materialize", help="materialize the asset graph for every city partition")
+    m.add_argument("--home", required=True, help="output folder (Delta tables, artefacts, Dagster instance)")
+    m.add_argument("--data", help="dataset folder in the shared schema (default: the embedded world)")
+    m.add_argument("--source-json", help="DataSource config as JSON (files, yelp, foursquare, column_map)")
+    m.add_argument("--preset", default="demo", help="embedded world preset (test, demo, ...)")
+    m.add_argument("--seed", type=int, default=0, help="embedded world seed")
+    m.add_argument("--landing", help="landing folder of new item files")
+    m.add_argument("--select", help="comma-separated asset keys (default: all)")
+    m.add_argument("--cities", help="comma-separated city names or keys (default: all)")
+    m.add_argument("--encoder-json", help="EncoderResource config as JSON (e.g. a model_path)")
+    m.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    m.set_defaults(func=cmd_materialize)
+    r = sub.add_parser("report", help="print the latest metadata and metrics of each asset")
+    r.add_argument("--home", required=True)
+    r.add_argument("--json", action="store_true", help="machine-readable JSON")
+    r.set_defaults(func=cmd_report)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

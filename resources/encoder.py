@@ -1,0 +1,38 @@
+"""The text encoder (LLM) used for item embeddings and G-DPO alignment."""
+
+from __future__ import annotations
+
+import functools
+
+import dagster as dg
+from pydantic import Field
+
+from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_encoder(config: EncoderConfig) -> TextEncoder:
+    return TextEncoder(config)
+
+
+class EncoderResource(dg.ConfigurableResource):
+    """Any HF BERT-family encoder directory; default: the bundled all-MiniLM-L6-v2.
+
+    BGE (the paper's backbone) works by path with ``pooling="cls"`` or ``"last"``.
+    """
+
+    model_path: str | None = Field(default=None, description="HF model directory; None = bundled all-MiniLM-L6-v2.")
+    pooling: str = Field(default="mean", description="cls | mean | last (the paper's last-token pooling)")
+    normalize: bool = True
+    max_length: int = Field(default=128, description="Token cap; batches are padded to their longest item.")
+    batch_size: int = 32
+    device: str = Field(default="auto", description="auto (cuda when available) | cpu | cuda")
+    dtype: str = "float32"
+
+    def config(self) -> EncoderConfig:
+        return EncoderConfig(model_path=self.model_path, pooling=self.pooling, normalize=self.normalize,
+                             max_length=self.max_length, batch_size=self.batch_size, device=self.device,
+                             dtype=self.dtype)
+
+    def encoder(self) -> TextEncoder:
+        return _cached_encoder(self.config())
