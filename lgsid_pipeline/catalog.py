@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from lgsid_pipeline import schema
+from lgsid_pipeline.geo import haversine_km
 from lgsid_pipeline.partitions import UNASSIGNED, city_key_table
 
 TEXT_COLUMNS = ("item_id", "name", "cat1", "cat2", "cat3", "brand", "province", "city",
@@ -213,8 +214,9 @@ def validate_items(raw: pl.DataFrame, *, source: str = "items",
         pl.col("lat").median().alias("_mlat"), pl.col("lon").median().alias("_mlon"),
         pl.len().alias("_n"))
     withmed = coerced.join(med, on="city_key", how="left")
-    dist = _haversine_km(withmed["lat"].to_numpy(), withmed["lon"].to_numpy(),
-                         withmed["_mlat"].to_numpy(), withmed["_mlon"].to_numpy())
+    with np.errstate(invalid="ignore"):  # rows with bad coordinates are already rejected
+        dist = haversine_km(withmed["lat"].to_numpy(), withmed["lon"].to_numpy(),
+                            withmed["_mlat"].to_numpy(), withmed["_mlon"].to_numpy())
     far = (~bad) & (withmed["_n"].fill_null(0).to_numpy() >= 3) & np.nan_to_num(dist > far_from_city_km)
     reason[far] = "far_from_city"
     fieldn[far] = "lat"
@@ -286,9 +288,3 @@ def validate_interactions(raw: pl.DataFrame, catalog: pl.DataFrame, *,
     counts = {"input_rows": raw.height, "valid_rows": valid.height, "quarantined_rows": int(bad.sum())}
     counts.update({f"reason:{k}": v for k, v in quarantine["reason"].value_counts().iter_rows()})
     return ValidationResult(valid, quarantine, counts)
-
-
-def _haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(a, dtype=np.float64)) for a in (lat1, lon1, lat2, lon2))
-    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * 6371.0088 * np.arcsin(np.sqrt(np.clip(a, 0, 1)))

@@ -3,12 +3,10 @@
 import dagster as dg
 
 from assets import CITY_ASSET_KEYS, GLOBAL_ASSET_KEYS
-from assets.partitions import city_partitions
 
 city_refresh_job = dg.define_asset_job(
     "city_refresh_job",
     selection=dg.AssetSelection.assets(*CITY_ASSET_KEYS),
-    partitions_def=city_partitions,
     description="Refresh one city: catalog, training signals, embeddings (only new or changed "
                 "items are encoded) and SIDs from the frozen codebook. Launched by the new-items "
                 "sensor and the weekly schedule.",
