@@ -74,3 +74,4 @@ class LgsidHome(dg.ConfigurableResource):
 def delta_io_manager(home: str) -> DeltaLakePolarsIOManager:
     root = confine(Path(home).expanduser().resolve(), "delta")
     return DeltaLakePolarsIOManager(root_uri=str(root), schema=DELTA_SCHEMA, storage_options=LocalConfig())
+
