@@ -1,0 +1,325 @@
+"""Alignment assets: the list-wise reward model (Eq. 2-4), the G-DPO-aligned encoder (Eq. 6-8),
+item embeddings (origin and aligned) and the alignment report (Table 3 metrics)."""
+
+import hashlib
+import json
+import time
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import torch
+from pydantic import Field
+
+from assets.metadata import Timer, config_json, flat, image, md_table
+from assets.partitions import DELTA, city_partitions
+from lgsid_pipeline import alignment_metrics, gdpo, reward
+from lgsid_pipeline.negatives import mismatched_prompts
+from lgsid_pipeline.partitions import validate_city_key
+from lgsid_pipeline.prompts import build_prompts
+from lgsid_pipeline.train_state import atomic_save_tensors, load_tensors
+from resources import EncoderResource, LgsidHome
+
+GROUP = "alignment"
+OWNERS = ["team:lgsid-ml"]
+
+
+def _progress_logger(context, what: str):
+    last = {"t": 0.0}
+
+    def log(info: dict) -> None:
+        now = time.perf_counter()
+        if now - last["t"] > 15 or info.get("done") == info.get("total"):
+            last["t"] = now
+            if "items_per_s" in info:
+                context.log.info(f"{what}: {info['done']}/{info['total']} ({info['items_per_s']:.1f} items/s, "
+                                 f"ETA {info['eta_s']:.0f}s)")
+            elif "step" in info:
+                context.log.info(f"{what}: step {info['step']}/{info['total_steps']} align={info['align']:.4f} "
+                                 f"sim={info['sim']:.4f}")
+    return log
+
+
+class _WithProgress:
+    """An encoder whose ``encode`` logs items/s and ETA to the run's log."""
+
+    def __init__(self, enc, progress) -> None:
+        self.enc, self.progress = enc, progress
+
+    def encode(self, texts):
+        return self.enc.encode(texts, progress=self.progress)
+
+
+def _sample_per_city(frame: pl.DataFrame, id_col: str, n: int | None, seed: int) -> pl.DataFrame:
+    """A seeded sample of at most ``n`` ids per city (all when ``n`` is None)."""
+    ids = frame.select(id_col, "city_key").unique().sort(id_col)
+    if n is not None:
+        ids = ids.with_columns(pl.int_range(pl.len()).shuffle(seed=seed).over("city_key").alias("_r")) \
+                 .filter(pl.col("_r") < n).drop("_r")
+    return frame.join(ids.select(id_col), on=id_col)
+
+
+class RewardModelConfig(dg.Config):
+    mode: str = Field(default="listwise", description="listwise (Eq. 4 as ListNet) | pointwise (DPO-PR)")
+    loss: str = Field(default="listnet", description="listnet | soft_bce (readings of Eq. 4)")
+    negatives: str = Field(default="density", description="density (DPO-LRD) | plain (DPO-LR)")
+    anchors_per_city: int | None = Field(default=120, description="Anchors sampled per city (each encodes K+1 prompts).")
+    hidden: int = 256
+    epochs: int = 40
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"torch", "safetensors"},
+    deps=[dg.AssetDep("distance_ranked_negatives"), dg.AssetDep("item_catalog")],
+    description="Eq. 2-4: a 2-layer MLP scoring how well an item's content fits a location, trained "
+                "list-wise on prompt-mismatched lists (Eq. 1) with distance soft labels (Eq. 3). Eq. 4 is "
+                "read as ListNet (see docs/alignment.md). Trained across all cities. "
+                "Core: lgsid_pipeline/reward.py",
+)
+def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, home: LgsidHome,
+                 encoder: EncoderResource) -> dg.MaterializeResult:
+    timer = Timer()
+    catalog = home.read("item_catalog")
+    lists = home.read("distance_ranked_negatives").filter(pl.col("strategy") == config.negatives)
+    if lists.height == 0:
+        raise dg.Failure(f"no {config.negatives!r} negative lists: materialize distance_ranked_negatives first")
+    lists = _sample_per_city(lists.rename({"anchor_id": "item_id"}), "item_id", config.anchors_per_city,
+                             config.seed).rename({"item_id": "anchor_id"})
+    prompts = mismatched_prompts(catalog, lists)
+    enc = encoder.encoder()
+    # Cache the frozen-encoder embeddings of the prompt lists (reused across reward-model refits).
+    key = hashlib.sha256(("\n".join(prompts.sort("anchor_id", "rank")["prompt"].to_list())
+                          + enc.version).encode()).hexdigest()[:16]
+    cache = home.artifact_dir("reward_model", "cache") / f"lists-{key}.safetensors"
+    with timer("encode_prompt_lists"):
+        if cache.exists():
+            t = load_tensors(cache, "cached prompt-list embeddings")
+            E, labels = t["E"], t["labels"]
+        else:
+            E, labels, _ = reward.encode_prompt_lists(
+                _WithProgress(enc, _progress_logger(context, "encoding prompt lists")), prompts)
+            atomic_save_tensors({"E": E.contiguous(), "labels": labels.contiguous()}, cache)
+    with timer("train"):
+        result = reward.train_reward_model(
+            E, labels, mode=config.mode, loss=config.loss, hidden=config.hidden, epochs=config.epochs,
+            lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+            checkpoint_dir=home.artifact_dir("reward_model", "checkpoints", key + "-" + _cfg_hash(config)))
+    out = home.artifact_dir("reward_model", "current")
+    reward.save_reward_model(result.model, out)
+    (out / "training.json").write_text(json.dumps({"config": config.model_dump(), "metrics": result.metrics,
+                                                    "encoder": enc.identity}, default=str, indent=1))
+    plot = _plot_curve([h["loss"] for h in result.history], "epoch", "reward-model loss",
+                       home.artifact_dir("plots") / "reward_model_loss.png")
+    m = result.metrics
+    quality = pl.DataFrame({
+        "model": ["trained (held-out)", "untrained MLP"],
+        "spearman": [m.get("heldout_spearman"), m.get("untrained_spearman")],
+        "ndcg": [m.get("heldout_ndcg"), m.get("untrained_ndcg")],
+    })
+    return dg.MaterializeResult(metadata={
+        "config": config_json(config), "anchors": int(E.shape[0]), "list_length": int(E.shape[1]),
+        "embedding_dim": int(E.shape[2]), "encoder_version": enc.version, "quality": md_table(quality),
+        "loss_curve": image(plot, "reward model loss"), "weights": dg.MetadataValue.path(str(out)),
+        **flat({k: v for k, v in m.items() if isinstance(v, int | float)}), **timer.metadata(),
+    })
+
+
+def _cfg_hash(config: dg.Config) -> str:
+    return hashlib.sha256(json.dumps(config.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _plot_curve(values, xlabel: str, title: str, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(range(1, len(values) + 1), values)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+class AlignedEncoderConfig(dg.Config):
+    beta: float = Field(default=0.9, description="Eq. 6 sharpness (the paper: 0.9).")
+    lam: float = Field(default=1.0, description="Eq. 8 weight of the similarity regulariser (see docs/alignment.md).")
+    use_dc: bool = Field(default=True, description="Include domain-collaborative pairs D_dc (co-occurrence).")
+    use_gc: bool = Field(default=True, description="Include geography-constrained pairs D_gc.")
+    max_pairs: int | None = Field(default=640, description="Cap on preference pairs (seeded sample).")
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 5e-4
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    seed: int = 0
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"torch", "peft", "safetensors"},
+    deps=[dg.AssetDep("reward_model"), dg.AssetDep("cooccurrence_pairs"), dg.AssetDep("item_catalog")],
+    description="Eq. 6-8: G-DPO fine-tunes LoRA adapters (r=8, key/value projections) so the frozen reward "
+                "model prefers an item's content at near/co-visited locations over far ones, with the in-batch "
+                "similarity regulariser (Eq. 7) keeping semantics. Preference pairs D_mix = D_dc U D_gc. "
+                "Resumable from checkpoints. Core: lgsid_pipeline/gdpo.py",
+)
+def aligned_encoder(context: dg.AssetExecutionContext, config: AlignedEncoderConfig, home: LgsidHome,
+                    encoder: EncoderResource) -> dg.MaterializeResult:
+    timer = Timer()
+    catalog = home.read("item_catalog")
+    pairs_lf = home.scan("cooccurrence_pairs")
+    cooc = pairs_lf.collect() if pairs_lf is not None else None
+    rm = reward.load_reward_model(home.artifact_dir("reward_model", "current"))
+    with timer("build_pairs"):
+        pairs = gdpo.build_preference_pairs(catalog, cooc, seed=config.seed, max_pairs=config.max_pairs,
+                                            use_dc=config.use_dc, use_gc=config.use_gc)
+    cfg = gdpo.GDPOConfig(beta=config.beta, lam=config.lam, lr=config.lr, epochs=config.epochs,
+                          batch_size=config.batch_size, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                          lora_dropout=config.lora_dropout, seed=config.seed,
+                          max_length=encoder.max_length)
+    enc = encoder.encoder()
+    run_key = hashlib.sha256((pairs.write_csv() + enc.version).encode()).hexdigest()[:12] + "-" + _cfg_hash(config)
+    adapter = home.artifact_dir("aligned_encoder", "adapters", run_key)
+    with timer("train"):
+        result = gdpo.train_gdpo(enc, rm, catalog, pairs, cfg,
+                                 checkpoint_dir=home.artifact_dir("aligned_encoder", "checkpoints", run_key),
+                                 adapter_dir=adapter, progress=_progress_logger(context, "G-DPO"))
+    home.publish("aligned_encoder", adapter)
+    plot = gdpo.plot_losses(result.history, home.artifact_dir("plots") / "gdpo_losses.png")
+    sources = pairs.group_by("source").len().sort("source")
+    return dg.MaterializeResult(metadata={
+        "config": config_json(config), "pairs": pairs.height, "pair_sources": md_table(sources),
+        "adapter": dg.MetadataValue.path(str(adapter)), "base_encoder_version": enc.version,
+        "loss_curves": image(plot, "G-DPO losses"),
+        **flat({k: v for k, v in result.metrics.items() if isinstance(v, int | float)}), **timer.metadata(),
+    })
+
+
+class EmbeddingsConfig(dg.Config):
+    variants: list[str] = Field(default=["origin", "aligned"],
+                                description="origin = base encoder; aligned = with the G-DPO adapter.")
+
+
+def _prompt_hash(prompts: list[str]) -> list[str]:
+    return [hashlib.sha1(p.encode()).hexdigest()[:16] for p in prompts]
+
+
+@dg.asset(
+    partitions_def=city_partitions, group_name=GROUP, owners=OWNERS, kinds={"torch", "polars", "delta"},
+    metadata=DELTA, io_manager_key="io_manager", deps=[dg.AssetDep("aligned_encoder")],
+    description="One embedding per catalog item and variant (origin, aligned), keyed by item_id with the "
+                "encoder version. Incremental: items whose prompt and encoder version are unchanged keep their "
+                "stored embedding; only new or changed items are encoded.",
+)
+def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, item_catalog: pl.DataFrame,
+                    home: LgsidHome, encoder: EncoderResource) -> dg.Output[pl.DataFrame]:
+    city = validate_city_key(context.partition_key)
+    timer = Timer()
+    prompts = build_prompts(item_catalog)
+    hashes = _prompt_hash(prompts)
+    current = pl.DataFrame({"item_id": item_catalog["item_id"], "prompt_hash": hashes})
+    existing_lf = home.scan("item_embeddings", [city])
+    existing = existing_lf.collect() if existing_lf is not None else None
+    frames, meta = [], {}
+    for variant in config.variants:
+        if variant == "origin":
+            enc = encoder.encoder()
+        elif variant == "aligned":
+            adapter = home.current("aligned_encoder")
+            if adapter is None:
+                context.log.warning("no aligned_encoder yet: skipping the aligned variant")
+                continue
+            enc = _aligned(encoder, str(adapter))
+        else:
+            raise dg.Failure(f"unknown embedding variant {variant!r}")
+        reuse = pl.DataFrame(schema={"item_id": pl.Utf8, "embedding": pl.List(pl.Float32)})
+        if existing is not None and existing.height:
+            reuse = (existing.filter((pl.col("variant") == variant) & (pl.col("encoder_version") == enc.version))
+                     .join(current, on=["item_id", "prompt_hash"]).select("item_id", "embedding"))
+        todo = current.join(reuse.select("item_id"), on="item_id", how="anti")
+        idx = current.with_row_index().join(todo, on=["item_id", "prompt_hash"])["index"].to_list()
+        with timer(f"encode_{variant}"):
+            emb = enc.encode([prompts[i] for i in idx], progress=_progress_logger(context, f"encoding {variant}"))
+        fresh = pl.DataFrame({"item_id": todo["item_id"]}).with_columns(
+            pl.Series("embedding", emb.reshape(len(idx), -1)).cast(pl.List(pl.Float32)))
+        table = current.join(pl.concat([reuse, fresh]), on="item_id").with_columns(
+            pl.lit(variant).alias("variant"), pl.lit(enc.version).alias("encoder_version"),
+            pl.lit(json.dumps(enc.identity, default=str)).alias("encoder_identity"))
+        frames.append(table)
+        meta[f"{variant}.encoded"] = len(idx)
+        meta[f"{variant}.reused"] = reuse.height
+        meta[f"{variant}.encoder_version"] = enc.version
+        if len(idx):
+            meta[f"{variant}.items_per_s"] = round(len(idx) / max(timer.seconds[f"encode_{variant}"], 1e-9), 1)
+    out = pl.concat(frames).with_columns(pl.lit(city).alias("city_key")).select(
+        "item_id", "variant", "encoder_version", "encoder_identity", "prompt_hash", "embedding", "city_key")
+    return dg.Output(out, metadata={"dagster/row_count": out.height, "config": config_json(config),
+                                    "dim": len(out["embedding"][0]) if out.height else 0, **meta,
+                                    **timer.metadata()})
+
+
+_ALIGNED_CACHE: dict = {}
+
+
+def _aligned(encoder: EncoderResource, adapter: str):
+    key = (encoder.config(), adapter)
+    if key not in _ALIGNED_CACHE:
+        _ALIGNED_CACHE.clear()
+        _ALIGNED_CACHE[key] = gdpo.load_aligned_encoder(encoder.config(), adapter)
+    return _ALIGNED_CACHE[key]
+
+
+def load_embeddings(home: LgsidHome, variant: str, catalog: pl.DataFrame) -> np.ndarray:
+    """The (N, d) matrix of one variant, rows aligned with ``catalog``; errors if items are missing."""
+    emb = home.read("item_embeddings").filter(pl.col("variant") == variant).select("item_id", "embedding")
+    joined = catalog.select("item_id").join(emb, on="item_id", how="left", maintain_order="left")
+    missing = joined["embedding"].null_count()
+    if missing:
+        raise dg.Failure(f"{missing} catalog items have no {variant!r} embedding: re-materialize item_embeddings")
+    return np.asarray(joined["embedding"].to_list(), dtype=np.float32)
+
+
+class AlignmentReportConfig(dg.Config):
+    max_queries: int | None = Field(default=2000, description="Seeded sample of query items per scope.")
+    seed: int = 0
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"polars", "numpy"}, deps=[dg.AssetDep("item_embeddings")],
+    description="Paper Table 3 / RQ2-3 for every embedding variant, per city and overall: Top@K semantic "
+                "similarity (in the origin space), P@K / C@K / T@K province, city and town coverage of the K "
+                "nearest neighbours, NMI of k-means clusters against province/city/town, and a 2-D projection. "
+                "Core: lgsid_pipeline/alignment_metrics.py",
+)
+def alignment_report(context: dg.AssetExecutionContext, config: AlignmentReportConfig,
+                     home: LgsidHome) -> dg.MaterializeResult:
+    timer = Timer()
+    catalog = home.read("item_catalog").sort("city_key", "item_id")
+    variants = sorted(home.read("item_embeddings")["variant"].unique().to_list())
+    embeddings = {v: load_embeddings(home, v, catalog) for v in variants}
+    with timer("report"):
+        report = alignment_metrics.alignment_report(embeddings, catalog, seed=config.seed,
+                                                    max_queries=config.max_queries)
+    path = home.artifact_dir("alignment_report") / "alignment_report.parquet"
+    report.table.write_parquet(path)
+    plot = alignment_metrics.projection_plot(embeddings, catalog["city_key"].to_list(),
+                                             home.artifact_dir("plots") / "embedding_projection.png",
+                                             seed=config.seed)
+    overall = report.table.filter(pl.col("scope") == "overall")
+    meta = {}
+    for row in overall.iter_rows(named=True):
+        for k in ("top@5", "c@5", "t@5", "nmi_city"):
+            meta[f"{row['variant']}.{k}"] = float(row[k])
+    return dg.MaterializeResult(metadata={
+        "config": config_json(config), "variants": ", ".join(variants), "items": catalog.height,
+        "overall": md_table(overall), "per_city": md_table(report.table.filter(pl.col("scope") != "overall")),
+        "projection": image(plot, "embedding projection by city"), "table": dg.MetadataValue.path(str(path)),
+        **meta, **timer.metadata(),
+    })
