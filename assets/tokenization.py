@@ -1,0 +1,224 @@
+"""Tokenization assets: versioned SID codebooks fitted over all cities (HGIT = Eq. 9-16, and the
+Res-KMeans / RQ-VAE baselines) and the per-city SID table with stable IDs across refreshes."""
+
+import datetime
+import json
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from assets.alignment import load_embeddings
+from assets.metadata import Timer, config_json, image
+from assets.partitions import DELTA, city_partitions
+from lgsid_pipeline.partitions import validate_city_key
+from lgsid_pipeline.tokenizers import default_codebook_sizes, load_tokenizer, make_tokenizer
+from lgsid_pipeline.tokenizers.dedup import assign_unique, collision_rate, unique_sids
+from lgsid_pipeline.tokenizers.diagnostics import (diagnostics_markdown, plot_codebook_usage, plot_coverage,
+                                                   tokenizer_diagnostics)
+from resources import LgsidHome
+
+GROUP = "tokenization"
+OWNERS = ["team:lgsid-ml"]
+
+# Variant name -> (tokenizer method, embedding variant). "lgsid" is HGIT on G-DPO-aligned
+# embeddings, the paper's method; the baselines use the same (aligned) embeddings when present.
+DEFAULT_VARIANTS = {
+    "lgsid": ("hgit", "aligned"),
+    "hgit_origin": ("hgit", "origin"),
+    "res_kmeans": ("res_kmeans", "aligned"),
+    "rqvae": ("rqvae", "aligned"),
+}
+
+
+class CodebookConfig(dg.Config):
+    variants: list[str] = Field(default=list(DEFAULT_VARIANTS),
+                                description=f"Which tokenizers to fit: {list(DEFAULT_VARIANTS)}")
+    levels: int = Field(default=3, description="Code length L before the dedup digit.")
+    codebook_sizes: list[int] | None = Field(default=None, description="Per-level sizes; None scales with N.")
+    dedup: str = Field(default="append", description="append (dedup digit) | greedy (next-best code, then digit)")
+    refit: bool = Field(default=False, description="Refit even if a codebook exists (bumps the version). The "
+                                                   "weekly global_refit_job sets this.")
+    seed: int = 0
+
+
+def _manifest_path(home: LgsidHome):
+    current = home.current("sid_codebook")
+    return None if current is None else current / "manifest.json"
+
+
+def read_manifest(home: LgsidHome) -> dict | None:
+    path = _manifest_path(home)
+    if path is None or not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"torch", "scikit-learn", "safetensors"},
+    deps=[dg.AssetDep("item_embeddings"), dg.AssetDep("item_catalog")],
+    description="Versioned SID codebooks fitted over all cities so a SID means the same everywhere: LGSID "
+                "(HGIT on aligned embeddings: geographic first layer Eq. 9, residual layers Eq. 10-12, loss "
+                "Eq. 13-16), HGIT on origin embeddings, Res-KMeans and RQ-VAE. Refits only when asked "
+                "(refit=True, weekly job); otherwise the frozen version stays. "
+                "Core: lgsid_pipeline/tokenizers/",
+)
+def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home: LgsidHome) -> dg.MaterializeResult:
+    previous = read_manifest(home)
+    if previous is not None and not config.refit and set(config.variants) <= set(previous["variants"]):
+        return dg.MaterializeResult(metadata={
+            "version": previous["version"], "refit": False,
+            "note": "codebook frozen: existing version kept (set refit=True to refit)",
+        })
+    timer = Timer()
+    catalog = home.read("item_catalog").sort("city_key", "item_id")
+    available = set(home.read("item_embeddings")["variant"].unique().to_list())
+    n = catalog.height
+    sizes = config.codebook_sizes or default_codebook_sizes(n, config.levels)
+    number = (previous["number"] + 1) if previous else 1
+    version = f"v{number}-{datetime.datetime.now(datetime.UTC).strftime('%Y%m%dT%H%M%S')}"
+    out_dir = home.artifact_dir("sid_codebook", version)
+    diags, variants, assignments = {}, {}, []
+    for name in config.variants:
+        if name not in DEFAULT_VARIANTS:
+            raise dg.Failure(f"unknown tokenizer variant {name!r}; choose from {list(DEFAULT_VARIANTS)}")
+        method, emb_variant = DEFAULT_VARIANTS[name]
+        if emb_variant not in available:
+            context.log.warning(f"{name}: no {emb_variant!r} embeddings, using origin")
+            emb_variant = "origin"
+        X = load_embeddings(home, emb_variant, catalog)
+        tok = make_tokenizer(method, codebook_sizes=list(sizes), levels=config.levels, seed=config.seed)
+        with timer(f"fit_{name}"):
+            codes = tok.fit(X, catalog).transform(X, catalog)
+        sids, info = unique_sids(codes, config.dedup, tokenizer=tok, X=X, items=catalog)
+        tok.save(out_dir / name)
+        diags[name] = tokenizer_diagnostics(tok, X, catalog, codes, dedup_codes=sids)
+        variants[name] = {"method": method, "embedding_variant": emb_variant, **{k: v for k, v in info.items()}}
+        assignments.append(pl.DataFrame({
+            "item_id": catalog["item_id"], "city_key": catalog["city_key"], "method": name,
+            "sid": pl.Series(sids.tolist(), dtype=pl.List(pl.Int32)),
+            "raw_codes": pl.Series(codes.tolist(), dtype=pl.List(pl.Int32)),
+        }))
+    pl.concat(assignments).write_parquet(out_dir / "assignments.parquet")
+    manifest = {"version": version, "number": number, "variants": variants, "codebook_sizes": list(sizes),
+                "levels": config.levels, "n_items": n, "dedup": config.dedup, "seed": config.seed,
+                "coverage_q90": {m: [lv["coverage"]["q90"] for lv in d["per_level"]] for m, d in diags.items()},
+                "dead_codes": {m: [lv["dead"] for lv in d["per_level"]] for m, d in diags.items()},
+                "collision_rate_before": {m: d["collision_rate_before"] for m, d in diags.items()}}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    home.publish("sid_codebook", out_dir)
+    plots = home.artifact_dir("plots")
+    cov = plot_coverage(diags, plots / "token_coverage.png")
+    use = plot_codebook_usage(diags, plots / "codebook_usage.png")
+    meta = {f"{m}.recon_rel": float(d["recon_rel"]) for m, d in diags.items()}
+    meta.update({f"{m}.collision_rate_before": float(d["collision_rate_before"]) for m, d in diags.items()})
+    return dg.MaterializeResult(metadata={
+        "version": version, "refit": True, "config": config_json(config), "items": n,
+        "codebook_sizes": "x".join(map(str, sizes)), "diagnostics": dg.MetadataValue.md(diagnostics_markdown(diags)),
+        "token_coverage": image(cov, "token coverage"), "codebook_usage": image(use, "codebook usage"),
+        "path": dg.MetadataValue.path(str(out_dir)), **meta, **timer.metadata(),
+    })
+
+
+@dg.asset_check(asset="sid_codebook", description="Share of items whose raw code tuple collides (before "
+                "dedup) stays below 50% for every method; the dedup step resolves the rest.")
+def sid_collision_rate(home: LgsidHome) -> dg.AssetCheckResult:
+    manifest = read_manifest(home)
+    if manifest is None:
+        return dg.AssetCheckResult(passed=False, metadata={"problem": "no codebook"})
+    rates = manifest["collision_rate_before"]
+    return dg.AssetCheckResult(passed=all(r < 0.5 for r in rates.values()),
+                               severity=dg.AssetCheckSeverity.WARN, metadata={k: float(v) for k, v in rates.items()})
+
+
+@dg.asset_check(asset="sid_codebook", description="Dead codes (never used) stay below half of each level's "
+                "codebook; many dead codes mean the codebook is too large or collapsed.")
+def sid_dead_codes(home: LgsidHome) -> dg.AssetCheckResult:
+    manifest = read_manifest(home)
+    if manifest is None:
+        return dg.AssetCheckResult(passed=False, metadata={"problem": "no codebook"})
+    sizes = manifest["codebook_sizes"]
+    worst = {m: max(d / k for d, k in zip(dead, sizes)) for m, dead in manifest["dead_codes"].items()}
+    return dg.AssetCheckResult(passed=all(w < 0.5 for w in worst.values()), severity=dg.AssetCheckSeverity.WARN,
+                               metadata={f"{m}.max_dead_share": float(w) for m, w in worst.items()})
+
+
+@dg.asset_check(asset="sid_codebook", description="Token coverage (items per token at the 90% quantile, level 1) "
+                "does not drop by more than half against the previous codebook version.")
+def sid_coverage_drop(home: LgsidHome) -> dg.AssetCheckResult:
+    manifest = read_manifest(home)
+    if manifest is None:
+        return dg.AssetCheckResult(passed=False, metadata={"problem": "no codebook"})
+    versions = sorted((p for p in home.artifact_dir("sid_codebook").iterdir() if (p / "manifest.json").exists()),
+                      key=lambda p: json.loads((p / "manifest.json").read_text())["number"])
+    prev = [json.loads((p / "manifest.json").read_text()) for p in versions
+            if json.loads((p / "manifest.json").read_text())["number"] < manifest["number"]]
+    if not prev:
+        return dg.AssetCheckResult(passed=True, metadata={"note": "first version"})
+    old = prev[-1]["coverage_q90"]
+    drops = {m: manifest["coverage_q90"][m][0] / max(old[m][0], 1e-9)
+             for m in manifest["coverage_q90"] if m in old}
+    return dg.AssetCheckResult(passed=all(r >= 0.5 for r in drops.values()), severity=dg.AssetCheckSeverity.WARN,
+                               metadata={f"{m}.coverage_ratio": float(r) for m, r in drops.items()})
+
+
+@dg.asset(
+    partitions_def=city_partitions, group_name=GROUP, owners=OWNERS, kinds={"polars", "delta"},
+    metadata=DELTA, io_manager_key="io_manager",
+    deps=[dg.AssetDep("sid_codebook"), dg.AssetDep("item_embeddings")],
+    description="item_id -> SID tuple for every tokenizer variant, with the codebook version. Stable: items "
+                "already assigned under the current version keep their SID exactly; new items get codes "
+                "from the frozen codebook and a dedup digit that clashes with no existing SID.",
+)
+def sid_table(context: dg.AssetExecutionContext, item_catalog: pl.DataFrame, home: LgsidHome) -> dg.Output[pl.DataFrame]:
+    city = validate_city_key(context.partition_key)
+    manifest = read_manifest(home)
+    if manifest is None:
+        raise dg.Failure("no SID codebook: materialize sid_codebook first")
+    version, cb_dir = manifest["version"], home.current("sid_codebook")
+    fitted = pl.read_parquet(cb_dir / "assignments.parquet")
+    previous_lf = home.scan("sid_table")
+    previous = (previous_lf.filter(pl.col("codebook_version") == version).collect()
+                if previous_lf is not None else None)
+    catalog = item_catalog.sort("item_id")
+    frames, meta = [], {"codebook_version": version}
+    for name, spec in manifest["variants"].items():
+        known = fitted.filter(pl.col("method") == name).select("item_id", "sid")
+        if previous is not None and previous.height:
+            # Items assigned incrementally earlier (in any city) keep their SID.
+            known = pl.concat([known, previous.filter(pl.col("method") == name).select("item_id", "sid")]) \
+                      .unique("item_id", keep="first")
+        mine = catalog.select("item_id").join(known, on="item_id", how="left")
+        new = catalog.filter(pl.col("item_id").is_in(mine.filter(pl.col("sid").is_null())["item_id"].to_list()))
+        if new.height:
+            emb = home.read("item_embeddings", [city]).filter(pl.col("variant") == spec["embedding_variant"])
+            X = np.asarray(new.select("item_id").join(emb, on="item_id", how="left", maintain_order="left")
+                           ["embedding"].to_list(), dtype=np.float32)
+            tok = load_tokenizer(cb_dir / name)
+            codes = tok.transform(X, new)
+            existing = np.asarray(known["sid"].to_list(), dtype=np.int32).reshape(-1, codes.shape[1] + 1)
+            sids = assign_unique(codes, existing)
+            added = pl.DataFrame({"item_id": new["item_id"], "sid": pl.Series(sids.tolist(), dtype=pl.List(pl.Int32))})
+            mine = mine.filter(pl.col("sid").is_not_null()).vstack(added)
+        meta[f"{name}.incremental"] = new.height
+        frames.append(mine.with_columns(pl.lit(name).alias("method"), pl.lit(version).alias("codebook_version"),
+                                        pl.col("item_id").is_in(new["item_id"].to_list()).alias("incremental")))
+    out = pl.concat(frames).with_columns(pl.lit(city).alias("city_key")).select(
+        "item_id", "method", "codebook_version", "sid", "incremental", "city_key")
+    return dg.Output(out, metadata={"dagster/row_count": out.height, "items": catalog.height, **meta})
+
+
+@dg.asset_check(asset="sid_table", blocking=True,
+                description="Every item has exactly one SID per method and no two items share a SID, across "
+                            "all cities (SIDs mean the same thing everywhere).")
+def sid_uniqueness(home: LgsidHome) -> dg.AssetCheckResult:
+    table = home.read("sid_table")
+    problems = {}
+    for (method, version), grp in table.group_by(["method", "codebook_version"]):
+        rate = collision_rate(np.asarray(grp["sid"].to_list())) if grp.height else 0.0
+        dup_items = grp["item_id"].is_duplicated().sum()
+        if rate > 0 or dup_items:
+            problems[f"{method}@{version}"] = f"collision rate {rate:.4f}, {dup_items} items with several SIDs"
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": json.dumps(problems) or "none",
+                                                              "rows": table.height})
