@@ -78,6 +78,39 @@ def stages(defs, selection: set | None):
     return out
 
 
+class StageFailed(RuntimeError):
+    pass
+
+
+def materialize_graph(defs, instance, cities: list[str], selection: set | None = None, *,
+                      run_config: dict | None = None, echo=print, tags: dict | None = None):
+    """Materialize the selected assets stage by stage (per-city stages once per city).
+
+    Returns the stage plan; raises :class:`StageFailed` naming the stage, city and run.
+    """
+    import dagster as dg
+
+    plan = stages(defs, selection)
+    all_assets = list(defs.assets or []) + list(defs.asset_checks or [])
+    for i, (is_city, keys) in enumerate(plan, 1):
+        names = ", ".join(k.to_user_string() for k in keys)
+        stage_config = dict(run_config or {})
+        if "ops" in stage_config:  # only the config of this stage's assets
+            stage_config["ops"] = {op: c for op, c in stage_config["ops"].items()
+                                   if op in {k.to_user_string() for k in keys}}
+        for part in (cities if is_city else [None]):
+            start = time.perf_counter()
+            where = f"city {part}" if part else "all cities"
+            echo(f"[{i}/{len(plan)}] {where}: {names} ...", flush=True)
+            result = dg.materialize(all_assets, selection=keys, partition_key=part, instance=instance,
+                                    resources=defs.resources, run_config=stage_config,
+                                    raise_on_error=False, tags={"lgsid/trigger": "cli", **(tags or {})})
+            if not result.success:
+                raise StageFailed(f"at {where}: {names} (run {result.run_id})")
+            echo(f"[{i}/{len(plan)}] {where}: done in {time.perf_counter() - start:.1f}s", flush=True)
+    return plan
+
+
 def resolve_cities(requested: str | None, available: list[str]) -> list[str]:
     from lgsid_pipeline.partitions import sanitize_city_key
 
@@ -118,27 +151,18 @@ def cmd_materialize(args) -> int:
         unknown = sorted(k.to_user_string() for k in selection - known)
         if unknown:
             raise SystemExit(f"lgsid: unknown asset key(s) {unknown}")
-    plan = stages(defs, selection)
-    all_assets = list(defs.assets or []) + list(defs.asset_checks or [])
-    resources = defs.resources
-    run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
     print(f"lgsid: dataset {source.describe()}, {len(cities)} cities: {', '.join(cities)}", flush=True)
     print(f"lgsid: home {home} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", flush=True)
-    for i, (is_city, keys) in enumerate(plan, 1):
-        names = ", ".join(k.to_user_string() for k in keys)
-        for part in (cities if is_city else [None]):
-            start = time.perf_counter()
-            where = f"city {part}" if part else "all cities"
-            print(f"[{i}/{len(plan)}] {where}: {names} ...", flush=True)
-            result = dg.materialize(all_assets, selection=keys, partition_key=part, instance=instance,
-                                    resources=resources, run_config=run_config, raise_on_error=False,
-                                    tags={"lgsid/trigger": "cli"})
-            if not result.success:
-                log.error("run %s failed", result.run_id)
-                print(f"lgsid: FAILED at {where}: {names} (run {result.run_id}); "
-                      "see the run's logs in the UI or above", file=sys.stderr, flush=True)
-                return 1
-            print(f"[{i}/{len(plan)}] {where}: done in {time.perf_counter() - start:.1f}s", flush=True)
+    run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    if args.run_config:
+        text = Path(args.run_config).read_text() if Path(args.run_config).is_file() else args.run_config
+        run_config["ops"] = json.loads(text).get("ops", {})
+    try:
+        plan = materialize_graph(defs, instance, cities, selection, run_config=run_config)
+    except StageFailed as exc:
+        log.error("%s", exc)
+        print(f"lgsid: FAILED {exc}; see the run's logs in the UI or above", file=sys.stderr, flush=True)
+        return 1
     print(f"lgsid: materialized {sum(len(k) for _, k in plan)} assets in {time.perf_counter() - t0:.1f}s",
           flush=True)
     print(f"lgsid: open the UI with `DAGSTER_HOME={os.environ['DAGSTER_HOME']} make ui` "
@@ -220,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--select", help="comma-separated asset keys (default: all)")
     m.add_argument("--cities", help="comma-separated city names or keys (default: all)")
     m.add_argument("--encoder-json", help="EncoderResource config as JSON (e.g. a model_path)")
+    m.add_argument("--run-config", help='asset config as JSON (or a JSON file): {"ops": {"reward_model": '
+                                       '{"config": {"epochs": 10}}}}')
     m.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     m.set_defaults(func=cmd_materialize)
     r = sub.add_parser("report", help="print the latest metadata and metrics of each asset")

@@ -1,0 +1,104 @@
+"""The whole asset chain on the small generated world with a tiny BERT, then an incremental
+refresh: new items arrive, existing embeddings are reused and existing SIDs stay identical."""
+
+import json
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from lgsid_pipeline.encoder import build_tiny_bert
+from orchestration.cli import materialize_graph
+from orchestration.definitions import build_defs
+from resources import DataSource, EncoderResource, LgsidHome
+
+FAST = {"ops": {
+    "reward_model": {"config": {"anchors_per_city": 25, "epochs": 4}},
+    "aligned_encoder": {"config": {"max_pairs": 48, "batch_size": 16}},
+    "sid_codebook": {"config": {"variants": ["lgsid", "hgit_origin", "res_kmeans", "rqvae"]}},
+    "alignment_report": {"config": {"max_queries": 100}},
+}}
+GLOBAL_BEFORE_EVAL = ["item_catalog", "user_interactions", "catalog_quarantine", "cooccurrence_pairs",
+                      "distance_ranked_negatives", "reward_model", "aligned_encoder", "item_embeddings",
+                      "alignment_report", "sid_codebook", "sid_table"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, test_world):
+    root = tmp_path_factory.mktemp("e2e")
+    base = root / "data"
+    base.mkdir()
+    test_world.items.write_parquet(base / "items.parquet")
+    test_world.interactions.write_parquet(base / "interactions.parquet")
+    landing = root / "landing"
+    landing.mkdir()
+    model = build_tiny_bert(root / "tiny-bert")
+    source = DataSource(kind="folder", path=str(base), landing_dir=str(landing))
+    home = root / "home"
+    defs = build_defs(str(home), source, EncoderResource(model_path=str(model), batch_size=64))
+    instance = dg.DagsterInstance.ephemeral()
+    cities = source.city_keys()
+    instance.add_dynamic_partitions("city", cities)
+    selection = {dg.AssetKey(k) for k in GLOBAL_BEFORE_EVAL}
+    materialize_graph(defs, instance, cities, selection, run_config=FAST, echo=lambda *a, **k: None)
+    return {"defs": defs, "instance": instance, "cities": cities, "home": LgsidHome(home=str(home)),
+            "landing": landing, "world": test_world, "source": source}
+
+
+def _latest(instance, key, partition=None):
+    recs = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None), limit=1).records
+    return recs[0].asset_materialization.metadata
+
+
+def test_every_asset_materialized_with_metadata(pipeline):
+    inst, home = pipeline["instance"], pipeline["home"]
+    for key in GLOBAL_BEFORE_EVAL:
+        assert inst.fetch_materializations(dg.AssetKey(key), limit=1).records, key
+    rm = _latest(inst, "reward_model")
+    assert rm["heldout_spearman"].value is not None and "loss_curve" in rm
+    ae = _latest(inst, "aligned_encoder")
+    assert ae["steps"].value >= 3 and "loss_curves" in ae
+    emb = home.read("item_embeddings")
+    assert set(emb["variant"].unique()) == {"origin", "aligned"}
+    assert emb.group_by("variant").len()["len"].to_list() == [300, 300]
+    sids = home.read("sid_table")
+    assert sids.group_by("method").agg(pl.col("item_id").n_unique())["item_id"].to_list() == [300] * 4
+
+
+def test_alignment_report_has_both_variants(pipeline):
+    meta = _latest(pipeline["instance"], "alignment_report")
+    assert "origin.t@5" in meta and "aligned.t@5" in meta
+    assert 0 <= meta["aligned.c@5"].value <= 1
+
+
+def test_incremental_refresh_keeps_embeddings_and_sids(pipeline):
+    defs, inst, home, world = pipeline["defs"], pipeline["instance"], pipeline["home"], pipeline["world"]
+    city = "portland"
+    before_emb = home.read("item_embeddings", [city])
+    before_sid = home.read("sid_table")
+    # Two new Portland shops land.
+    new = world.items.filter(pl.col("city") == "Portland").head(2).with_columns(
+        (pl.col("item_id") + "-new").alias("item_id"), (pl.col("name") + " Express").alias("name"))
+    new.write_parquet(pipeline["landing"] / "new-shops.parquet")
+    sel = {dg.AssetKey(k) for k in ["item_catalog", "user_interactions", "catalog_quarantine",
+                                    "item_embeddings", "sid_table"]}
+    materialize_graph(defs, inst, [city], sel, echo=lambda *a, **k: None)
+    emb_meta = _latest(inst, "item_embeddings", city)
+    n_city = before_emb.filter(pl.col("variant") == "origin").height
+    assert emb_meta["origin.encoded"].value == 2 and emb_meta["origin.reused"].value == n_city
+    after_emb = home.read("item_embeddings", [city])
+    old = before_emb.sort("variant", "item_id")
+    kept = after_emb.join(old.select("item_id", "variant"), on=["item_id", "variant"]).sort("variant", "item_id")
+    assert kept["embedding"].to_list() == old["embedding"].to_list()
+    after_sid = home.read("sid_table")
+    joined = before_sid.join(after_sid, on=["item_id", "method"], suffix="_after")
+    assert joined.height == before_sid.height
+    assert (joined["sid"] == joined["sid_after"]).all()  # existing SIDs identical
+    added = after_sid.filter(pl.col("item_id").str.ends_with("-new"))
+    assert added.height == 2 * 4 and added["incremental"].all()
+    for (method,), grp in after_sid.group_by(["method"]):
+        assert grp["sid"].is_unique().all(), method
+    checks = [e for e in inst.fetch_materializations(dg.AssetKey("sid_table"), limit=1).records]
+    assert checks
