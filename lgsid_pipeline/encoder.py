@@ -98,9 +98,10 @@ def hash_files(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def _model_files(model_dir: Path) -> list[Path]:
+def model_files(model_dir: Path) -> list[Path]:
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
-    configs = [model_dir / n for n in ("config.json", "vocab.txt", "tokenizer.json") if (model_dir / n).is_file()]
+    names = ("config.json", "vocab.txt", "tokenizer.json")
+    configs = [model_dir / n for n in names if (model_dir / n).is_file()]
     return weights + configs
 
 
@@ -141,7 +142,7 @@ class TextEncoder:
         if model is None:
             model = AutoModel.from_pretrained(str(self.model_path), local_files_only=True)
         self.model = model.to(device=self.device, dtype=_DTYPES[self.config.dtype]).eval()
-        self._weights_hash = hash_files(_model_files(self.model_path))
+        self._weights_hash = hash_files(model_files(self.model_path))
         self._extra_identity = dict(extra_identity or {})
 
     # -- identity -----------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class TextEncoder:
 
     @property
     def version(self) -> str:
-        ident = {k: v for k, v in self.identity.items() if k != "model_path"}
+        ident = {k: v for k, v in self.identity.items() if k not in ("model_path", "model_name")}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -182,30 +183,36 @@ class TextEncoder:
             emb = torch.nn.functional.normalize(emb, dim=-1)
         return emb
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
         """Tokenise with dynamic padding: pad to the longest text of ``texts`` only."""
         return self.tokenizer(list(texts), padding=True, truncation=True,
-                              max_length=self.config.max_length, return_tensors="pt")
+                              max_length=max_length or self.config.max_length, return_tensors="pt")
 
-    def embed_batch(self, texts: Sequence[str], model: torch.nn.Module | None = None) -> torch.Tensor:
+    def embed_batch(self, texts: Sequence[str], model: torch.nn.Module | None = None,
+                    max_length: int | None = None) -> torch.Tensor:
         """Differentiable embeddings (B, d) of ``texts`` through ``model`` (default: this one)."""
         _check_texts(texts)
-        return self._forward(self.model if model is None else model, self.tokenize(texts))
+        return self._forward(self.model if model is None else model, self.tokenize(texts, max_length))
 
     def encode(
         self,
         texts: Sequence[str],
         progress: Callable[[dict], None] | None = None,
         batch_size: int | None = None,
+        model: torch.nn.Module | None = None,
+        max_length: int | None = None,
     ) -> np.ndarray:
-        """Embeddings (N, d) float32 of ``texts``, in order, without gradients."""
+        """Embeddings (N, d) float32 of ``texts``, in order, without gradients.
+
+        ``model`` overrides the encoder's own model (G-DPO encodes its reference this way).
+        """
         _check_texts(texts)
         n = len(texts)
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         bs = batch_size or self.config.batch_size
         enc = self.tokenizer(list(texts), padding=False, truncation=True,
-                             max_length=self.config.max_length)
+                             max_length=max_length or self.config.max_length)
         lengths = np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=n)
         order = np.argsort(-lengths, kind="stable")  # longest first: the first batch sizes memory
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
@@ -217,7 +224,7 @@ class TextEncoder:
                 idx = order[start:start + bs]
                 feats = [{k: enc[k][i] for k in keys} for i in idx]
                 batch = self.tokenizer.pad(feats, padding=True, return_tensors="pt")
-                out[idx] = self._forward(self.model, batch).cpu().numpy()
+                out[idx] = self._forward(self.model if model is None else model, batch).cpu().numpy()
                 done = min(start + bs, n)
                 now = time.perf_counter()
                 rate = done / max(now - t0, 1e-9)

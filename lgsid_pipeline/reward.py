@@ -90,7 +90,7 @@ def encode_prompt_lists(encoder, prompts_df: pl.DataFrame) -> tuple[torch.Tensor
     emb = encoder.encode(df["prompt"].to_list())
     a = full.height
     e = torch.from_numpy(emb).reshape(a, k + 1, -1)
-    ranks = torch.from_numpy(df["rank"].to_numpy().reshape(a, k + 1))
+    ranks = torch.tensor(df["rank"].to_numpy().reshape(a, k + 1))
     anchors = df["anchor_id"].to_list()[:: k + 1]
     return e, soft_labels(ranks, k), anchors
 
@@ -247,7 +247,7 @@ def train_reward_model(
             batch_loss.backward()
             opt.step()
             step += 1
-            total += float(batch_loss) * len(idx)
+            total += float(batch_loss.detach()) * len(idx)
             seen += len(idx)
         history.append({"epoch": epoch + 1, "loss": total / max(seen, 1)})
         if ckpt is not None:

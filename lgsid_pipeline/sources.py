@@ -23,7 +23,11 @@ from pathlib import Path
 
 import polars as pl
 
-from lgsid_pipeline.catalog import DataValidationError
+from lgsid_pipeline.catalog import (
+    REQUIRED_INTERACTION_COLUMNS,
+    REQUIRED_ITEM_COLUMNS,
+    DataValidationError,
+)
 
 SOURCE_KINDS = ("generator", "folder", "files", "yelp", "foursquare")
 
@@ -52,6 +56,8 @@ class RawDataset:
     items: pl.DataFrame
     interactions: pl.DataFrame
     name: str
+    items_path: str | None = None  # the file the items came from (named in load errors)
+    interactions_path: str | None = None
 
 
 def _read_table(path: Path, what: str) -> pl.DataFrame:
@@ -69,14 +75,54 @@ def _read_table(path: Path, what: str) -> pl.DataFrame:
                                infer_schema_length=0, encoding="utf8-lossy",
                                truncate_ragged_lines=True)
         if suffix in (".json", ".jsonl", ".ndjson"):
+            size = path.stat().st_size
+            if size == 0 or (size <= 65_536 and not path.read_bytes().strip()):
+                raise DataValidationError(f"{path}: {what} file is empty")
             return pl.read_ndjson(path, infer_schema_length=10_000)
     except DataValidationError:
         raise
     except FileNotFoundError as exc:
         raise DataValidationError(f"{path}: {what} file not found") from exc
     except Exception as exc:  # polars / arrow / delta parse errors
-        raise DataValidationError(f"{path}: cannot read {what} file ({type(exc).__name__}: {exc})") from exc
+        where = _first_bad_json_line(path) if path.suffix.lower() in (".json", ".jsonl", ".ndjson") else ""
+        raise DataValidationError(
+            f"{path}: cannot read {what} file{where} ({type(exc).__name__}: {str(exc)[:500]})") from exc
     raise DataValidationError(f"{path}: unsupported {what} file type {path.suffix!r}")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (write null or a string)")
+
+
+def _first_bad_json_line(path: Path, max_lines: int = 10_000_000) -> str:
+    """`` at line N (reason)`` for the first line of a JSON-lines file that is not one JSON
+    object, so a load error names the row; only called after a parse failure."""
+    try:
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if lineno > max_lines:
+                    break
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+                except UnicodeDecodeError:
+                    return f" at line {lineno} (invalid UTF-8)"
+                except ValueError as exc:
+                    return f" at line {lineno} (not JSON: {exc})"
+                if not isinstance(obj, dict):
+                    return f" at line {lineno} (a JSON {type(obj).__name__}, not an object)"
+    except OSError:
+        return ""
+    return ""
+
+
+def _require_columns(df: pl.DataFrame, cols, path: str | None, what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if path is not None and missing:
+        raise DataValidationError(
+            f"{path}: {what} file lacks required column(s) {missing}; found columns {df.columns}. "
+            "Map your columns with the source's column_map option.")
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -105,7 +151,7 @@ def load_folder(path: str | Path, column_map: Mapping[str, str] | None = None) -
     inter_path = _find(folder, "interactions")
     items = _rename(_read_table(items_path, "items"), column_map or {}, "items", items_path)
     inter = _rename(_read_table(inter_path, "interactions"), column_map or {}, "interactions", inter_path)
-    return RawDataset(items, inter, folder.name)
+    return RawDataset(items, inter, folder.name, str(items_path), str(inter_path))
 
 
 def load_files(items_file: str, interactions_file: str | None, column_map: Mapping[str, str]) -> RawDataset:
@@ -116,7 +162,7 @@ def load_files(items_file: str, interactions_file: str | None, column_map: Mappi
         inter = _rename(_read_table(ip, "interactions"), column_map, "interactions", ip)
     else:
         inter = pl.DataFrame(schema={"user_id": pl.Utf8, "item_id": pl.Utf8})
-    return RawDataset(items, inter, items_path.stem)
+    return RawDataset(items, inter, items_path.stem, str(items_path), interactions_file or None)
 
 
 def _split_categories(expr: pl.Expr) -> list[pl.Expr]:
@@ -260,6 +306,9 @@ def load_source(spec: SourceSpec) -> RawDataset:
     if spec.default_city is not None and "city" not in ds.items.columns:
         ds.items = ds.items.with_columns(pl.lit(spec.default_city).alias("city"),
                                          pl.lit(spec.default_province).alias("province"))
+    # A file without a required column fails here, naming the file (not deep in validation).
+    _require_columns(ds.items, REQUIRED_ITEM_COLUMNS, ds.items_path, "items")
+    _require_columns(ds.interactions, REQUIRED_INTERACTION_COLUMNS, ds.interactions_path, "interactions")
     landed = read_landing_items(landing_files(spec.landing_dir), spec.column_map)
     if landed is not None:
         base = ds.items.with_columns(pl.lit(-1).alias("__landing_order"))

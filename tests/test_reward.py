@@ -53,11 +53,11 @@ def test_soft_labels_follow_eq3():
 def test_listwise_reading_beats_untrained_on_heldout():
     torch.set_num_threads(1)
     e, labels = synthetic_lists()
-    res = train_reward_model(e, labels, epochs=60, lr=3e-3, hidden=64, batch_size=32, seed=0)
+    res = train_reward_model(e, labels, epochs=100, lr=1e-2, hidden=64, batch_size=32, seed=0)
     m = res.metrics
-    assert len(res.history) == 60
+    assert len(res.history) == 100
     assert res.history[-1]["loss"] < res.history[0]["loss"]
-    assert m["heldout_spearman"] > 0.5
+    assert m["heldout_spearman"] > 0.7
     assert m["heldout_spearman"] > m["untrained_spearman"] + 0.3
     assert m["heldout_ndcg"] > m["untrained_ndcg"] + 0.03
 
@@ -65,8 +65,8 @@ def test_listwise_reading_beats_untrained_on_heldout():
 def test_literal_eq4_is_degenerate_while_listnet_learns_order():
     torch.set_num_threads(1)
     e, labels = synthetic_lists(seed=1)
-    lit = train_reward_model(e, labels, loss="literal", epochs=60, lr=3e-3, hidden=64, seed=0)
-    good = train_reward_model(e, labels, loss="listnet", epochs=60, lr=3e-3, hidden=64, seed=0)
+    lit = train_reward_model(e, labels, loss="literal", epochs=100, lr=1e-2, hidden=64, seed=0)
+    good = train_reward_model(e, labels, loss="listnet", epochs=100, lr=1e-2, hidden=64, seed=0)
     with torch.no_grad():
         s_lit = lit.model(e)
         s_good = good.model(e)
@@ -82,9 +82,9 @@ def test_literal_eq4_is_degenerate_while_listnet_learns_order():
 def test_soft_bce_reading_and_pointwise_learn_something():
     torch.set_num_threads(1)
     e, labels = synthetic_lists(seed=2)
-    bce = train_reward_model(e, labels, loss="soft_bce", epochs=40, lr=3e-3, hidden=64, seed=0)
+    bce = train_reward_model(e, labels, loss="soft_bce", epochs=100, lr=1e-2, hidden=64, seed=0)
     assert bce.metrics["heldout_spearman"] > bce.metrics["untrained_spearman"] + 0.2
-    pw = train_reward_model(e, labels, mode="pointwise", epochs=40, lr=3e-3, hidden=64, seed=0)
+    pw = train_reward_model(e, labels, mode="pointwise", epochs=100, lr=1e-2, hidden=64, seed=0)
     assert pw.metrics["heldout_top1"] > pw.metrics["untrained_top1"]
 
 

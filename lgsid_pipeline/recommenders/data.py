@@ -55,12 +55,15 @@ class SplitData:
         return len(self.user_ids)
 
     def history(self, stage: str) -> list[np.ndarray]:
-        """Input history for ``stage``: training items ("valid"), plus the valid target ("test")."""
+        """Input history for ``stage``: training items ("valid"), plus the valid target ("test"),
+        plus the test target ("serve": the whole history, for recommending the next visit)."""
         if stage == "valid":
             return self.train_seqs
         if stage == "test":
             return [np.append(s, v) for s, v in zip(self.train_seqs, self.valid_target)]
-        raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+        if stage == "serve":
+            return [np.append(s, [v, t]) for s, v, t in zip(self.train_seqs, self.valid_target, self.test_target)]
+        raise ValueError(f"stage must be 'valid', 'test' or 'serve', got {stage!r}")
 
     def target(self, stage: str) -> np.ndarray:
         if stage == "valid":
@@ -73,7 +76,11 @@ class SplitData:
         """The item masked at evaluation: the last item of the stage's history."""
         if stage == "valid":
             return np.array([s[-1] for s in self.train_seqs], dtype=np.int64)
-        return self.valid_target.astype(np.int64)
+        if stage == "test":
+            return self.valid_target.astype(np.int64)
+        if stage == "serve":
+            return self.test_target.astype(np.int64)
+        raise ValueError(f"stage must be 'valid', 'test' or 'serve', got {stage!r}")
 
     def item_index(self) -> dict[str, int]:
         return {it: j for j, it in enumerate(self.item_ids)}
@@ -206,3 +213,21 @@ def next_item_split(
         order=chosen,
         counts=counts,
     )
+
+
+def item_attribute(split: SplitData, items: pl.DataFrame, column: str) -> np.ndarray:
+    """``items[column]`` aligned to the split's item vocabulary (NaN / None where missing)."""
+    for col in ("item_id", column):
+        if col not in items.columns:
+            raise ValueError(f"items lack required column {col!r}")
+    vocab = pl.DataFrame({"item_id": split.item_ids})
+    joined = vocab.join(
+        items.select(pl.col("item_id").cast(pl.Utf8), pl.col(column)).unique("item_id", keep="first"),
+        on="item_id",
+        how="left",
+        maintain_order="left",
+    )
+    s = joined[column]
+    if s.dtype.is_numeric():
+        return s.cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    return np.asarray(s.to_list(), dtype=object)

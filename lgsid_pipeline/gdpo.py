@@ -1,0 +1,432 @@
+"""G-DPO: align the text encoder with the frozen geography reward model (paper Eq. 6-8).
+
+Policy pi_theta = the base encoder + LoRA adapters on the attention key/value projections
+(r=8, dropout 0.05; Appendix B). The reference pi_ref is the *same* model with its adapters
+disabled, so no second copy is held; reference embeddings never change and are computed once
+and cached by text.
+
+Preference pairs (D_mix = D_dc U D_gc, :func:`build_preference_pairs`) are triples
+(target, near, far). The preferred input i+ is the target's content at the near item's
+location, the dispreferred input i- the target's content at the far item's location
+(``prompts.build_prompt(target, location)``). R scores both inputs under the policy and the
+reference (Eq. 6).
+
+Readings of the paper (see docs/alignment.md):
+- D_gc's near item is the target itself (its true location); the far item is a random item
+  outside the target's town (``outside="town"``) or city.
+- D_dc: for every co-occurrence pair (a, b) kept by Eq. 5, both a and b become targets with
+  the other as the near item, and a random far item outside the target's town.
+- Eq. 7 is computed on the anchors' own true prompts (one per pair in the batch) and on
+  L2-normalised embeddings. There ||u - v||^2 = 2 - 2 cos(u, v), so the printed
+  pull-to-own-reference / push-from-other-references term is bounded in [-4, 4] and cannot
+  run away; with unnormalised embeddings the push term would be unbounded below.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch.nn import functional as F
+
+from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, hash_files, model_files
+from lgsid_pipeline.prompts import build_prompt
+from lgsid_pipeline.reward import RewardModel
+from lgsid_pipeline.train_state import (
+    atomic_write_text,
+    load_checkpoint,
+    load_json,
+    restore_optimizer,
+    save_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+PAIR_SCHEMA = {"target_id": pl.Utf8(), "near_id": pl.Utf8(), "far_id": pl.Utf8(), "source": pl.Utf8()}
+
+
+# -- preference pairs (D_mix = D_dc U D_gc) -------------------------------------------------------
+def _location_codes(items: pl.DataFrame, outside: str) -> np.ndarray:
+    cols = ["province", "city"] + (["town"] if outside == "town" else [])
+    cols = [c for c in cols if c in items.columns]
+    if not cols:
+        raise ValueError("items need a 'city' (and ideally 'town') column to sample outside locations")
+    key = pl.concat_str([pl.col(c).cast(pl.Utf8).fill_null("") for c in cols], separator="|")
+    return items.select(key.alias("k"))["k"].cast(pl.Categorical).to_physical().to_numpy()
+
+
+def _sample_outside(targets: np.ndarray, codes: np.ndarray, rng: np.random.Generator,
+                    rounds: int = 32) -> np.ndarray:
+    """For each target index, a random item index whose location code differs (-1 if none found)."""
+    far = rng.integers(0, len(codes), size=len(targets))
+    bad = codes[far] == codes[targets]
+    for _ in range(rounds):
+        if not bad.any():
+            break
+        far[bad] = rng.integers(0, len(codes), size=int(bad.sum()))
+        bad = codes[far] == codes[targets]
+    far[bad] = -1
+    return far
+
+
+def build_preference_pairs(
+    items: pl.DataFrame,
+    cooc_pairs: pl.DataFrame | None,
+    *,
+    n_gc_per_item: int = 1,
+    seed: int = 0,
+    max_pairs: int | None = None,
+    use_dc: bool = True,
+    use_gc: bool = True,
+    outside: str = "town",
+) -> pl.DataFrame:
+    """D_mix = D_dc U D_gc as a frame [target_id, near_id, far_id, source ("dc" | "gc")]."""
+    if "item_id" not in items.columns:
+        raise ValueError("items lacks column 'item_id'")
+    if outside not in ("town", "city"):
+        raise ValueError(f"outside must be 'town' or 'city', got {outside!r}")
+    if items["item_id"].null_count() or items["item_id"].n_unique() != items.height:
+        raise ValueError("items.item_id must be non-null and unique")
+    rng = np.random.default_rng(seed)
+    ids = items["item_id"].cast(pl.Utf8).to_numpy()
+    codes = _location_codes(items, outside)
+    parts: list[pl.DataFrame] = []
+    if use_gc and n_gc_per_item > 0:
+        targets = np.repeat(np.arange(len(ids)), n_gc_per_item)
+        far = _sample_outside(targets, codes, rng)
+        ok = far >= 0
+        parts.append(pl.DataFrame({"target_id": ids[targets[ok]], "near_id": ids[targets[ok]],
+                                   "far_id": ids[far[ok]], "source": "gc"}, schema=PAIR_SCHEMA))
+    if use_dc and cooc_pairs is not None and cooc_pairs.height > 0:
+        missing = {"item_a", "item_b"} - set(cooc_pairs.columns)
+        if missing:
+            raise ValueError(f"cooc_pairs is missing column(s) {sorted(missing)}")
+        index = pl.DataFrame({"item_id": ids, "idx": np.arange(len(ids))})
+        cp = (cooc_pairs.select(pl.col("item_a").cast(pl.Utf8), pl.col("item_b").cast(pl.Utf8))
+              .join(index.rename({"item_id": "item_a", "idx": "ia"}), on="item_a")
+              .join(index.rename({"item_id": "item_b", "idx": "ib"}), on="item_b")
+              .filter(pl.col("ia") != pl.col("ib")))
+        t = np.concatenate([cp["ia"].to_numpy(), cp["ib"].to_numpy()])
+        n = np.concatenate([cp["ib"].to_numpy(), cp["ia"].to_numpy()])
+        far = _sample_outside(t, codes, rng)
+        ok = far >= 0
+        parts.append(pl.DataFrame({"target_id": ids[t[ok]], "near_id": ids[n[ok]],
+                                   "far_id": ids[far[ok]], "source": "dc"}, schema=PAIR_SCHEMA))
+    pairs = pl.concat(parts) if parts else pl.DataFrame(schema=PAIR_SCHEMA)
+    if max_pairs is not None and pairs.height > max_pairs:
+        pairs = pairs.sample(n=max_pairs, seed=seed, shuffle=True)
+    return pairs
+
+
+# -- losses ---------------------------------------------------------------------------------------
+def gdpo_align_loss(r_pi_pos: torch.Tensor, r_pi_neg: torch.Tensor, r_ref_pos: torch.Tensor,
+                    r_ref_neg: torch.Tensor, beta: float) -> torch.Tensor:
+    # Eq. 6: L_align = -E log sigma(beta (R(E_pi(i+)) - R(E_pi(i-)) - R(E_ref(i+)) + R(E_ref(i-))))
+    return -F.logsigmoid(beta * (r_pi_pos - r_pi_neg - r_ref_pos + r_ref_neg)).mean()
+
+
+def similarity_loss(e_pi: torch.Tensor, e_ref: torch.Tensor) -> torch.Tensor:
+    # Eq. 7: E_i [ ||E_pi(i) - E_ref(i)||^2 - 1/(|B|-1) sum_{j != i} ||E_pi(i) - E_ref(j)||^2 ],
+    # on L2-normalised embeddings (bounded in [-4, 4]; see module docstring).
+    p, r = F.normalize(e_pi, dim=-1), F.normalize(e_ref, dim=-1)
+    d2 = (p.unsqueeze(1) - r.unsqueeze(0)).pow(2).sum(-1)  # (B, B) within one batch
+    own = d2.diagonal()
+    b = d2.shape[0]
+    if b < 2:
+        return own.mean()
+    others = (d2.sum(1) - own) / (b - 1)
+    return (own - others).mean()
+
+
+def gdpo_loss(align: torch.Tensor, sim: torch.Tensor, lam: float) -> torch.Tensor:
+    # Eq. 8: L_G-DPO = L_align + lambda * L_sim
+    return align + lam * sim
+
+
+# -- training -------------------------------------------------------------------------------------
+@dataclass
+class GDPOConfig:
+    beta: float = 0.9
+    lam: float = 1.0
+    lr: float = 5e-4
+    epochs: int = 1
+    batch_size: int = 16
+    max_steps: int | None = None
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    seed: int = 0
+    max_length: int | None = None  # None: the encoder's own max_length
+    checkpoint_every: int = 50
+    eval_pairs: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "lora_r", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GDPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lam < 0 or self.beta <= 0 or self.lr <= 0:
+            raise ValueError(f"GDPOConfig needs lam >= 0, beta > 0, lr > 0 "
+                             f"(got {self.lam}, {self.beta}, {self.lr})")
+
+
+@dataclass
+class GDPOResult:
+    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    adapter_path: Path | None = None
+
+
+def pair_texts(items: pl.DataFrame, pairs: pl.DataFrame) -> tuple[list[str], list[str], list[str]]:
+    """(i+ texts, i- texts, anchors' true prompts) for every pair, built with Eq. 1 prompts."""
+    missing = {"target_id", "near_id", "far_id"} - set(pairs.columns)
+    if missing:
+        raise ValueError(f"pairs is missing column(s) {sorted(missing)}")
+    rows = {str(r["item_id"]): r for r in items.to_dicts()}
+    for col in ("target_id", "near_id", "far_id"):
+        unknown = pairs.filter(~pl.col(col).cast(pl.Utf8).is_in(list(rows)))
+        if unknown.height:
+            raise ValueError(f"pairs.{col} has {unknown.height} id(s) not in items, e.g. {unknown[col][0]!r}")
+    t, n, f = (pairs[c].cast(pl.Utf8).to_list() for c in ("target_id", "near_id", "far_id"))
+    pos = [build_prompt(rows[a], rows[b]) for a, b in zip(t, n)]
+    neg = [build_prompt(rows[a], rows[b]) for a, b in zip(t, f)]
+    anc = [build_prompt(rows[a]) for a in t]
+    return pos, neg, anc
+
+
+def _policy(encoder: TextEncoder, cfg: GDPOConfig):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=["key", "value"], bias="none")
+    model = get_peft_model(encoder.clone_model(), lora)
+    model.eval()  # base dropout off: the policy differs from the reference only through LoRA
+    for name, module in model.named_modules():
+        if "lora_dropout" in name:
+            module.train()
+    return model
+
+
+def _reference_cache(
+    encoder: TextEncoder,
+    model,
+    texts: list[str],
+    known: dict[str, np.ndarray] | None = None,
+    max_length: int | None = None,
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """E_ref of every distinct text, computed once with adapters disabled.
+
+    ``known`` maps texts to reference embeddings already computed by the same base encoder
+    (e.g. the origin item embeddings); only the other texts are encoded, and added to it.
+    """
+    uniq = list(dict.fromkeys(texts))
+    known = {} if known is None else known
+    todo = [t for t in uniq if t not in known]
+    if todo:
+        with model.disable_adapter():
+            emb = encoder.encode(todo, model=model, max_length=max_length)
+        known.update(zip(todo, emb))
+    return torch.from_numpy(np.stack([known[t] for t in uniq])), {t: i for i, t in enumerate(uniq)}
+
+
+def _adapter_state(model) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def train_gdpo(
+    encoder: TextEncoder,
+    reward_model: RewardModel,
+    items: pl.DataFrame,
+    pairs: pl.DataFrame,
+    config: GDPOConfig | None = None,
+    *,
+    checkpoint_dir: Path | str | None = None,
+    adapter_dir: Path | str | None = None,
+    progress: Callable[[dict], None] | None = None,
+    reference_embeddings: dict[str, np.ndarray] | None = None,
+) -> GDPOResult:
+    """Fine-tune LoRA adapters on ``encoder`` with Eq. 8; save them as safetensors.
+
+    ``adapter_dir`` defaults to ``checkpoint_dir / "adapter"``. With ``checkpoint_dir`` the
+    adapter, optimizer state and step are saved every ``checkpoint_every`` steps and a rerun
+    with the same inputs resumes from the last checkpoint. ``encoder`` itself is not modified.
+    ``reference_embeddings`` (text -> embedding by this same base encoder and max_length, e.g.
+    the origin embeddings of the items' true prompts) is reused and extended as the reference
+    cache.
+    """
+    from peft import set_peft_model_state_dict
+
+    cfg = config or GDPOConfig()
+    if pairs.height == 0:
+        raise ValueError("pairs is empty: no preference pairs to train on")
+    if reward_model.d != encoder.dim:
+        raise ValueError(f"reward model expects dim {reward_model.d}, encoder gives {encoder.dim}")
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if adapter_dir is None:
+        if ckpt is None:
+            raise ValueError("give checkpoint_dir or adapter_dir so the adapter can be saved")
+        adapter_dir = ckpt / "adapter"
+    adapter_dir = Path(adapter_dir)
+    t_start = time.perf_counter()
+
+    pos, neg, anc = pair_texts(items, pairs)
+    n = len(pos)
+    model = _policy(encoder, cfg)
+    reward_model = reward_model.eval()
+    for p in reward_model.parameters():
+        p.requires_grad_(False)
+    ref_emb, ref_idx = _reference_cache(encoder, model, pos + neg + (anc if cfg.lam > 0 else []),
+                                        reference_embeddings, cfg.max_length)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+
+    steps_per_epoch = -(-n // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    signature = {"n_pairs": n, "encoder": encoder.version, **asdict(cfg)}
+    signature.pop("max_steps"), signature.pop("epochs"), signature.pop("checkpoint_every")
+    history: list[dict] = []
+    step = 0
+    if ckpt is not None and (state := load_checkpoint(ckpt)) is not None:
+        model_t, opt_t, meta = state
+        if meta.get("signature") != signature:
+            raise ValueError(f"G-DPO checkpoint in {ckpt} was written for different inputs/settings")
+        set_peft_model_state_dict(model, model_t)
+        restore_optimizer(opt, opt_t, meta["optimizer"])
+        step, history = int(meta["step"]), list(meta["history"])
+        log.info("resuming G-DPO from step %d", step)
+
+    t_train = time.perf_counter()
+    start_step = step
+    while step < total_steps:
+        epoch, b = divmod(step, steps_per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size].tolist()
+        torch.manual_seed(cfg.seed * 7_919 + step)  # LoRA dropout, reproducible across resumes
+        texts = [pos[i] for i in idx] + [neg[i] for i in idx] + ([anc[i] for i in idx] if cfg.lam > 0 else [])
+        emb = encoder.embed_batch(texts, model=model, max_length=cfg.max_length)
+        ref = ref_emb[[ref_idx[t] for t in texts]]
+        m = len(idx)
+        r_pi, r_ref = reward_model(emb[: 2 * m]), reward_model(ref[: 2 * m])
+        align = gdpo_align_loss(r_pi[:m], r_pi[m:], r_ref[:m], r_ref[m:], cfg.beta)
+        sim = similarity_loss(emb[2 * m:], ref[2 * m:]) if cfg.lam > 0 else torch.zeros(())
+        total = gdpo_loss(align, sim, cfg.lam)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        step += 1
+        rec = {"step": step, "epoch": epoch + 1, "align": float(align.detach()), "sim": float(sim.detach()),
+               "total": float(total.detach()),
+               "margin": float((r_pi[:m] - r_pi[m:] - r_ref[:m] + r_ref[m:]).detach().mean())}
+        history.append(rec)
+        if progress is not None:
+            progress({**rec, "total_steps": total_steps})
+        if step % 10 == 0:
+            log.info("G-DPO step %d/%d align=%.4f sim=%.4f", step, total_steps, rec["align"], rec["sim"])
+        if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == total_steps):
+            save_checkpoint(ckpt, _adapter_state(model), opt,
+                            {"step": step, "history": history, "signature": signature})
+    train_seconds = time.perf_counter() - t_train
+
+    # Save the adapter (adapter_model.safetensors + adapter_config.json) and provenance.
+    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    atomic_write_text(adapter_dir / "gdpo.json", json.dumps(
+        {"base_identity": encoder.identity, "config": asdict(cfg), "steps": step}, indent=1))
+
+    metrics = {"steps": step, "steps_this_run": step - start_step, "pairs": n,
+               "train_seconds": train_seconds,
+               "seconds_per_1k_pairs": 1000 * train_seconds / max((step - start_step) * cfg.batch_size, 1),
+               **_final_losses(history), **_reward_margins(encoder, model, reward_model, pos, neg,
+                                                             ref_emb, ref_idx, cfg)}
+    metrics["seconds"] = time.perf_counter() - t_start
+    return GDPOResult(history=history, metrics=metrics, adapter_path=adapter_dir)
+
+
+def _final_losses(history: list[dict], window: int = 10) -> dict:
+    if not history:
+        return {}
+    tail = history[-window:]
+    return {f"final_{k}": float(np.mean([h[k] for h in tail])) for k in ("align", "sim", "total")} | {
+        f"first_{k}": float(np.mean([h[k] for h in history[:window]])) for k in ("align", "sim", "total")}
+
+
+def _reward_margins(encoder, model, reward_model, pos, neg, ref_emb, ref_idx, cfg) -> dict:
+    """Mean R(i+) - R(i-) and pair accuracy under policy and reference, on up to eval_pairs pairs."""
+    g = np.random.default_rng(cfg.seed)
+    sel = g.choice(len(pos), size=min(cfg.eval_pairs, len(pos)), replace=False)
+    texts = [pos[i] for i in sel] + [neg[i] for i in sel]
+    model.eval()
+    pol = torch.from_numpy(encoder.encode(texts, model=model, max_length=cfg.max_length))
+    ref = ref_emb[[ref_idx[t] for t in texts]]
+    m = len(sel)
+    with torch.no_grad():
+        rp, rr = reward_model(pol), reward_model(ref)
+    dp, dr = rp[:m] - rp[m:], rr[:m] - rr[m:]
+    return {"policy_margin": float(dp.mean()), "reference_margin": float(dr.mean()),
+            "policy_pair_acc": float((dp > 0).double().mean()),
+            "reference_pair_acc": float((dr > 0).double().mean()),
+            "eval_pairs": m}
+
+
+# -- aligned encoder ------------------------------------------------------------------------------
+def load_aligned_encoder(base_config: EncoderConfig, adapter_dir: Path | str) -> TextEncoder:
+    """A TextEncoder whose model is the base with the G-DPO adapter merged in.
+
+    Its ``version`` includes a hash of the adapter files, so aligned embeddings are versioned.
+    """
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    adapter_dir = Path(adapter_dir)
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file() or not (adapter_dir / "adapter_config.json").is_file():
+        raise ValueError(f"{adapter_dir} is not a LoRA adapter directory (adapter_model.safetensors "
+                         "and adapter_config.json expected)")
+    base_path = base_config.resolved_model_path()
+    info_path = adapter_dir / "gdpo.json"
+    if info_path.is_file():
+        info = load_json(info_path, "G-DPO adapter info")
+        want = info.get("base_identity", {}).get("weights_sha256")
+        have = hash_files(model_files(base_path))
+        if want is not None and want != have:
+            raise ValueError(f"adapter {adapter_dir} was trained on a different base model than {base_path}")
+    base = AutoModel.from_pretrained(str(base_path), local_files_only=True)
+    try:
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    except Exception as exc:  # safetensors / shape errors from a damaged adapter
+        raise ValueError(f"could not load the adapter in {adapter_dir}: {exc}") from exc
+    adapter_hash = hash_files([weights, adapter_dir / "adapter_config.json"])
+    return TextEncoder(base_config, model=merged, extra_identity={"adapter_sha256": adapter_hash})
+
+
+def plot_losses(history: list[dict], path: Path | str) -> Path:
+    """Plot align / sim / total losses per step (matplotlib Agg) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in history]
+    for key in ("align", "sim", "total"):
+        ax.plot(steps, [h[key] for h in history], label=f"L_{key}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("G-DPO losses (Eq. 6-8)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,410 @@
+"""One split, every variant: the recommender evaluation behind the paper's Tables 1, 2 and 5.
+
+``evaluate_all`` builds the README next-item split once, then trains and scores on it
+
+* TIGER with every tokenizer method of the SID table (Table 2 shape: Hit/NDCG@5/10 with IMP of
+  the named method over the best other method),
+* DIN with every method's SIDs and the ID-only "Origin" (Table 1 shape: AUC / GAUC with the
+  gain over Origin),
+* the peer heuristics (popularity, last-item transitions, geo-nearest),
+
+over the same seeds, and adds seed statistics (Table 5 shape: mean ± SD, t-based 95% CI,
+median (IQR), Wilcoxon signed-rank against the best baseline), the reachability of top-K
+lists, and a per-city breakdown (users grouped by the city of their test target).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .data import SplitData, item_attribute, next_item_split
+from .din import DINConfig, train_and_evaluate_din
+from .heuristics import HEURISTICS, run_heuristic
+from .metrics import per_user_hit_ndcg, target_ranks
+from .reachability import reachable_share
+from .stats import summarize, wilcoxon_paired
+from .tiger import GenResult, TigerConfig, rank_stage, topk_frame, train_and_evaluate_tiger
+
+TIGER_METRICS = ("test_hit@5", "test_hit@10", "test_ndcg@5", "test_ndcg@10")
+DIN_METRICS = ("auc", "gauc")
+ORIGIN = "Origin"
+
+
+@dataclass
+class EvaluationResult:
+    """Every table as a polars frame; ``markdown()`` renders them."""
+
+    runs: pl.DataFrame  # model, variant, seed, metric, value (every measured number)
+    table1: pl.DataFrame  # DIN: variant, auc, gauc, delta_auc, delta_gauc (means over seeds)
+    table2: pl.DataFrame  # TIGER + heuristics: variant, kind, hit@5, hit@10, ndcg@5, ndcg@10 (test)
+    imp: dict[str, float]  # IMP of ``ours`` over the best other TIGER method, per metric
+    seed_stats: pl.DataFrame  # model, variant, metric, n, mean, sd, ci_low, ci_high, median, iqr, baseline, p, ...
+    reachability: pl.DataFrame  # model, variant, km, last_n, share (mean over seeds)
+    per_city: pl.DataFrame  # model, variant, city, users, metric, value
+    split_meta: dict
+    ours: str | None
+    tiger_results: dict[str, GenResult] = field(default_factory=dict, repr=False)  # first seed per method
+    split: SplitData | None = field(default=None, repr=False)
+
+    def markdown(self) -> str:
+        parts = [
+            "### Split\n\n" + _md(pl.DataFrame({"key": list(self.split_meta), "value": [str(v) for v in self.split_meta.values()]})),
+            "### Discriminative (DIN): AUC / GAUC, gain over Origin (Table 1 shape)\n\n" + _md(self.table1),
+            "### Generative (TIGER) and heuristics, test split (Table 2 shape)\n\n" + _md(self.table2),
+        ]
+        if self.imp:
+            parts.append(
+                f"IMP of `{self.ours}` over the best other method: "
+                + ", ".join(f"{k} {v:+.2%}" for k, v in self.imp.items())
+            )
+        parts += [
+            "### Seed statistics (Table 5 shape)\n\n" + _md(self.seed_stats),
+            "### Reachability of top-K lists\n\n" + _md(self.reachability),
+        ]
+        if self.per_city.height:
+            wide = self.per_city.pivot(on="metric", index=["model", "variant", "city", "users"], values="value")
+            parts.append("### Per city (users grouped by the city of their test target)\n\n" + _md(wide))
+        return "\n\n".join(parts) + "\n"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _md(df: pl.DataFrame) -> str:
+    if df.height == 0:
+        return "(none)"
+    head = "| " + " | ".join(df.columns) + " |"
+    sep = "|" + "---|" * len(df.columns)
+    rows = ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in df.iter_rows()]
+    return "\n".join([head, sep, *rows])
+
+
+def _item_city(split: SplitData, items: pl.DataFrame) -> np.ndarray | None:
+    for col in ("city_key", "city"):
+        if col in items.columns:
+            return item_attribute(split, items, col)
+    return None
+
+
+def _per_city_rows(model, variant, seed, split, topk_test, city_of_target) -> list[dict]:
+    ranks = target_ranks(topk_test, split.test_target)
+    hit, ndcg = per_user_hit_ndcg(ranks, 10)
+    df = pl.DataFrame({"city": [str(c) for c in city_of_target], "hit@10": hit, "ndcg@10": ndcg})
+    agg = df.group_by("city").agg(pl.len().alias("users"), pl.col("hit@10").mean(), pl.col("ndcg@10").mean())
+    out = []
+    for r in agg.iter_rows(named=True):
+        for m in ("hit@10", "ndcg@10"):
+            out.append({"model": model, "variant": variant, "seed": seed, "city": r["city"], "users": r["users"], "metric": m, "value": r[m]})
+    return out
+
+
+def _din_city_rows(variant, seed, res, user_city: dict[str, str]) -> list[dict]:
+    from .metrics import auc
+
+    df = res.test_scores.with_columns(pl.col("user_id").replace_strict(user_city, default=None).alias("city"))
+    out = []
+    for (city,), g in df.group_by("city"):
+        lab = g["label"].to_numpy()
+        if 0 < lab.sum() < lab.size:
+            out.append({"model": "DIN", "variant": variant, "seed": seed, "city": str(city),
+                        "users": g["user_id"].n_unique(), "metric": "auc", "value": auc(lab, g["score"].to_numpy())})
+    return out
+
+
+def evaluate_all(
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    sid_frame: pl.DataFrame | None,
+    *,
+    methods: list[str] | None = None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    tiger_config: TigerConfig | None = None,
+    din_config: DINConfig | None = None,
+    reach_km: float = 3.0,
+    reach_last_n: int = 5,
+    per_city: bool = True,
+    ours: str | None = None,
+    heuristics: tuple[str, ...] = HEURISTICS,
+    run_tiger: bool = True,
+    run_din: bool = True,
+    split_kwargs: dict | None = None,
+    log=None,
+) -> EvaluationResult:
+    """Train and score every variant on one split and the same seeds; see the module docstring.
+
+    ``ours`` names the method whose IMP is reported (default: ``"hgit"`` when present).
+    """
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    tiger_config = tiger_config or TigerConfig()
+    din_config = din_config or DINConfig()
+    split = next_item_split(interactions, known_items=items["item_id"], **(split_kwargs or {}))
+    all_methods: list[str] = []
+    if sid_frame is not None and sid_frame.height:
+        for col in ("item_id", "method", "sid"):
+            if col not in sid_frame.columns:
+                raise ValueError(f"SID frame lacks column {col!r}")
+        all_methods = sorted(sid_frame["method"].unique().to_list())
+    methods = list(methods) if methods is not None else all_methods
+    missing = set(methods) - set(all_methods)
+    if missing:
+        raise ValueError(f"methods {sorted(missing)} are not in the SID frame (has {all_methods})")
+    if ours is None and "hgit" in methods:
+        ours = "hgit"
+    sids = {m: sid_frame.filter(pl.col("method") == m) for m in methods}
+
+    has_geo = "lat" in items.columns and "lon" in items.columns
+    lat = item_attribute(split, items, "lat") if has_geo else None
+    lon = item_attribute(split, items, "lon") if has_geo else None
+    city = _item_city(split, items) if per_city else None
+    city_of_target = city[split.test_target] if city is not None else None
+    user_city = dict(zip(split.user_ids, map(str, city_of_target))) if city_of_target is not None else {}
+    test_hist = split.history("test")
+
+    runs: list[dict] = []
+    reach_rows: list[dict] = []
+    city_rows: list[dict] = []
+    tiger_results: dict[str, GenResult] = {}
+
+    def record(model, variant, seed, metrics, seconds):
+        for k, v in metrics.items():
+            runs.append({"model": model, "variant": variant, "seed": seed, "metric": k, "value": float(v)})
+        runs.append({"model": model, "variant": variant, "seed": seed, "metric": "cpu_seconds", "value": float(seconds)})
+
+    def reach(model, variant, seed, topk):
+        if lat is None:
+            return
+        share = reachable_share(topk, test_hist, lat, lon, km=reach_km, last_n=reach_last_n)
+        reach_rows.append({"model": model, "variant": variant, "seed": seed, "share": share})
+
+    for h in heuristics:
+        if h == "geo_nearest" and lat is None:
+            continue
+        r = run_heuristic(h, split, item_lat=lat, item_lon=lon)
+        for seed in seeds:  # deterministic: the same numbers pair with every seed
+            record("heuristic", h, seed, r.metrics, r.seconds)
+        reach("heuristic", h, seeds[0], r.topk["test"])
+        if city_of_target is not None:
+            city_rows += _per_city_rows("heuristic", h, seeds[0], split, r.topk["test"], city_of_target)
+        if log:
+            log({"model": "heuristic", "variant": h, **r.metrics})
+
+    for seed in seeds:
+        if run_tiger:
+            for m in methods:
+                cfg = _with_seed(tiger_config, seed)
+                res = train_and_evaluate_tiger(split, sids[m], cfg)
+                record("TIGER", m, seed, res.metrics, res.cpu_seconds)
+                reach("TIGER", m, seed, res.topk_idx["test"])
+                if city_of_target is not None:
+                    city_rows += _per_city_rows("TIGER", m, seed, split, res.topk_idx["test"], city_of_target)
+                if m not in tiger_results:
+                    tiger_results[m] = res
+                if log:
+                    log({"model": "TIGER", "variant": m, "seed": seed, **res.metrics})
+        if run_din:
+            for variant in [ORIGIN, *methods]:
+                cfg = _with_seed(din_config, seed)
+                res = train_and_evaluate_din(split, None if variant == ORIGIN else sids[variant], cfg)
+                record("DIN", variant, seed, res.metrics, res.cpu_seconds)
+                if user_city:
+                    city_rows += _din_city_rows(variant, seed, res, user_city)
+                if log:
+                    log({"model": "DIN", "variant": variant, "seed": seed, **res.metrics})
+
+    runs_df = pl.DataFrame(runs, schema={"model": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64, "metric": pl.Utf8, "value": pl.Float64})
+    table1 = _table1(runs_df)
+    table2, imp = _table2(runs_df, ours)
+    seed_stats = _seed_stats(runs_df, ours)
+    reach_df = (
+        pl.DataFrame(reach_rows, schema={"model": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64, "share": pl.Float64})
+        .group_by("model", "variant", maintain_order=True)
+        .agg(pl.col("share").mean())
+        .with_columns(pl.lit(reach_km).alias("km"), pl.lit(reach_last_n).alias("last_n"))
+        .select("model", "variant", "km", "last_n", "share")
+    )
+    city_df = pl.DataFrame(
+        city_rows,
+        schema={"model": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64, "city": pl.Utf8, "users": pl.Int64, "metric": pl.Utf8, "value": pl.Float64},
+    )
+    if city_df.height:
+        city_df = (
+            city_df.group_by("model", "variant", "city", "metric", maintain_order=True)
+            .agg(pl.col("users").first(), pl.col("value").mean())
+            .select("model", "variant", "city", "users", "metric", "value")
+            .sort("model", "variant", "city", "metric")
+        )
+    return EvaluationResult(
+        runs=runs_df,
+        table1=table1,
+        table2=table2,
+        imp=imp,
+        seed_stats=seed_stats,
+        reachability=reach_df,
+        per_city=city_df,
+        split_meta=split.metadata(),
+        ours=ours,
+        tiger_results=tiger_results,
+        split=split,
+    )
+
+
+def _with_seed(cfg, seed):
+    from dataclasses import replace
+
+    return replace(cfg, seed=seed)
+
+
+def _means(runs: pl.DataFrame, model: str, metrics) -> pl.DataFrame:
+    sub = runs.filter((pl.col("model") == model) & pl.col("metric").is_in(list(metrics)))
+    if sub.height == 0:
+        return pl.DataFrame()
+    return sub.group_by("variant", "metric", maintain_order=True).agg(pl.col("value").mean()).pivot(
+        on="metric", index="variant", values="value"
+    )
+
+
+def _table1(runs: pl.DataFrame) -> pl.DataFrame:
+    t = _means(runs, "DIN", DIN_METRICS)
+    if t.height == 0:
+        return t
+    base = t.filter(pl.col("variant") == ORIGIN)
+    if base.height:
+        t = t.with_columns(
+            (pl.col("auc") - base["auc"][0]).alias("delta_auc"),
+            (pl.col("gauc") - base["gauc"][0]).alias("delta_gauc"),
+        )
+    return t
+
+
+def _table2(runs: pl.DataFrame, ours: str | None) -> tuple[pl.DataFrame, dict[str, float]]:
+    frames = []
+    for model, kind in (("TIGER", "TIGER"), ("heuristic", "heuristic")):
+        t = _means(runs, model, TIGER_METRICS)
+        if t.height:
+            frames.append(t.with_columns(pl.lit(kind).alias("kind")))
+    if not frames:
+        return pl.DataFrame(), {}
+    t = pl.concat(frames, how="diagonal").rename({m: m.replace("test_", "") for m in TIGER_METRICS})
+    t = t.select("variant", "kind", *[m.replace("test_", "") for m in TIGER_METRICS])
+    imp: dict[str, float] = {}
+    tig = t.filter(pl.col("kind") == "TIGER")
+    if ours is not None and ours in tig["variant"].to_list() and tig.height > 1:
+        mine = tig.filter(pl.col("variant") == ours)
+        others = tig.filter(pl.col("variant") != ours)
+        for m in ("hit@5", "hit@10", "ndcg@5", "ndcg@10"):
+            best = float(others[m].max())
+            imp[m] = float(mine[m][0]) / best - 1.0 if best > 0 else float("nan")
+    return t, imp
+
+
+def _seed_stats(runs: pl.DataFrame, ours: str | None) -> pl.DataFrame:
+    """Per (model, variant, metric): Table 5 statistics plus Wilcoxon vs the best baseline.
+
+    Baseline: for DIN, Origin; for TIGER, the best TIGER method other than the variant itself
+    (by mean), or the best heuristic when there is only one method.
+    """
+    rows = []
+    for model, metrics in (("DIN", DIN_METRICS), ("TIGER", ("test_ndcg@10", "test_hit@10"))):
+        sub = runs.filter(pl.col("model") == model)
+        for metric in metrics:
+            m = sub.filter(pl.col("metric") == metric)
+            if m.height == 0:
+                continue
+            means = m.group_by("variant").agg(pl.col("value").mean()).sort("value", descending=True)
+            for variant in m["variant"].unique(maintain_order=True).to_list():
+                vals = m.filter(pl.col("variant") == variant).sort("seed")
+                s = summarize(vals["value"].to_list())
+                if model == "DIN":
+                    base = ORIGIN if variant != ORIGIN else None
+                    base_rows = m.filter(pl.col("variant") == ORIGIN)
+                else:
+                    cands = [v for v in means["variant"].to_list() if v != variant]
+                    base_model = "TIGER"
+                    if not cands:
+                        h = runs.filter((pl.col("model") == "heuristic") & (pl.col("metric") == metric))
+                        hm = h.group_by("variant").agg(pl.col("value").mean()).sort("value", descending=True)
+                        cands, base_model = hm["variant"].to_list(), "heuristic"
+                    base = cands[0] if cands else None
+                    base_rows = runs.filter(
+                        (pl.col("model") == base_model) & (pl.col("variant") == base) & (pl.col("metric") == metric)
+                    )
+                w = {"p": float("nan"), "min_p": float("nan"), "can_reach_significance": False, "significant": False}
+                if base is not None and base_rows.height:
+                    paired = vals.join(base_rows.select("seed", pl.col("value").alias("b")), on="seed")
+                    if paired.height:
+                        w = wilcoxon_paired(paired["value"].to_list(), paired["b"].to_list())
+                rows.append({"model": model, "variant": variant, "metric": metric, **s, "baseline": base,
+                             "wilcoxon_p": w["p"], "min_p": w["min_p"],
+                             "can_reach_significance": w["can_reach_significance"], "significant": w["significant"]})
+    schema = {"model": pl.Utf8, "variant": pl.Utf8, "metric": pl.Utf8, "n": pl.Int64, "mean": pl.Float64, "sd": pl.Float64,
+              "ci_low": pl.Float64, "ci_high": pl.Float64, "median": pl.Float64, "iqr": pl.Float64, "baseline": pl.Utf8,
+              "wilcoxon_p": pl.Float64, "min_p": pl.Float64, "can_reach_significance": pl.Boolean, "significant": pl.Boolean}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def plot_results(result: EvaluationResult, path: str | Path) -> Path:
+    """Bar charts with 95% CI whiskers: TIGER test NDCG@10 (+ heuristics) and DIN AUC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = (("TIGER", "test_ndcg@10", "NDCG@10 (test)"), ("DIN", "auc", "AUC (test)"))
+    for ax, (model, metric, label) in zip(axes, panels):
+        st = result.seed_stats.filter((pl.col("model") == model) & (pl.col("metric") == metric))
+        names = st["variant"].to_list()
+        means = st["mean"].to_numpy() if st.height else np.array([])
+        err = np.nan_to_num((st["ci_high"] - st["mean"]).to_numpy()) if st.height else np.array([])
+        if model == "TIGER":
+            h = result.table2.filter(pl.col("kind") == "heuristic") if result.table2.height else result.table2
+            if h.height:
+                names += h["variant"].to_list()
+                means = np.concatenate([means, h["ndcg@10"].to_numpy()])
+                err = np.concatenate([err, np.zeros(h.height)])
+        x = np.arange(len(names))
+        ax.bar(x, means, yerr=err, capsize=4, color=["C0" if i < st.height else "C7" for i in range(len(names))])
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        ax.set_title(f"{model}: mean over seeds, 95% CI")
+        if model == "DIN" and len(means):
+            lo = float(np.nanmin(means - err))
+            ax.set_ylim(max(0.0, lo - 0.02), min(1.0, float(np.nanmax(means + err)) + 0.02))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def user_topk(result: GenResult, split: SplitData, *, stage: str = "serve", k: int = 10) -> pl.DataFrame:
+    """Pre-cached top-K per user from constrained beam search (serving cache).
+
+    ``stage="serve"`` reads each user's whole history (train + valid + test) and recommends the
+    next visit, masking the last item. Returns ``user_id, rank (1-based), item_id, sid, score``
+    (score = summed log-probability of the SID).
+    """
+    if result.model is None or result.codec is None:
+        raise ValueError("the TIGER result carries no trained model")
+    from .tiger import _Tokens
+
+    cfg = result.model.cfg
+    if cfg.beams < k + 1:
+        raise ValueError(f"k={k} needs beams >= {k + 1}; the model was configured with {cfg.beams}")
+    tk = _Tokens(result.codec, cfg, split)
+    items, scores = rank_stage(result.model, tk, split, stage, cfg, k)
+    return topk_frame(split, items, scores, codec=result.codec)

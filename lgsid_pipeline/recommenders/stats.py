@@ -1,0 +1,78 @@
+"""Seed statistics in the shape of the paper's Table 5 (Appendix D).
+
+mean ± SD (sample SD, ddof=1), a 95% confidence interval from the t-distribution, median (IQR),
+and a Wilcoxon signed-rank test of a variant against a baseline over paired seeds.
+
+The paper reports p = 0.031 with six paired seeds, which is the smallest *two-sided* exact
+p-value for n = 6 (2 / 2**6); the default here is therefore two-sided. With n paired seeds the
+smallest attainable two-sided p is 2 / 2**n, so fewer than six seeds can never reach p < 0.05;
+:func:`wilcoxon_paired` reports that instead of pretending otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats as st
+
+
+def summarize(values, confidence: float = 0.95) -> dict[str, float]:
+    """mean, sd, t-based CI, median and IQR of per-seed values."""
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("summarize needs at least one value")
+    n = x.size
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1)) if n > 1 else float("nan")
+    if n > 1:
+        half = float(st.t.ppf(0.5 + confidence / 2.0, df=n - 1) * sd / math.sqrt(n))
+        lo, hi = mean - half, mean + half
+    else:
+        lo = hi = float("nan")
+    q1, med, q3 = np.percentile(x, [25, 50, 75])
+    return {
+        "n": n,
+        "mean": mean,
+        "sd": sd,
+        "ci_low": lo,
+        "ci_high": hi,
+        "median": float(med),
+        "iqr": float(q3 - q1),
+    }
+
+
+def min_attainable_p(n: int, alternative: str = "two-sided") -> float:
+    """Smallest exact Wilcoxon signed-rank p-value with ``n`` non-zero paired differences."""
+    if n <= 0:
+        return 1.0
+    return min(1.0, (2.0 if alternative == "two-sided" else 1.0) / 2.0**n)
+
+
+def wilcoxon_paired(variant, baseline, alternative: str = "two-sided", alpha: float = 0.05) -> dict:
+    """Wilcoxon signed-rank test of ``variant`` vs ``baseline`` over paired seeds.
+
+    Returns ``{n, statistic, p, min_p, can_reach_significance, significant, mean_diff}``; ``p`` is
+    NaN when every paired difference is zero (the test is undefined).
+    """
+    a = np.asarray(list(variant), dtype=np.float64)
+    b = np.asarray(list(baseline), dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"variant and baseline must be paired 1-D sequences; got {a.shape} vs {b.shape}")
+    d = a - b
+    n_nz = int(np.count_nonzero(d))
+    min_p = min_attainable_p(n_nz, alternative)
+    if n_nz == 0:
+        stat, p = float("nan"), float("nan")
+    else:
+        res = st.wilcoxon(a, b, alternative=alternative, zero_method="wilcox", method="auto")
+        stat, p = float(res.statistic), float(res.pvalue)
+    return {
+        "n": int(a.size),
+        "statistic": stat,
+        "p": p,
+        "min_p": min_p,
+        "can_reach_significance": bool(min_p < alpha),
+        "significant": bool(np.isfinite(p) and p < alpha),
+        "mean_diff": float(d.mean()) if d.size else float("nan"),
+    }

@@ -1,0 +1,507 @@
+"""TIGER-style generative recommender over semantic IDs (Rajput et al. 2023).
+
+An encoder-decoder transformer reads the user's history of SID tokens (one token range per
+level, plus an optional hashed user token) and generates the next item's SID level by level.
+``history_tokens="flat"`` (TIGER) feeds ``L`` encoder positions per item; ``"item"`` sums an
+item's ``L`` SID-token embeddings into one encoder position, which cuts encoder cost by ``L``
+on CPU while the model still sees only SID tokens (no item-ID embedding). Training uses every next-item prefix of the training
+sequences (position ``t``'s target is item ``t``); the validation target drives early
+stopping on NDCG@10.
+
+Decoding is constrained beam search through a prefix trie of the catalogue's SIDs, batched
+over users (only the per-level loop is in Python). Every generated SID is a real item, and
+every item is reachable. The beams of one user are laid side by side in one decoder sequence
+with a block-diagonal causal mask, so the encoder memory (and its cross-attention keys and
+values) is computed once per user, not once per beam. Masking: the README protocol masks the user's last history item, so
+the search keeps ``beams >= K + 1`` beams, drops the masked item from the finished beams and
+keeps the best ``K`` of the rest.
+
+Each level's distribution is a softmax over that level's codes only (training and decoding
+alike); the trie then removes the codes that lead to no item, without renormalising, as in
+TIGER's constrained decoding.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from .data import SplitData
+from .heuristics import stage_metrics
+from .metrics import topk_metrics
+
+PAD, BOS, N_SPECIAL = 0, 1, 2
+
+
+@dataclass
+class TigerConfig:
+    d_model: int = 128
+    ff_dim: int = 256
+    enc_layers: int = 2
+    dec_layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    epochs: int = 20
+    batch_size: int = 256
+    max_history: int = 20
+    history_tokens: str = "item"  # "flat": L encoder positions per item; "item": one (summed) per item
+    beams: int = 20
+    k: int = 10
+    patience: int = 3
+    user_buckets: int = 0  # TIGER hashes users into 2,000 tokens; 0 leaves the user token out
+    eval_batch: int = 256
+    max_valid_users: int | None = None  # early-stopping subset (None = every user)
+    max_seconds: float | None = None  # training time cap (checked between batches)
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.beams < self.k + 1:
+            raise ValueError(f"beams ({self.beams}) must be >= k + 1 ({self.k + 1}) to survive masking")
+        if self.d_model % self.heads:
+            raise ValueError("d_model must be divisible by heads")
+        if self.history_tokens not in ("flat", "item"):
+            raise ValueError(f"history_tokens must be 'flat' or 'item', got {self.history_tokens!r}")
+
+
+class SIDCodec:
+    """Item <-> SID tokens, and the prefix trie used by constrained beam search.
+
+    ``codes`` is (items, L) with non-negative ints; level ``l`` code ``c`` is token
+    ``N_SPECIAL + offsets[l] + c``. The trie for level ``l`` is the sorted array of keys
+    ``parent_prefix * sizes[l] + code`` with the child prefix id of each key (item index at the
+    last level).
+    """
+
+    def __init__(self, codes: np.ndarray):
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.ndim != 2 or codes.shape[0] == 0:
+            raise ValueError("SID codes must be a non-empty (items, levels) matrix")
+        if (codes < 0).any():
+            raise ValueError("SID codes must be non-negative")
+        uniq = np.unique(codes, axis=0)
+        if uniq.shape[0] != codes.shape[0]:
+            raise ValueError(
+                f"{codes.shape[0] - uniq.shape[0]} SID collisions: SIDs must be unique per method "
+                "(apply the tokenizer's dedup step, e.g. an appended digit)"
+            )
+        self.codes = codes
+        self.levels = codes.shape[1]
+        self.sizes = codes.max(axis=0) + 1
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        self.n_codes = int(self.sizes.sum())
+        self.tokens = codes + self.offsets[None, :] + N_SPECIAL
+        # trie: prefix ids per level
+        self.trie_keys: list[np.ndarray] = []
+        self.trie_child: list[np.ndarray] = []
+        parent = np.zeros(codes.shape[0], dtype=np.int64)
+        for lvl in range(self.levels):
+            key = parent * self.sizes[lvl] + codes[:, lvl]
+            if lvl == self.levels - 1:
+                order = np.argsort(key)
+                self.trie_keys.append(key[order])
+                self.trie_child.append(order)  # item index
+            else:
+                uk, child = np.unique(key, return_inverse=True)
+                self.trie_keys.append(uk)
+                self.trie_child.append(np.arange(uk.size))
+                parent = child.reshape(-1)
+
+    def lookup(self, lvl: int, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For parent prefix ids (any shape), return (valid, child) over every level-``lvl`` code."""
+        size = int(self.sizes[lvl])
+        keys = torch.from_numpy(self.trie_keys[lvl])
+        child = torch.from_numpy(self.trie_child[lvl])
+        q = parent.unsqueeze(-1) * size + torch.arange(size)
+        pos = torch.searchsorted(keys, q.reshape(-1)).clamp(max=keys.numel() - 1).reshape(q.shape)
+        valid = keys[pos] == q
+        return valid, torch.where(valid, child[pos], torch.zeros_like(pos))
+
+
+def sid_codes_for(split: SplitData, sids) -> np.ndarray:
+    """(items, L) code matrix aligned to the split vocabulary from a dict or a SID frame."""
+    if isinstance(sids, pl.DataFrame):
+        for col in ("item_id", "sid"):
+            if col not in sids.columns:
+                raise ValueError(f"SID frame lacks column {col!r}")
+        if "method" in sids.columns and sids["method"].n_unique() > 1:
+            raise ValueError("SID frame holds several methods; filter it to one method first")
+        mapping = dict(zip(sids["item_id"].cast(pl.Utf8).to_list(), sids["sid"].to_list()))
+    else:
+        mapping = {str(k): v for k, v in dict(sids).items()}
+    rows = []
+    for it in split.item_ids:
+        code = mapping.get(it)
+        if code is None:
+            raise ValueError(f"item_id {it!r} of the split has no SID")
+        rows.append(tuple(int(c) for c in code))
+    lens = {len(r) for r in rows}
+    if len(lens) != 1:
+        raise ValueError(f"SIDs of one method must share one length; found lengths {sorted(lens)}")
+    return np.asarray(rows, dtype=np.int64)
+
+
+class TigerModel(nn.Module):
+    def __init__(self, cfg: TigerConfig, n_codes: int, levels: int):
+        super().__init__()
+        self.cfg = cfg
+        self.levels = levels
+        self.n_codes = n_codes
+        vocab = N_SPECIAL + n_codes + cfg.user_buckets
+        self.embed = nn.Embedding(vocab, cfg.d_model, padding_idx=PAD)
+        n_pos = cfg.max_history * (levels if cfg.history_tokens == "flat" else 1) + 1
+        self.enc_pos = nn.Embedding(n_pos, cfg.d_model)
+        self.dec_pos = nn.Embedding(levels + 1, cfg.d_model)
+        enc_layer = nn.TransformerEncoderLayer(
+            cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, batch_first=True, norm_first=True
+        )
+        dec_layer = nn.TransformerDecoderLayer(
+            cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(
+            enc_layer, cfg.enc_layers, norm=nn.LayerNorm(cfg.d_model), enable_nested_tensor=False
+        )
+        self.decoder = nn.TransformerDecoder(dec_layer, cfg.dec_layers, norm=nn.LayerNorm(cfg.d_model))
+        self.head = nn.Linear(cfg.d_model, n_codes)
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``src`` is (B, T) flat tokens or (B, H, L) per-item tokens (summed per item)."""
+        if src.dim() == 3:
+            pad = (src == PAD).all(-1)
+            h = self.embed(src).sum(2)
+        else:
+            pad = src == PAD
+            h = self.embed(src)
+        pos = torch.arange(h.shape[1], device=src.device)
+        h = h + self.enc_pos(pos)[None]
+        return self.encoder(h, src_key_padding_mask=pad), pad
+
+    def decode(
+        self, tgt_in: torch.Tensor, memory: torch.Tensor, mem_pad: torch.Tensor, beams: int = 1
+    ) -> torch.Tensor:
+        """Decoder logits over all codes for ``tgt_in`` (B, beams * n): ``beams`` independent
+        sequences of length ``n`` side by side (block-diagonal causal mask)."""
+        t = tgt_in.shape[1]
+        n = t // beams
+        dev = tgt_in.device
+        pos = torch.arange(n, device=dev).repeat(beams)
+        h = self.embed(tgt_in) + self.dec_pos(pos)[None]
+        blk = torch.arange(t, device=dev) // n
+        allowed = (blk[:, None] == blk[None, :]) & (pos[None, :] <= pos[:, None])
+        mask = torch.zeros(t, t, device=dev).masked_fill(~allowed, float("-inf"))
+        out = self.decoder(h, memory, tgt_mask=mask, memory_key_padding_mask=mem_pad)
+        return self.head(out)  # (B, t, n_codes)
+
+
+def _user_token(user_ids: list[str], buckets: int, base: int) -> np.ndarray:
+    return np.array([base + zlib.crc32(u.encode()) % buckets for u in user_ids], dtype=np.int64)
+
+
+def _history_matrix(histories: list[np.ndarray], h: int) -> np.ndarray:
+    """(users, h) last-``h`` items, left-padded with -1."""
+    out = np.full((len(histories), h), -1, dtype=np.int64)
+    for u, s in enumerate(histories):
+        t = np.asarray(s[-h:], dtype=np.int64)
+        if t.size:
+            out[u, h - t.size :] = t
+    return out
+
+
+def _training_prefixes(split: SplitData, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every next-item prefix of the training sequences: (user, history (n, h), target)."""
+    users, hists, targets = [], [], []
+    for u, s in enumerate(split.train_seqs):
+        n = s.size
+        if n < 2:
+            continue
+        padded = np.concatenate([np.full(h, -1, dtype=np.int64), s])
+        win = np.lib.stride_tricks.sliding_window_view(padded, h)[1:n]  # rows t = 1..n-1
+        hists.append(win)
+        targets.append(s[1:])
+        users.append(np.full(n - 1, u, dtype=np.int64))
+    if not hists:
+        raise ValueError("no training sequence has two items; TIGER needs next-item prefixes")
+    return np.concatenate(users), np.concatenate(hists), np.concatenate(targets)
+
+
+class _Tokens:
+    """Turns item-index histories into encoder token matrices."""
+
+    def __init__(self, codec: SIDCodec, cfg: TigerConfig, split: SplitData):
+        self.codec = codec
+        self.cfg = cfg
+        self.tok = np.vstack([np.zeros((1, codec.levels), dtype=np.int64), codec.tokens])  # row 0 = pad
+        self.user_tok = (
+            _user_token(split.user_ids, cfg.user_buckets, N_SPECIAL + codec.n_codes) if cfg.user_buckets else None
+        )
+
+    def encoder_input(self, hist: np.ndarray, users: np.ndarray) -> torch.Tensor:
+        t = self.tok[hist + 1]  # (B, H, L)
+        if self.cfg.history_tokens == "item":
+            if self.user_tok is not None:
+                u = np.zeros((hist.shape[0], 1, self.codec.levels), dtype=np.int64)
+                u[:, 0, 0] = self.user_tok[users]
+                t = np.concatenate([u, t], axis=1)
+            return torch.from_numpy(np.ascontiguousarray(t))
+        t = t.reshape(hist.shape[0], -1)
+        if self.user_tok is not None:
+            t = np.concatenate([self.user_tok[users][:, None], t], axis=1)
+        return torch.from_numpy(t)
+
+    def decoder_target(self, items: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.codec.tokens[items] - N_SPECIAL)  # code-space ids (B, L)
+
+
+def _level_mask(codec: SIDCodec) -> torch.Tensor:
+    """(L, n_codes) additive mask: 0 inside level l's token range, -inf elsewhere."""
+    m = torch.full((codec.levels, codec.n_codes), float("-inf"))
+    for lvl in range(codec.levels):
+        o = int(codec.offsets[lvl])
+        m[lvl, o : o + int(codec.sizes[lvl])] = 0.0
+    return m
+
+
+@torch.no_grad()
+def beam_search(
+    model: TigerModel,
+    codec: SIDCodec,
+    src: torch.Tensor,
+    beams: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Constrained beam search for a batch of encoder inputs.
+
+    Returns (items (B, beams) int64, -1 for dead beams; scores (B, beams) summed log-probs,
+    -inf for dead beams), best first.
+    """
+    model.eval()
+    dev = src.device
+    memory, mem_pad = model.encode(src)
+    b = src.shape[0]
+    w = 1
+    prefix = torch.zeros(b, 1, dtype=torch.long)
+    score = torch.zeros(b, 1)
+    tokens = torch.full((b, 1, 1), BOS, dtype=torch.long)
+    for lvl in range(codec.levels):
+        size = int(codec.sizes[lvl])
+        off = int(codec.offsets[lvl])
+        n = lvl + 1
+        logits = model.decode(tokens.reshape(b, w * n).to(dev), memory, mem_pad, beams=w)
+        logits = logits.reshape(b, w, n, -1)[:, :, -1, off : off + size]
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        valid, child = codec.lookup(lvl, prefix)
+        cand = torch.where(valid, score.unsqueeze(-1) + logp, torch.full_like(logp, float("-inf")))
+        nw = min(beams, w * size)
+        top_s, top_i = cand.reshape(b, -1).topk(nw, dim=1)
+        src_beam = top_i // size
+        code = top_i % size
+        prefix = torch.gather(child.reshape(b, -1), 1, top_i)
+        score = top_s
+        prev = torch.gather(tokens, 1, src_beam.unsqueeze(-1).expand(b, nw, tokens.shape[2]))
+        tokens = torch.cat([prev, (code + off + N_SPECIAL).unsqueeze(-1)], dim=2)
+        w = nw
+    items = torch.where(torch.isfinite(score), prefix, torch.full_like(prefix, -1))
+    return items, score
+
+
+def _rank_users(
+    model: TigerModel,
+    tk: _Tokens,
+    hist: np.ndarray,
+    users: np.ndarray,
+    masked: np.ndarray,
+    cfg: TigerConfig,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` items and scores per user after dropping the masked last item."""
+    out_i = np.full((hist.shape[0], k), -1, dtype=np.int64)
+    out_s = np.full((hist.shape[0], k), -np.inf)
+    for s in range(0, hist.shape[0], cfg.eval_batch):
+        sl = slice(s, s + cfg.eval_batch)
+        src = tk.encoder_input(hist[sl], users[sl]).to(cfg.device)
+        items, scores = beam_search(model, tk.codec, src, cfg.beams)
+        items, scores = items.numpy(), scores.numpy()
+        keep = (items != masked[sl, None]) & (items >= 0)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        ii = np.take_along_axis(items, order, 1)
+        ss = np.take_along_axis(scores, order, 1)
+        kk = np.take_along_axis(keep, order, 1)
+        out_i[sl] = np.where(kk, ii, -1)
+        out_s[sl] = np.where(kk, ss, -np.inf)
+    return out_i, out_s
+
+
+@dataclass
+class GenResult:
+    """Output of :func:`train_and_evaluate_tiger`."""
+
+    metrics: dict[str, float]
+    topk: pl.DataFrame  # test stage: user_id, rank, item_id, score
+    topk_idx: dict[str, np.ndarray]  # stage -> (users, k) item indices
+    history: list[dict[str, float]]
+    seconds: float
+    cpu_seconds: float
+    best_epoch: int
+    model: TigerModel | None = field(default=None, repr=False)
+    codec: SIDCodec | None = field(default=None, repr=False)
+
+
+def _seed_all(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    return torch.Generator().manual_seed(seed)
+
+
+def train_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=None):
+    """Train with early stopping on validation NDCG@10; returns (model, codec, tokens, history, best_epoch)."""
+    cfg = config or TigerConfig()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    gen = _seed_all(cfg.seed)
+    codec = SIDCodec(sid_codes_for(split, sids))
+    tk = _Tokens(codec, cfg, split)
+    model = TigerModel(cfg, codec.n_codes, codec.levels).to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lvl_mask = _level_mask(codec).to(cfg.device)
+    s_users, s_hist, s_tgt = _training_prefixes(split, cfg.max_history)
+
+    rng = np.random.default_rng(cfg.seed)
+    v_users = np.arange(split.n_users)
+    if cfg.max_valid_users and cfg.max_valid_users < split.n_users:
+        v_users = np.sort(rng.choice(split.n_users, cfg.max_valid_users, replace=False))
+    v_hist = _history_matrix([split.train_seqs[u] for u in v_users], cfg.max_history)
+    v_mask = split.last_item("valid")[v_users]
+    v_tgt = split.valid_target[v_users]
+
+    history: list[dict[str, float]] = []
+    best, best_state, best_epoch, bad = -1.0, None, 0, 0
+    n = s_tgt.size
+    start = time.perf_counter()
+    out_of_time = False
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen).numpy()
+        tot, cnt, t0 = 0.0, 0, time.perf_counter()
+        for s in range(0, n, cfg.batch_size):
+            idx = perm[s : s + cfg.batch_size]
+            src = tk.encoder_input(s_hist[idx], s_users[idx]).to(cfg.device)
+            tgt = tk.decoder_target(s_tgt[idx]).to(cfg.device)
+            tgt_in = torch.cat([torch.full((idx.size, 1), BOS, device=cfg.device), tgt[:, :-1] + N_SPECIAL], 1)
+            memory, mem_pad = model.encode(src)
+            logits = model.decode(tgt_in, memory, mem_pad) + lvl_mask[None]
+            loss = nn.functional.cross_entropy(logits.reshape(-1, codec.n_codes), tgt.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * idx.size
+            cnt += idx.size
+            if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
+                out_of_time = True
+                break
+        topv, _ = _rank_users(model, tk, v_hist, v_users, v_mask, cfg, cfg.k)
+        m = topk_metrics(topv, v_tgt)
+        rec = {"epoch": epoch, "loss": tot / cnt, "valid_ndcg@10": m["ndcg@10"], "valid_hit@10": m["hit@10"],
+               "epoch_seconds": time.perf_counter() - t0}
+        rec["partial_epoch"] = out_of_time
+        history.append(rec)
+        if log:
+            log(rec)
+        if m["ndcg@10"] > best:
+            best, best_epoch, bad = m["ndcg@10"], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+        if out_of_time:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model, codec, tk, history, best_epoch
+
+
+def rank_stage(model: TigerModel, tk: _Tokens, split: SplitData, stage: str, cfg: TigerConfig, k: int | None = None):
+    """(items, scores) top-``k`` matrices for every user of ``stage`` (last history item masked)."""
+    k = k or cfg.k
+    hist = _history_matrix(split.history(stage), cfg.max_history)
+    return _rank_users(model, tk, hist, np.arange(split.n_users), split.last_item(stage), cfg, k)
+
+
+def topk_frame(split: SplitData, items: np.ndarray, scores: np.ndarray, codec: SIDCodec | None = None) -> pl.DataFrame:
+    """Long frame ``user_id, rank (1-based), item_id, score`` (+ ``sid`` when a codec is given)."""
+    u, r = np.nonzero(items >= 0)
+    ids = np.asarray(split.item_ids, dtype=object)
+    cols = {
+        "user_id": np.asarray(split.user_ids, dtype=object)[u].tolist(),
+        "rank": (r + 1).astype(np.int32),
+        "item_id": ids[items[u, r]].tolist(),
+    }
+    if codec is not None:
+        cols["sid"] = [list(map(int, codec.codes[i])) for i in items[u, r]]
+    cols["score"] = scores[u, r].astype(np.float64)
+    schema = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float64}
+    if codec is not None:
+        schema = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "sid": pl.List(pl.Int64), "score": pl.Float64}
+    return pl.DataFrame({c: cols[c] for c in schema}, schema=schema)
+
+
+def train_and_evaluate_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=None) -> GenResult:
+    """Train TIGER on ``split`` with SIDs ``sids`` (dict item_id -> codes, or a one-method SID
+    frame) and score the full catalogue on validation and test."""
+    cfg = config or TigerConfig()
+    w0, c0 = time.perf_counter(), time.process_time()
+    model, codec, tk, hist, best_epoch = train_tiger(split, sids, cfg, log)
+    topk_idx, topk_scores = {}, {}
+    for stage in ("valid", "test"):
+        topk_idx[stage], topk_scores[stage] = rank_stage(model, tk, split, stage, cfg)
+    metrics = stage_metrics(split, topk_idx)
+    return GenResult(
+        metrics=metrics,
+        topk=topk_frame(split, topk_idx["test"], topk_scores["test"]),
+        topk_idx=topk_idx,
+        history=hist,
+        seconds=time.perf_counter() - w0,
+        cpu_seconds=time.process_time() - c0,
+        best_epoch=best_epoch,
+        model=model,
+        codec=codec,
+    )
+
+
+def save_tiger(result: GenResult, directory: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (config + SID codes) to ``directory``."""
+    from safetensors.torch import save_file
+
+    if result.model is None or result.codec is None:
+        raise ValueError("result carries no model to save")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, d / "model.safetensors")
+    meta = {"config": asdict(result.model.cfg), "codes": result.codec.codes.tolist()}
+    (d / "config.json").write_text(json.dumps(meta))
+    return d
+
+
+def load_tiger(directory: str | Path) -> tuple[TigerModel, SIDCodec]:
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    meta = json.loads((d / "config.json").read_text())
+    cfg = TigerConfig(**meta["config"])
+    codec = SIDCodec(np.asarray(meta["codes"], dtype=np.int64))
+    model = TigerModel(cfg, codec.n_codes, codec.levels)
+    model.load_state_dict(load_file(d / "model.safetensors"))
+    model.eval()
+    return model, codec
+

@@ -1,0 +1,345 @@
+"""HGIT: Hierarchical Geographic Item Tokenization (paper Eq. 9-16).
+
+Layer 1 (Eq. 9): a clustering feature ``F`` built from geography, administrative area,
+category and brand; MiniBatch k-means over ``F`` gives the first token and the first-layer
+centres are the mean LLM embedding of each token's items.
+Layers l >= 2 (Eq. 10-12): learnable centres with Euclidean assignment on the residuals,
+trained on Eq. 13 reconstruction + the usage regulariser of Eq. 14-16.
+
+Readings of the paper (it leaves these open):
+
+* "Composite embeddings ... fixed scaling factors" for categorical ids: every id gets a fixed,
+  seeded pseudo-random unit vector of ``cat_embed_dim`` dimensions derived from a stable hash
+  of the (hierarchical) value, never a one-hot. Hierarchies are composed by summing the
+  codes of their prefixes: ``f_admin = (e(prov) + e(prov/city) + e(prov/city/district)) / sqrt 3``
+  and ``f_cat = (e(cat1) + e(cat1/cat2)) / sqrt 2``; so items that share a province are closer
+  than unrelated ones and items that share a city closer still. Unseen ids at transform time
+  get their own code (the hash needs no vocabulary). A null id contributes a zero vector, so a
+  column that is entirely null simply drops out of ``F``.
+* ``f_geo``: latitude/longitude as 3-D unit vectors, centred and divided by their RMS spread
+  over the fitted catalogue, so ``E|f_geo|^2 = 1`` like the unit-norm categorical codes and the
+  weights ``w_*`` express relative importance directly.
+* Eq. 14 counts hard assignments and has no gradient. The regulariser uses the soft usage
+  ``p_k = mean_i softmax_k(-|R_i - mu_k|^2 / (tau * mean_i min_k |R_i - mu_k|^2))``: the
+  temperature ``tau = usage_temperature`` is in units of the typical quantisation error, so soft
+  mass only leaks to near-by centres. The hard usage of Eq. 14 is what diagnostics report.
+  A high temperature (tau >= 3 in our tests) lets the regulariser reach a uniform *soft* usage
+  by making every assignment fuzzy, which lowers the hard-usage perplexity; tau = 0.3 raises it.
+* Eq. 13 is used as the per-item mean of ``|X - sum_l Q(l)|^2`` divided by the total variance of
+  ``X`` (a positive constant, so the minimiser is unchanged and ``lambda_reg`` is scale-free).
+  Its gradient w.r.t. a centre through the hard assignment is the standard codebook update:
+  each centre moves toward the mean reconstruction error of the items assigned to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from lgsid_pipeline.tokenizers.base import SemanticIdTokenizer, check_embeddings, check_items
+from lgsid_pipeline.tokenizers.codebook_io import require_tensors
+from lgsid_pipeline.tokenizers.kmeans import fit_kmeans, group_means, nearest_centre, sq_distances
+
+ADMIN_COLUMNS = ("province", "city", "district")
+CATEGORY_COLUMNS = ("cat1", "cat2")
+BRAND_COLUMNS = ("brand",)
+
+
+# --- Eq. 9 building blocks ------------------------------------------------------------------
+def _string_column(items: pl.DataFrame, col: str) -> pl.Series:
+    if col not in items.columns:
+        return pl.Series(col, [None] * items.height, dtype=pl.Utf8)
+    s = items[col]
+    return s if s.dtype == pl.Utf8 else s.cast(pl.Utf8, strict=False)
+
+
+def hashed_codes(values: pl.Series, field: str, dim: int, seed: int) -> np.ndarray:
+    """Fixed unit vector per distinct value (stable blake2b hash of ``seed/field/value``);
+    null values give zero rows. Hashes once per distinct value, vectorised over items."""
+    if not 1 <= dim <= 32:
+        raise ValueError(f"cat_embed_dim must be in [1, 32], got {dim}")
+    out = np.zeros((values.len(), dim), dtype=np.float32)
+    mask = values.is_not_null().to_numpy()
+    if not mask.any():
+        return out
+    uniq, inverse = np.unique(values.filter(values.is_not_null()).to_numpy().astype(str), return_inverse=True)
+    table = np.empty((len(uniq), dim), dtype=np.float32)
+    for j, v in enumerate(uniq):  # one hash per distinct id, not per item
+        h = hashlib.blake2b(f"{seed}\x1f{field}\x1f{v}".encode(), digest_size=2 * dim).digest()
+        table[j] = np.frombuffer(h, dtype="<u2").astype(np.float32) - 32767.5
+    table /= np.linalg.norm(table, axis=1, keepdims=True).clip(1e-6)
+    out[mask] = table[inverse.ravel()]
+    return out
+
+
+def hierarchical_codes(items: pl.DataFrame, columns: tuple[str, ...], dim: int, seed: int) -> np.ndarray:
+    """Composite code of a hierarchy: mean-square-normalised sum of the codes of each prefix."""
+    parts = [_string_column(items, c) for c in columns]
+    total = np.zeros((items.height, dim), dtype=np.float32)
+    prefix = pl.Series("p", [""] * items.height, dtype=pl.Utf8)
+    for col, s in zip(columns, parts):
+        prefix = (prefix + "\x1e" + s.fill_null("")).alias("p")
+        key = prefix.zip_with(s.is_not_null(), pl.Series("p", [None] * items.height, dtype=pl.Utf8))
+        total += hashed_codes(key, col, dim, seed)
+    return total / math.sqrt(len(columns))
+
+
+def unit_vectors(items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Latitude/longitude as 3-D unit vectors ``(N, 3)`` and the mask of rows that have both."""
+    n = items.height
+    if "lat" not in items.columns or "lon" not in items.columns:
+        return np.zeros((n, 3)), np.zeros(n, dtype=bool)
+    lat = items["lat"].cast(pl.Float64, strict=False).to_numpy().astype(np.float64)
+    lon = items["lon"].cast(pl.Float64, strict=False).to_numpy().astype(np.float64)
+    ok = np.isfinite(lat) & np.isfinite(lon)
+    bad = ok & ((np.abs(lat) > 90) | (np.abs(lon) > 180))
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"items row {r}: lat={lat[r]}, lon={lon[r]} is outside [-90, 90] x [-180, 180]")
+    la, lo = np.radians(np.where(ok, lat, 0.0)), np.radians(np.where(ok, lon, 0.0))
+    u = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=1)
+    u[~ok] = 0.0
+    return u, ok
+
+
+def _mean_sq_norm(A: np.ndarray) -> float:
+    """mean_i |A_i|^2 in float64, block by block (no full-size temporaries)."""
+    total = 0.0
+    for s in range(0, A.shape[0], 65_536):
+        b = A[s : s + 65_536].astype(np.float64)
+        total += float((b * b).sum())
+    return total / max(1, A.shape[0])
+
+
+class HGITTokenizer(SemanticIdTokenizer):
+    """Hierarchical Geographic Item Tokenization (LGSID, Eq. 9-16).
+
+    Parameters: ``codebook_sizes`` per level (None: ``default_codebook_sizes``), ``levels``,
+    ``seed``; Eq. 9 weights ``w_admin, w_geo, w_cat, w_brand`` and ``cat_embed_dim`` (8, as the
+    paper's per-feature embedding size); Eq. 16 ``lambda_reg`` and ``usage_temperature``; Adam
+    training of the residual centres: ``epochs``, ``batch_size``, ``lr`` (relative to the RMS
+    coordinate of X); ``kmeans_max_samples`` caps the rows each k-means is fitted on (layer 1:
+    scikit-learn MiniBatchKMeans with ``kmeans_n_init`` restarts; residual initialisation:
+    seeded k-means++ / Lloyd).
+    """
+
+    method = "hgit"
+    _needs_items = True
+
+    def __init__(
+        self,
+        codebook_sizes: list[int] | None = None,
+        levels: int = 3,
+        seed: int = 0,
+        w_admin: float = 1.0,
+        w_geo: float = 1.0,
+        w_cat: float = 0.5,
+        w_brand: float = 0.25,
+        cat_embed_dim: int = 8,
+        lambda_reg: float = 0.1,
+        usage_temperature: float = 0.3,
+        epochs: int = 5,
+        batch_size: int = 4096,
+        lr: float = 0.01,
+        kmeans_max_samples: int | None = 131_072,
+        kmeans_n_init: int = 3,
+    ) -> None:
+        self.codebook_sizes = codebook_sizes
+        self.levels = levels
+        self.seed = seed
+        self.w_admin = w_admin
+        self.w_geo = w_geo
+        self.w_cat = w_cat
+        self.w_brand = w_brand
+        self.cat_embed_dim = cat_embed_dim
+        self.lambda_reg = lambda_reg
+        self.usage_temperature = usage_temperature
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.kmeans_max_samples = kmeans_max_samples
+        self.kmeans_n_init = kmeans_n_init
+
+    # --- Eq. 9: first-layer clustering feature ----------------------------------------------
+    def clustering_features(self, items: pl.DataFrame) -> np.ndarray:
+        """Eq. 9: F = [w_admin f_admin, w_geo f_geo, w_cat f_cat, w_brand f_brand] ``(N, 3 + 3*D)``."""
+        self._check_fitted()
+        return self._features(items, self.geo_mean_, self.geo_scale_)
+
+    def _features(self, items: pl.DataFrame, geo_mean: np.ndarray, geo_scale: float) -> np.ndarray:
+        D = self.cat_embed_dim
+        u, ok = unit_vectors(items)
+        f_geo = np.where(ok[:, None], (u - geo_mean) / geo_scale, 0.0).astype(np.float32)
+        f_admin = hierarchical_codes(items, ADMIN_COLUMNS, D, self.seed)
+        f_cat = hierarchical_codes(items, CATEGORY_COLUMNS, D, self.seed)
+        f_brand = hierarchical_codes(items, BRAND_COLUMNS, D, self.seed)
+        # Eq. 9: weighted concatenation
+        return np.concatenate(
+            [self.w_admin * f_admin, self.w_geo * f_geo, self.w_cat * f_cat, self.w_brand * f_brand], axis=1
+        ).astype(np.float32)
+
+    # --- fit ----------------------------------------------------------------------------------
+    def fit(self, X: np.ndarray, items: pl.DataFrame | None = None) -> "HGITTokenizer":
+        X = check_embeddings(X)
+        items = check_items(items, X.shape[0], True, "HGIT")
+        t0 = time.perf_counter()
+        n, d = X.shape
+        sizes = self._resolve_sizes(n)
+
+        u, ok = unit_vectors(items)
+        geo_mean = u[ok].mean(0) if ok.any() else np.zeros(3)
+        spread = float(np.sqrt(((u[ok] - geo_mean) ** 2).sum(1).mean())) if ok.any() else 0.0
+        geo_scale = spread if spread > 1e-12 else 1.0
+        F = self._features(items, geo_mean, geo_scale)
+        if not np.any(F):
+            raise ValueError(
+                "HGIT layer 1 needs geography (lat/lon), admin (province/city/district), category "
+                "(cat1/cat2) or brand; every one of them is null in items (or its weight is 0)"
+            )
+        # Layer 1: MiniBatch k-means over F, then mu(1) = mean LLM embedding per token.
+        F_centres = fit_kmeans(F, sizes[0], seed=self.seed, max_samples=self.kmeans_max_samples,
+                               algorithm="minibatch", n_init=self.kmeans_n_init)
+        z1, _ = nearest_centre(F, F_centres)
+        mu1 = group_means(X, z1, F_centres.shape[0])
+
+        # Layers >= 2: k-means initialisation on the residuals (Eq. 10-12, seeded per level).
+        R = X.copy()
+        R -= mu1[z1]
+        centres = [mu1]
+        for level in range(1, self.levels):
+            C = fit_kmeans(R, sizes[level], seed=self.seed + level, max_samples=self.kmeans_max_samples)
+            z, _ = nearest_centre(R, C)
+            R -= C[z]
+            centres.append(C)
+        init_mse = _mean_sq_norm(R)
+        del R
+
+        self.layer1_feature_centres_ = F_centres
+        self.geo_mean_ = np.asarray(geo_mean, dtype=np.float64)
+        self.geo_scale_ = float(geo_scale)
+        self.dim_ = int(d)
+        self.history_ = [{"epoch": 0, "seconds": time.perf_counter() - t0, "recon_mse": init_mse}]
+        self.centres_ = centres
+        self.codebook_sizes_ = [int(c.shape[0]) for c in centres]
+        if self.levels > 1 and self.epochs > 0:
+            self._train_residual_centres(X, z1, t0)
+        # final assignments of the fitted rows: z1 from F, then Eq. 10-12 with the trained centres
+        codes = np.empty((n, self.levels), dtype=np.int32)
+        codes[:, 0] = z1
+        R = X.copy()
+        R -= self.centres_[0][z1]
+        for level in range(1, self.levels):
+            z, _ = nearest_centre(R, self.centres_[level])
+            codes[:, level] = z
+            R -= self.centres_[level][z]
+        self.codes_ = codes
+        return self
+
+    # --- Eq. 13-16: training of the learnable residual centres ---------------------------------
+    def _train_residual_centres(self, X: np.ndarray, z1: np.ndarray, t0: float) -> None:
+        g = torch.Generator().manual_seed(int(self.seed))
+        Xt = torch.from_numpy(X)
+        mu1 = torch.from_numpy(self.centres_[0])
+        z1t = torch.from_numpy(np.asarray(z1, dtype=np.int64))
+        mean_sq = _mean_sq_norm(X)
+        total_var = (mean_sq - float((X.mean(0, dtype=np.float64) ** 2).sum())) or 1.0
+        rms = float(np.sqrt(mean_sq / X.shape[1])) or 1.0
+        params = [torch.nn.Parameter(torch.from_numpy(c.copy())) for c in self.centres_[1:]]
+        opt = torch.optim.Adam(params, lr=self.lr * rms)
+        n = X.shape[0]
+        bs = int(min(self.batch_size, n))
+        for epoch in range(1, self.epochs + 1):
+            perm = torch.randperm(n, generator=g)
+            counts = [torch.zeros(p.shape[0], dtype=torch.long) for p in params]
+            sse, seen = 0.0, 0
+            last: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for s in range(0, n, bs):
+                idx = perm[s : s + bs]
+                xb = Xt[idx]
+                q1 = mu1[z1t[idx]]
+                R = xb - q1  # R(1) after the fixed geographic layer
+                recon = q1
+                reg = xb.new_zeros(())
+                last = []
+                for j, mu in enumerate(params):
+                    d2 = sq_distances(R, mu)
+                    z = d2.detach().argmin(1)  # Eq. 10
+                    Q = mu[z]  # Eq. 11
+                    # Eq. 14 (soft, differentiable) and Eq. 15: KL(p || uniform)
+                    scale = d2.detach().min(1).values.mean().clamp_min(1e-12)
+                    p = torch.softmax(-d2 / (self.usage_temperature * scale), dim=1).mean(0)
+                    reg = reg + (p * torch.log(p.clamp_min(1e-12) * mu.shape[0])).sum()
+                    last.append((R.detach(), (R - Q).detach()))
+                    R = R - Q  # Eq. 12
+                    recon = recon + Q
+                    counts[j] += torch.bincount(z, minlength=mu.shape[0])
+                err = ((xb - recon) ** 2).sum(1)  # Eq. 13 per item
+                loss = err.mean() / total_var + self.lambda_reg * reg  # Eq. 16
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sse += float(err.detach().sum())
+                seen += xb.shape[0]
+            self._reseed_dead(params, counts, last, opt)
+            self.history_.append({"epoch": epoch, "seconds": time.perf_counter() - t0, "recon_mse": sse / seen})
+        self.centres_ = [self.centres_[0]] + [p.detach().numpy().copy() for p in params]
+
+    @torch.no_grad()
+    def _reseed_dead(self, params, counts, last, opt) -> None:
+        """Centres unused for a whole epoch move onto the last batch's residual inputs whose
+        reconstruction error at that level is largest; their Adam moments are cleared."""
+        for j, (mu, cnt) in enumerate(zip(params, counts)):
+            dead = torch.nonzero(cnt == 0).flatten()
+            if dead.numel() == 0:
+                continue
+            r_in, r_out = last[j]
+            worst = torch.argsort((r_out**2).sum(1), descending=True)[: dead.numel()]
+            dead = dead[: worst.numel()]
+            mu[dead] = r_in[worst]
+            state = opt.state.get(mu, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][dead] = 0.0
+
+    # --- assignment ---------------------------------------------------------------------------
+    def _first_level_codes(self, X: np.ndarray, items: pl.DataFrame | None) -> np.ndarray:
+        """Layer-1 token: nearest MiniBatch k-means centre of the Eq. 9 feature F."""
+        z, _ = nearest_centre(self.clustering_features(items), self.layer1_feature_centres_)
+        return z
+
+    @torch.no_grad()
+    def level_distances(self, X: np.ndarray, items: pl.DataFrame | None, codes: np.ndarray, level: int) -> np.ndarray:
+        if level > 0:
+            return super().level_distances(X, items, codes, level)
+        self._check_fitted()
+        items = check_items(items, np.asarray(X).shape[0], True, "HGIT")
+        F = torch.from_numpy(self.clustering_features(items))
+        C = torch.from_numpy(self.layer1_feature_centres_)
+        out = np.empty((F.shape[0], C.shape[0]), dtype=np.float32)
+        for s in range(0, F.shape[0], 8192):
+            out[s : s + 8192] = sq_distances(F[s : s + 8192], C).numpy()
+        return out
+
+    # --- persistence --------------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, Any]:
+        return {**super()._state_tensors(), "layer1_feature_centres": self.layer1_feature_centres_,
+                "geo_mean": self.geo_mean_}
+
+    def _fitted_config(self) -> dict[str, Any]:
+        return {"geo_scale_": self.geo_scale_}
+
+    def _set_state(self, tensors: dict[str, torch.Tensor], fitted: dict[str, Any], where: Path) -> None:
+        names = [f"centres_{i}" for i in range(self.levels)] + ["layer1_feature_centres", "geo_mean"]
+        require_tensors(tensors, names, where)
+        self.centres_ = [tensors[f"centres_{i}"].numpy().astype(np.float32) for i in range(self.levels)]
+        self.layer1_feature_centres_ = tensors["layer1_feature_centres"].numpy().astype(np.float32)
+        self.geo_mean_ = tensors["geo_mean"].numpy().astype(np.float64)
+        self.geo_scale_ = float(fitted["geo_scale_"])
+        self.history_ = []

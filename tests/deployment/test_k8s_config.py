@@ -1,0 +1,235 @@
+"""Kubernetes configuration: validated against dagster / dagster-k8s schemas and rendered into
+Kubernetes Job objects locally, without a cluster."""
+
+import importlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dagster._config import validate_config
+from dagster._core.instance.config import dagster_instance_config
+
+dagster_k8s = pytest.importorskip("dagster_k8s", reason="dagster-k8s is part of the dev extras")
+from dagster_k8s import K8sRunLauncher, k8s_job_executor  # noqa: E402
+from dagster_k8s.container_context import K8sContainerContext  # noqa: E402
+from dagster_k8s.job import (  # noqa: E402
+    USER_DEFINED_K8S_CONFIG_KEY,
+    DagsterK8sJobConfig,
+    UserDefinedDagsterK8sConfig,
+    construct_dagster_k8s_job,
+    get_user_defined_k8s_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+GPU_ASSETS = {"reward_model", "aligned_encoder", "item_embeddings"}
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((K8S / name).read_text())
+
+
+# The chart's instance template (helm/dagster/templates/helpers/instance/) maps these values
+# one to one; fields Helm fills from the release are given as in dagster.k8s.yaml.
+LAUNCHER_FIELDS = {
+    "loadInclusterConfig": "load_incluster_config", "kubeconfigFile": "kubeconfig_file",
+    "jobNamespace": "job_namespace", "imagePullPolicy": "image_pull_policy",
+    "envVars": "env_vars", "volumeMounts": "volume_mounts", "volumes": "volumes", "labels": "labels",
+    "resources": "resources", "schedulerName": "scheduler_name", "securityContext": "security_context",
+}
+RUN_K8S_FIELDS = {
+    "containerConfig": "container_config", "podSpecConfig": "pod_spec_config",
+    "podTemplateSpecMetadata": "pod_template_spec_metadata", "jobSpecConfig": "job_spec_config",
+    "jobMetadata": "job_metadata",
+}
+
+
+def render_instance(values: dict, release: str = "lgsid", namespace: str = "lgsid") -> dict:
+    """The parts of the chart's instance ConfigMap that our values set (no Helm needed)."""
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    cfg = {snake: launcher[camel] for camel, snake in LAUNCHER_FIELDS.items() if launcher.get(camel)}
+    cfg.setdefault("job_namespace", namespace)
+    cfg.update({
+        "service_account_name": f"{release}-dagster",
+        "dagster_home": values["global"]["dagsterHome"],
+        "instance_config_map": f"{release}-dagster-instance",
+        "postgres_password_secret": values["global"]["postgresqlSecretName"],
+    })
+    if launcher.get("envConfigMaps"):
+        cfg["env_config_maps"] = [c["name"] for c in launcher["envConfigMaps"] if "name" in c]
+    if launcher.get("envSecrets"):
+        cfg["env_secrets"] = [s["name"] for s in launcher["envSecrets"] if "name" in s]
+    if launcher.get("failPodOnRunFailure"):
+        cfg["fail_pod_on_run_failure"] = True
+    if launcher.get("runK8sConfig"):
+        cfg["run_k8s_config"] = {RUN_K8S_FIELDS[k]: v for k, v in launcher["runK8sConfig"].items() if v}
+    queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    coordinator = {"max_concurrent_runs": queued["maxConcurrentRuns"],
+                   "tag_concurrency_limits": queued["tagConcurrencyLimits"]}
+    if queued.get("dequeueIntervalSeconds"):
+        coordinator["dequeue_interval_seconds"] = queued["dequeueIntervalSeconds"]
+    pg = values["postgresql"]
+    return {
+        "run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": cfg},
+        "run_coordinator": {"module": "dagster", "class": "QueuedRunCoordinator", "config": coordinator},
+        "postgres": {"hostname": pg["postgresqlHost"], "username": pg["postgresqlUsername"],
+                     "db_name": pg["postgresqlDatabase"], "port": pg["service"]["port"],
+                     "scheme": pg.get("postgresqlScheme") or "postgresql"},
+        "compute_logs": values["computeLogManager"]["config"]["s3ComputeLogManager"],
+    }
+
+
+def validate_class_config(entry: dict):
+    cls = getattr(importlib.import_module(entry["module"]), entry["class"])
+    result = validate_config(cls.config_type(), entry.get("config") or {})
+    assert result.success, [e.message for e in result.errors]
+    return result.value
+
+
+@pytest.fixture(scope="module")
+def instance_yaml() -> dict:
+    return load("dagster.k8s.yaml")
+
+
+def test_instance_yaml_validates(tmp_path, monkeypatch, instance_yaml):
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "secret")
+    shutil.copy(K8S / "dagster.k8s.yaml", tmp_path / "dagster.yaml")
+    config, _ = dagster_instance_config(str(tmp_path))
+    launcher = validate_class_config(config["run_launcher"])
+    assert config["run_launcher"]["class"] == "K8sRunLauncher"
+    assert launcher["load_incluster_config"] is True
+    validate_class_config(config["run_coordinator"])
+    assert config["compute_logs"]["module"] == "dagster_aws.s3.compute_log_manager"
+    if importlib.util.find_spec("dagster_aws") is not None:  # installed in the image, not in dev
+        validate_class_config(config["compute_logs"])
+
+
+def test_launcher_config_is_checked():
+    """The validation above can fail: K8sRunLauncher requires instance_config_map."""
+    bad = {"job_namespace": "lgsid", "load_incluster_config": True}
+    assert not validate_config(K8sRunLauncher.config_type(), bad).success
+    typo = {"instance_config_map": "x", "job_namespce": "lgsid"}
+    assert not validate_config(K8sRunLauncher.config_type(), typo).success
+
+
+def test_helm_values_render_to_the_instance_yaml(instance_yaml):
+    values = load("values.yaml")
+    rendered = render_instance(values)
+    assert rendered["run_launcher"] == instance_yaml["run_launcher"]
+    assert rendered["run_coordinator"] == instance_yaml["run_coordinator"]
+    validate_class_config(rendered["run_launcher"])
+    validate_class_config(rendered["run_coordinator"])
+    pg = instance_yaml["storage"]["postgres"]["postgres_db"]
+    assert {k: pg[k] for k in ("hostname", "username", "db_name", "port", "scheme")} == rendered["postgres"]
+    assert instance_yaml["compute_logs"]["config"] == rendered["compute_logs"]
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "orchestration.definitions", "-a", "defs"]
+    assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
+    env = {e["name"]: e["value"] for e in deployment["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in deployment["volumeMounts"]}
+    assert mounts[env["LGSID_HOME"]] == "lgsid-home"
+    assert deployment["volumes"][0]["persistentVolumeClaim"]["claimName"] == "lgsid-home"
+
+
+def test_tag_limits_serialise_training_and_parallelise_cities(instance_yaml):
+    limits = {(lim["key"], lim["value"]): lim["limit"]
+              for lim in instance_yaml["run_coordinator"]["config"]["tag_concurrency_limits"]}
+    assert limits[("lgsid/kind", "training")] == 1
+    assert limits[("lgsid/kind", "city")] > 1
+    assert instance_yaml["run_coordinator"]["config"]["max_concurrent_runs"] >= limits[("lgsid/kind", "city")] + 1
+
+
+def _job_config(instance_yaml) -> DagsterK8sJobConfig:
+    cfg = dict(instance_yaml["run_launcher"]["config"])
+    keep = set(DagsterK8sJobConfig._fields)
+    return DagsterK8sJobConfig(job_image="registry.example.com/lgsid:0.1.0",
+                               **{k: v for k, v in cfg.items() if k in keep})
+
+
+def _pod(job):
+    return job.spec.template.spec
+
+
+def test_gpu_op_tags_parse_and_render_onto_gpu_nodes(instance_yaml):
+    tags = load("gpu-op-tags.yaml")
+    assert set(tags["op_tags"]) == GPU_ASSETS
+    launcher_k8s = UserDefinedDagsterK8sConfig.from_dict(instance_yaml["run_launcher"]["config"]["run_k8s_config"])
+    for asset, op_tags in tags["op_tags"].items():
+        # Dagster stores a dict-valued tag as its JSON string; that is what dagster-k8s reads.
+        step_k8s = get_user_defined_k8s_config({USER_DEFINED_K8S_CONFIG_KEY: json.dumps(op_tags[USER_DEFINED_K8S_CONFIG_KEY])})
+        merged = K8sContainerContext(run_k8s_config=launcher_k8s).merge(
+            K8sContainerContext(run_k8s_config=step_k8s)).run_k8s_config
+        job = construct_dagster_k8s_job(_job_config(instance_yaml), ["dagster", "api", "execute_step"],
+                                        f"dagster-step-{asset.replace('_', '-')}", user_defined_k8s_config=merged)
+        pod = _pod(job)
+        assert pod.node_selector == {"lgsid.io/pool": "gpu"}, asset  # the step overrides the CPU pool
+        assert [(t.key, t.operator, t.effect) for t in pod.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+        limits = pod.containers[0].resources.limits
+        assert limits["nvidia.com/gpu"] == "1"
+        assert job.spec.ttl_seconds_after_finished == 86400  # launcher defaults still apply
+    # A CPU run pod gets the launcher defaults only.
+    job = construct_dagster_k8s_job(_job_config(instance_yaml), ["dagster", "api", "execute_run"],
+                                    "dagster-run-city", user_defined_k8s_config=launcher_k8s)
+    assert _pod(job).node_selector == {"lgsid.io/pool": "cpu"}
+    assert not _pod(job).tolerations
+    assert "nvidia.com/gpu" not in (_pod(job).containers[0].resources.limits or {})
+    assert _pod(job).containers[0].resources.requests == {"cpu": "2", "memory": "8Gi"}
+
+    run_tags = tags["run_tags"]["global_refit_job"]
+    run_k8s = get_user_defined_k8s_config({USER_DEFINED_K8S_CONFIG_KEY: json.dumps(run_tags[USER_DEFINED_K8S_CONFIG_KEY])})
+    assert run_k8s.pod_spec_config["node_selector"] == {"lgsid.io/pool": "gpu"}
+
+
+def test_malformed_k8s_tag_is_rejected():
+    with pytest.raises(Exception, match="dagster-k8s/config"):
+        get_user_defined_k8s_config({USER_DEFINED_K8S_CONFIG_KEY: json.dumps({"pod_spec": {"node_selector": {}}})})
+
+
+def test_executor_run_config_matches_op_tags():
+    run_config = load("run-config.k8s-executor.yaml")
+    executor_config = run_config["execution"]["config"]
+    result = validate_config(k8s_job_executor.config_schema.config_type, executor_config)
+    assert result.success, [e.message for e in result.errors]
+    tags = load("gpu-op-tags.yaml")["op_tags"]
+    per_step = executor_config["per_step_k8s_config"]
+    assert per_step == {k: v[USER_DEFINED_K8S_CONFIG_KEY] for k, v in tags.items()}
+
+
+def test_gpu_assets_in_the_code_location_are_addressable():
+    """per_step_k8s_config is keyed by op name: for the GPU assets that exist in the code
+    location, the op behind each asset must carry that name (a multi-asset would not)."""
+    import dagster as dg
+
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    present = [k for k in GPU_ASSETS if dg.AssetKey(k) in graph.get_all_asset_keys()]
+    for key in present:
+        assets_def = defs.resolve_assets_def(dg.AssetKey(key))
+        assert assets_def.node_def.name == key, (
+            f"asset {key} is computed by op {assets_def.node_def.name!r}; rename the key in "
+            "deploy/k8s/run-config.k8s-executor.yaml")
+        op_tags = (assets_def.node_def.tags or {}).get(USER_DEFINED_K8S_CONFIG_KEY)
+        if op_tags is not None:  # tags set on the asset itself must be valid too
+            get_user_defined_k8s_config({USER_DEFINED_K8S_CONFIG_KEY: op_tags if isinstance(op_tags, str)
+                                         else json.dumps(op_tags)})
+
+
+def test_delta_io_manager_accepts_an_s3_root():
+    """The object-storage configuration documented in docs/deployment.md constructs."""
+    from dagster_deltalake import S3Config
+    from dagster_deltalake_polars import DeltaLakePolarsIOManager
+
+    options = S3Config(region="eu-west-1", endpoint="https://s3.eu-west-1.amazonaws.com")
+    manager = DeltaLakePolarsIOManager(root_uri="s3://lgsid-prod/lgsid/delta", schema="lgsid",
+                                       storage_options=options)
+    assert manager.root_uri.startswith("s3://")
+    assert options.str_dict() == {"provider": "s3", "region": "eu-west-1",
+                                  "endpoint": "https://s3.eu-west-1.amazonaws.com", "imdsv1_fallback": "False"}

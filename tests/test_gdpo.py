@@ -1,0 +1,185 @@
+"""G-DPO (Eq. 6-8): pair construction, loss values, LoRA-only training, resume, adapter I/O."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, build_tiny_bert
+from lgsid_pipeline.gdpo import (
+    GDPOConfig,
+    build_preference_pairs,
+    gdpo_align_loss,
+    gdpo_loss,
+    load_aligned_encoder,
+    plot_losses,
+    similarity_loss,
+    train_gdpo,
+)
+from lgsid_pipeline.reward import RewardModel
+
+CITIES = {"new york": ["brooklyn", "queens"], "phoenix": ["central", "north"], "madison": ["east", "west"]}
+KINDS = ["pizza", "coffee", "sushi", "burger", "tea", "bakery"]
+
+
+def make_items(n_per_town: int = 5, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for ci, (city, towns) in enumerate(CITIES.items()):
+        for ti, town in enumerate(towns):
+            for k in range(n_per_town):
+                kind = KINDS[int(rng.integers(len(KINDS)))]
+                rows.append({"item_id": f"i{len(rows)}", "name": f"{town} {kind} shop", "cat1": "food",
+                             "cat2": kind, "cat3": None, "brand": None, "price": float(k),
+                             "province": "state", "city": city, "district": None, "town": town,
+                             "lat": 40.0 + 3 * ci + 0.1 * ti + 0.01 * k, "lon": -70.0 - 3 * ci,
+                             "goods": None, "top_sellers": None})
+    return pl.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return build_tiny_bert(tmp_path_factory.mktemp("bert"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def encoder(bert_dir):
+    torch.set_num_threads(1)
+    return TextEncoder(EncoderConfig(model_path=str(bert_dir), device="cpu", max_length=64))
+
+
+@pytest.fixture(scope="module")
+def setup(encoder):
+    items = make_items()
+    ids = items["item_id"].to_list()
+    cooc = pl.DataFrame({"item_a": ids[0:10:2], "item_b": ids[1:10:2], "score": [3] * 5})
+    pairs = build_preference_pairs(items, cooc, seed=0)
+    torch.manual_seed(0)
+    return items, pairs, RewardModel(encoder.dim, 16)
+
+
+def test_build_preference_pairs(setup):
+    items, pairs, _ = setup
+    loc = dict(zip(items["item_id"], items["town"]))
+    assert set(pairs["source"]) == {"gc", "dc"}
+    gc = pairs.filter(pl.col("source") == "gc")
+    dc = pairs.filter(pl.col("source") == "dc")
+    assert gc.height == items.height and (gc["target_id"] == gc["near_id"]).all()
+    assert dc.height == 10  # both directions of 5 co-occurrence pairs
+    assert all(loc[t] != loc[f] for t, f in zip(pairs["target_id"], pairs["far_id"]))
+    again = build_preference_pairs(items, pairs.select(pl.col("target_id").alias("item_a"),
+                                                       pl.col("near_id").alias("item_b")), seed=0)
+    assert again.height >= gc.height
+    assert build_preference_pairs(items, None, seed=3).equals(build_preference_pairs(items, None, seed=3))
+    assert build_preference_pairs(items, None, seed=3, max_pairs=7).height == 7
+    assert build_preference_pairs(items, None, use_gc=False).height == 0
+    city = build_preference_pairs(items, None, seed=1, outside="city")
+    cities = dict(zip(items["item_id"], items["city"]))
+    assert all(cities[t] != cities[f] for t, f in zip(city["target_id"], city["far_id"]))
+    with pytest.raises(ValueError, match="item_b"):
+        build_preference_pairs(items, pl.DataFrame({"item_a": ["i0"]}))
+
+
+def test_eq6_matches_hand_computation():
+    rp, rn = torch.tensor([2.0, 0.5]), torch.tensor([1.0, 1.5])
+    qp, qn = torch.tensor([0.3, 0.0]), torch.tensor([0.1, 0.2])
+    beta = 0.9
+    x1 = beta * (2.0 - 1.0 - 0.3 + 0.1)
+    x2 = beta * (0.5 - 1.5 - 0.0 + 0.2)
+    expected = -(np.log(1 / (1 + np.exp(-x1))) + np.log(1 / (1 + np.exp(-x2)))) / 2
+    assert float(gdpo_align_loss(rp, rn, qp, qn, beta)) == pytest.approx(expected, rel=1e-6)
+    assert float(gdpo_loss(torch.tensor(1.0), torch.tensor(-0.5), 2.0)) == pytest.approx(0.0)
+
+
+def test_eq7_matches_hand_computation_and_is_bounded():
+    pi = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    ref = torch.tensor([[0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    b = 3
+    total = 0.0
+    for i in range(b):
+        own = float(((pi[i] - ref[i]) ** 2).sum())
+        others = sum(float(((pi[i] - ref[j]) ** 2).sum()) for j in range(b) if j != i) / (b - 1)
+        total += own - others
+    assert float(similarity_loss(pi, ref)) == pytest.approx(total / b, rel=1e-6)
+    # Scale does not matter (normalised), so the push term cannot run away: bounded in [-4, 4].
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(16, 8, generator=g) * 1e3
+    val = float(similarity_loss(big, torch.randn(16, 8, generator=g)))
+    assert -4.0 <= val <= 4.0
+    assert float(similarity_loss(big, big)) < 0  # identical to own reference -> below zero
+    assert float(similarity_loss(pi * 7.0, ref)) == pytest.approx(total / b, rel=1e-5)
+
+
+def _train(encoder, setup, tmp_path, name, **kw):
+    items, pairs, rm = setup
+    cfg = GDPOConfig(lr=2e-2, batch_size=8, epochs=2, seed=0, checkpoint_every=2, eval_pairs=64, **kw)
+    return train_gdpo(encoder, rm, items, pairs, cfg, checkpoint_dir=tmp_path / name)
+
+
+def test_training_changes_only_lora_and_raises_margin(encoder, setup, tmp_path, bert_dir):
+    items, pairs, _ = setup
+    base_before = {k: v.clone() for k, v in encoder.model.state_dict().items()}
+    probe = items["name"].to_list()[:6]
+    ref_before = encoder.encode(probe)
+    res = _train(encoder, setup, tmp_path, "run")
+    assert res.metrics["steps"] == 2 * (-(-pairs.height // 8))
+    for h in res.history:
+        assert np.isfinite([h["align"], h["sim"], h["total"]]).all()
+    # The caller's encoder (= the reference) is untouched.
+    for k, v in encoder.model.state_dict().items():
+        torch.testing.assert_close(v, base_before[k])
+    np.testing.assert_allclose(encoder.encode(probe), ref_before, atol=1e-6)
+    # The adapter holds only LoRA factors of the key and value projections.
+    keys = load_file(str(res.adapter_path / "adapter_model.safetensors")).keys()
+    assert keys and all(("lora_A" in k or "lora_B" in k) and (".key." in k or ".value." in k) for k in keys)
+    # Merged: only key/value weights differ from the base.
+    aligned = load_aligned_encoder(encoder.config, res.adapter_path)
+    changed = [k for k, v in aligned.model.state_dict().items() if not torch.equal(v, base_before[k])]
+    assert changed and all(k.endswith(("key.weight", "value.weight")) for k in changed)
+    # G-DPO widened the reward margin of the policy over the reference on the training pairs.
+    assert res.metrics["policy_margin"] > res.metrics["reference_margin"]
+    assert np.mean([h["margin"] for h in res.history[-3:]]) > res.history[0]["margin"]
+    assert aligned.version != encoder.version
+    assert not np.allclose(aligned.encode(probe), ref_before, atol=1e-4)
+    assert plot_losses(res.history, tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_resume_matches_uninterrupted(encoder, setup, tmp_path):
+    full = _train(encoder, setup, tmp_path, "full")
+    n = full.metrics["steps"]
+    part = _train(encoder, setup, tmp_path, "crash", max_steps=4)  # stops ("crashes") after 4 steps
+    assert json.loads((tmp_path / "crash" / "state.json").read_text())["step"] == 4
+    assert part.metrics["steps"] == 4
+    resumed = _train(encoder, setup, tmp_path, "crash")
+    assert resumed.metrics["steps"] == n and resumed.metrics["steps_this_run"] == n - 4
+    assert [h["step"] for h in resumed.history] == list(range(1, n + 1))
+    a = load_file(str(full.adapter_path / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter_path / "adapter_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose([h["total"] for h in full.history], [h["total"] for h in resumed.history],
+                               atol=1e-5)
+
+
+def test_adapter_roundtrip_and_errors(encoder, setup, tmp_path):
+    from peft import PeftModel
+
+    res = _train(encoder, setup, tmp_path, "rt", max_steps=3)
+    aligned = load_aligned_encoder(encoder.config, res.adapter_path)
+    unmerged = PeftModel.from_pretrained(encoder.clone_model(), str(res.adapter_path)).eval()
+    texts = ["brooklyn pizza shop", "phoenix coffee"]
+    np.testing.assert_allclose(aligned.encode(texts), encoder.encode(texts, model=unmerged), atol=1e-5)
+    assert aligned.identity["adapter_sha256"]
+    with pytest.raises(ValueError, match="not a LoRA adapter"):
+        load_aligned_encoder(encoder.config, tmp_path / "missing")
+    items, pairs, rm = setup
+    with pytest.raises(ValueError, match="not in items"):
+        train_gdpo(encoder, rm, items, pairs.with_columns(pl.lit("zzz").alias("far_id")), GDPOConfig(),
+                   adapter_dir=tmp_path / "x")
+    with pytest.raises(ValueError, match="empty"):
+        train_gdpo(encoder, rm, items, pairs.head(0), GDPOConfig(), adapter_dir=tmp_path / "x")

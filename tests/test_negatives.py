@@ -1,0 +1,242 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from lgsid_pipeline.geo import GeoIndex, haversine_km
+from lgsid_pipeline.negatives import distance_ranked_negatives, mismatched_prompts
+
+
+def _city(n_dense=300, n_sparse=120, seed=0, key="metro", centre=(40.75, -73.98)):
+    """A dense core (~1 km spread) and sparse suburbs (~15 km spread)."""
+    rng = np.random.default_rng(seed)
+    lat = np.r_[centre[0] + rng.normal(0, 0.01, n_dense), centre[0] + rng.normal(0, 0.15, n_sparse)]
+    lon = np.r_[centre[1] + rng.normal(0, 0.012, n_dense), centre[1] + rng.normal(0, 0.18, n_sparse)]
+    n = lat.size
+    return pl.DataFrame(
+        {
+            "item_id": [f"{key}-{i:04d}" for i in range(n)],
+            "name": [f"Shop {key} {i}" for i in range(n)],
+            "cat1": ["Food"] * n,
+            "province": ["NY"] * n,
+            "city": [key] * n,
+            "town": [f"town{i % 9}" for i in range(n)],
+            "lat": lat,
+            "lon": lon,
+            "city_key": [key] * n,
+            "zone": ["dense"] * n_dense + ["sparse"] * n_sparse,
+        }
+    )
+
+
+def _check_invariants(res, items, k):
+    lists = res.lists
+    assert (lists["anchor_id"] != lists["negative_id"]).all()
+    assert lists.select(pl.struct("anchor_id", "negative_id").is_duplicated().any()).item() is False
+    for _, g in lists.group_by("anchor_id"):
+        g = g.sort("rank")
+        n_i = g.height
+        assert n_i <= k
+        assert g["rank"].to_list() == list(range(1, n_i + 1))
+        # Eq. 3: p = K - rank + 1, nearest gets the largest label.
+        assert g["label"].to_list() == [float(n_i - r + 1) for r in range(1, n_i + 1)]
+        assert (g["distance_km"].diff().drop_nulls() >= 0).all()
+    # distance_km is the haversine distance of the pair.
+    pos = {i: j for j, i in enumerate(items["item_id"].to_list())}
+    a = np.array([pos[x] for x in lists["anchor_id"]])
+    b = np.array([pos[x] for x in lists["negative_id"]])
+    lat, lon = items["lat"].to_numpy(), items["lon"].to_numpy()
+    np.testing.assert_allclose(lists["distance_km"], haversine_km(lat[a], lon[a], lat[b], lon[b]))
+
+
+@pytest.mark.parametrize("strategy", ["density", "plain"])
+def test_lists_invariants(strategy):
+    items = _city()
+    res = distance_ranked_negatives(items, k=15, strategy=strategy, seed=1)
+    assert res.lists["anchor_id"].n_unique() == items.height
+    assert res.lists.height == 15 * items.height
+    assert set(res.lists["strategy"]) == {strategy}
+    assert res.lists.schema["rank"] == pl.Int32 and res.lists.schema["label"] == pl.Float64
+    _check_invariants(res, items, 15)
+    assert res.rank_quantiles["rank"].to_list() == list(range(1, 16))
+    assert (res.rank_quantiles["p50_km"].diff().drop_nulls() >= 0).all()
+    assert res.metrics["n_anchors"] == items.height and res.metrics["n_short_lists"] == 0
+
+
+def test_density_awareness():
+    items = _city(seed=2)
+    res = distance_ranked_negatives(items, k=15, strategy="density", seed=0)
+    lists = res.lists.join(
+        items.select(pl.col("item_id").alias("anchor_id"), "zone"), on="anchor_id"
+    )
+    first = lists.filter(pl.col("rank") == 1)
+    med = first.group_by("zone").agg(
+        pl.col("distance_km").median().alias("km"),
+        (pl.col("distance_km") / pl.col("density_radius_km")).median().alias("rel"),
+    )
+    m = {z: (km, rel) for z, km, rel in med.iter_rows()}
+    # In km, hard negatives in the dense core are much nearer than in the suburbs ...
+    assert m["dense"][0] * 4 < m["sparse"][0]
+    # ... while in units of the local scale r_k they are comparable.
+    assert 0.5 < m["dense"][1] / m["sparse"][1] < 2.0
+    # The local scale is the density_k-th neighbour distance.
+    idx = GeoIndex(items["lat"], items["lon"])
+    d, _ = idx.query(items["lat"], items["lon"], k=11)
+    rk = dict(zip(items["item_id"], d[:, 10]))
+    got = res.lists.group_by("anchor_id").agg(pl.col("density_radius_km").first())
+    np.testing.assert_allclose(
+        got["density_radius_km"], [rk[a] for a in got["anchor_id"]], rtol=1e-9, atol=1e-9
+    )
+    # Each list mixes hard negatives (within 2 r_k) and farther ones. In the core the rings
+    # reach far beyond r_k; in the suburbs the city ends a few r_k away.
+    rel = lists.with_columns((pl.col("distance_km") / pl.col("density_radius_km")).alias("rel"))
+    per = rel.group_by("anchor_id", "zone").agg(
+        (pl.col("rel") <= 2.0).sum().alias("near"),
+        (pl.col("rel") > 4.0).sum().alias("far"),
+        pl.col("rel").max().alias("max_rel"),
+    )
+    assert (per["near"] >= 5).all()
+    dense = per.filter(pl.col("zone") == "dense")
+    assert (dense["far"] >= 5).mean() > 0.9
+    assert dense["max_rel"].median() > 30
+    assert per.filter(pl.col("zone") == "sparse")["max_rel"].median() > 3
+
+
+def test_plain_differs_from_density():
+    items = _city(seed=3)
+    dens = distance_ranked_negatives(items, strategy="density", seed=0)
+    plain = distance_ranked_negatives(items, strategy="plain", seed=0)
+    d1 = dens.rank_quantiles.filter(pl.col("rank") == 1)["p50_km"].item()
+    p1 = plain.rank_quantiles.filter(pl.col("rank") == 1)["p50_km"].item()
+    assert p1 > 1.5 * d1
+    for zone in ("dense", "sparse"):
+        ids = items.filter(pl.col("zone") == zone)["item_id"].implode()
+        med = [
+            r.lists.filter((pl.col("rank") == 1) & pl.col("anchor_id").is_in(ids))[
+                "distance_km"].median()
+            for r in (dens, plain)
+        ]
+        assert med[1] > 1.5 * med[0], zone
+    assert plain.metrics["share_within_near_band"] < dens.metrics["share_within_near_band"]
+
+
+@pytest.mark.parametrize("strategy", ["density", "plain"])
+def test_determinism(strategy):
+    items = _city(seed=4)
+    a = distance_ranked_negatives(items, strategy=strategy, seed=7)
+    b = distance_ranked_negatives(items, strategy=strategy, seed=7)
+    c = distance_ranked_negatives(items, strategy=strategy, seed=8)
+    assert a.lists.equals(b.lists)
+    assert not a.lists.equals(c.lists)
+
+
+def test_tiny_cities_and_multiple_cities():
+    big = _city(n_dense=40, n_sparse=10, key="big")
+    small = _city(n_dense=5, n_sparse=0, key="small", centre=(34.0, -118.2))
+    single = _city(n_dense=1, n_sparse=0, key="single", centre=(41.8, -87.6))
+    items = pl.concat([big, small, single])
+    for strategy in ("density", "plain"):
+        res = distance_ranked_negatives(items, k=15, strategy=strategy, seed=0)
+        lists = res.lists
+        _check_invariants(res, items, 15)
+        # Negatives never cross cities.
+        city_of = dict(zip(items["item_id"], items["city_key"]))
+        assert all(city_of[a] == city_of[b] for a, b in lists.select("anchor_id", "negative_id").iter_rows())
+        lens = dict(lists.group_by("anchor_id").len().iter_rows())
+        assert all(lens[i] == 15 for i in big["item_id"])
+        assert all(lens[i] == 4 for i in small["item_id"])  # every other item of the city
+        assert single["item_id"][0] not in lens  # a one-item city yields no list
+        assert res.metrics["n_short_lists"] == 5
+    # A frame with one item and no city column: no lists, no crash.
+    res = distance_ranked_negatives(single.drop("city_key"))
+    assert res.lists.height == 0 and res.rank_quantiles.height == 0
+
+
+def test_far_items_and_max_anchors():
+    items = _city(n_dense=80, n_sparse=20, seed=5)
+    far = _city(n_dense=30, n_sparse=0, key="other", centre=(34.0, -118.2))
+    res = distance_ranked_negatives(
+        items, k=15, far_items=far, far_share=0.2, max_anchors=25, seed=0
+    )
+    lists = res.lists
+    assert lists["anchor_id"].n_unique() == 25
+    per = lists.group_by("anchor_id").agg(
+        (pl.col("negative_city_key") == "other").sum().alias("n_far"),
+        pl.col("rank").filter(pl.col("negative_city_key") == "other").min().alias("first_far"),
+    )
+    assert (per["n_far"] == 3).all()
+    assert (per["first_far"] == 13).all()  # far negatives sort to the end
+    assert res.metrics["share_other_city"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="far_items"):
+        distance_ranked_negatives(items, far_share=0.2)
+
+
+def test_bad_input():
+    items = _city(n_dense=10, n_sparse=0)
+    with pytest.raises(ValueError, match="strategy"):
+        distance_ranked_negatives(items, strategy="nearest")
+    with pytest.raises(ValueError, match="'lat' is null in row 3"):
+        distance_ranked_negatives(items.with_columns(
+            pl.when(pl.int_range(pl.len()) == 3).then(None).otherwise(pl.col("lat")).alias("lat")))
+    with pytest.raises(ValueError, match="duplicated"):
+        distance_ranked_negatives(pl.concat([items, items.head(1)]))
+    with pytest.raises(ValueError, match="lat must be finite"):
+        distance_ranked_negatives(items.with_columns(pl.lit(123.0).alias("lat")))
+
+
+def test_mismatched_prompts_swap_only_the_location():
+    # Unique towns except items 0 and 1, which share one (checked at the end).
+    towns = [f"Town{i}" for i in range(40)]
+    towns[1] = towns[0]
+    items = _city(n_dense=30, n_sparse=10, seed=6).with_columns(pl.Series("town", towns))
+    lists = distance_ranked_negatives(items, k=5, seed=0, max_anchors=6).lists
+    out = mismatched_prompts(items, lists)
+    assert out.columns[:4] == ["anchor_id", "rank", "label", "prompt"]
+    assert out.height == lists.height + 6
+    by_id = {r["item_id"]: r for r in items.to_dicts()}
+    for row in out.iter_rows(named=True):
+        anchor = by_id[row["anchor_id"]]
+        loc = by_id[row["location_item_id"]]
+        lines = row["prompt"].split("\n")
+        assert f"Item: {anchor['name']}" in lines  # content is the anchor's
+        assert f"Location: NY, {loc['city']}, {loc['town']}" in lines  # location the negative's
+        if row["rank"] == 0:
+            assert row["location_item_id"] == row["anchor_id"] and row["label"] == 6.0
+        else:
+            assert row["location_item_id"] != row["anchor_id"]
+            own_loc = f"Location: NY, {anchor['city']}, {anchor['town']}"
+            assert (own_loc in lines) == (loc["town"] == anchor["town"])
+            assert row["same_as_true_prompt"] == (loc["town"] == anchor["town"])
+    neg = out.filter(pl.col("rank") > 0)
+    joined = neg.join(lists, left_on=["anchor_id", "rank"], right_on=["anchor_id", "rank"])
+    assert (joined["location_item_id"] == joined["negative_id"]).all()
+    assert (joined["label"] == joined["label_right"]).all()
+    with pytest.raises(ValueError, match="is not in items"):
+        mismatched_prompts(items.head(5), lists)
+    hand = pl.DataFrame({"anchor_id": ["metro-0000", "metro-0000"],
+                         "negative_id": ["metro-0001", "metro-0002"],
+                         "rank": [1, 2], "label": [2.0, 1.0]})
+    out = mismatched_prompts(items, hand)
+    assert out["same_as_true_prompt"].to_list() == [False, True, False]
+    assert out["prompt"][0] == out["prompt"][1] != out["prompt"][2]
+
+
+def test_small_near_scale_and_duplicate_locations():
+    items = _city(n_dense=60, n_sparse=0, seed=9)
+    # Ten shops in one building: zero distances must not break the local scale or the labels.
+    items = items.with_columns(
+        pl.when(pl.int_range(pl.len()) < 10).then(40.75).otherwise(pl.col("lat")).alias("lat"),
+        pl.when(pl.int_range(pl.len()) < 10).then(-73.98).otherwise(pl.col("lon")).alias("lon"),
+    )
+    res = distance_ranked_negatives(items, k=8, near_scale=0.5, seed=0)
+    _check_invariants(res, items, 8)
+    assert res.lists["density_radius_km"].is_finite().all()
+    assert (res.lists["density_radius_km"] > 0).all()
+    assert res.lists.group_by("anchor_id").len()["len"].to_list() == [8] * items.height
+
+
+def test_empty_items():
+    items = _city(n_dense=3, n_sparse=0).head(0)
+    for strategy in ("density", "plain"):
+        res = distance_ranked_negatives(items, strategy=strategy)
+        assert res.lists.height == 0 and res.metrics["n_anchors"] == 0
+        assert res.lists.columns[:6] == ["anchor_id", "negative_id", "rank", "distance_km", "label", "strategy"]

@@ -1,0 +1,180 @@
+"""TIGER beam search and training, DIN, and the evaluate_all report on planted data."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from lgsid_pipeline.recommenders.data import next_item_split
+from lgsid_pipeline.recommenders.din import DINConfig, train_and_evaluate_din
+from lgsid_pipeline.recommenders.evaluate import evaluate_all, plot_results, user_topk
+from lgsid_pipeline.recommenders.heuristics import run_heuristic
+from lgsid_pipeline.recommenders.synthetic import planted_sequences
+from lgsid_pipeline.recommenders.tiger import (
+    SIDCodec,
+    TigerConfig,
+    TigerModel,
+    _Tokens,
+    beam_search,
+    load_tiger,
+    save_tiger,
+    sid_codes_for,
+    train_and_evaluate_tiger,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    d = planted_sequences(n_items=100, n_users=80, min_len=8, max_len=12, methods=("hgit", "rqvae"), seed=0)
+    return d, next_item_split(d.interactions, min_core=0)
+
+
+SMALL = dict(d_model=32, ff_dim=64, heads=2, batch_size=64, lr=3e-3, dropout=0.0, max_history=4, beams=12)
+
+
+def test_codec_rejects_collisions_and_ragged_sids(planted):
+    d, s = planted
+    with pytest.raises(ValueError, match="collision"):
+        SIDCodec(np.array([[0, 1], [0, 1], [1, 0]]))
+    sid = {it: (1, 2) for it in s.item_ids}
+    sid[s.item_ids[0]] = (1, 2, 3)
+    with pytest.raises(ValueError, match="length"):
+        sid_codes_for(s, sid)
+    with pytest.raises(ValueError, match="no SID"):
+        sid_codes_for(s, {s.item_ids[0]: (0, 0)})
+    with pytest.raises(ValueError, match="several methods"):
+        sid_codes_for(s, d.sids)
+    with pytest.raises(ValueError, match="beams"):
+        TigerConfig(beams=5, k=10)
+
+
+def test_beam_search_emits_valid_distinct_items_untrained(planted):
+    d, s = planted
+    torch.manual_seed(0)
+    cfg = TigerConfig(**SMALL)
+    codec = SIDCodec(sid_codes_for(s, d.sids.filter(pl.col("method") == "hgit")))
+    model = TigerModel(cfg, codec.n_codes, codec.levels)
+    tk = _Tokens(codec, cfg, s)
+    hist = np.array([h[-4:] for h in s.train_seqs[:16]])
+    items, scores = beam_search(model, codec, tk.encoder_input(hist, np.arange(16)), beams=12)
+    assert items.shape == (16, 12)
+    items, scores = items.numpy(), scores.numpy()
+    assert (items >= 0).all() and (items < s.n_items).all()  # every beam is a real catalogue SID
+    assert all(len(set(r)) == 12 for r in items.tolist())
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    # the beam scores are the model's summed level log-probs of that exact SID (teacher forcing)
+    src = tk.encoder_input(hist[:1], np.arange(1))
+    mem, pad = model.encode(src)
+    tgt = torch.from_numpy(codec.tokens[items[0, :1]])
+    tgt_in = torch.cat([torch.ones(1, 1, dtype=torch.long), tgt[:, :-1]], 1)
+    logits = model.decode(tgt_in, mem, pad)[0]
+    lp = 0.0
+    for lvl in range(codec.levels):
+        o, n = int(codec.offsets[lvl]), int(codec.sizes[lvl])
+        lp += torch.log_softmax(logits[lvl, o : o + n], -1)[codec.codes[items[0, 0], lvl]].item()
+    assert lp == pytest.approx(scores[0, 0], abs=1e-4)
+
+
+def test_tiny_catalogue_leaves_dead_beams_marked():
+    codec = SIDCodec(np.array([[0, 0], [0, 1], [1, 0]]))
+    cfg = TigerConfig(d_model=16, ff_dim=16, heads=2, beams=11, k=10, max_history=2)
+    model = TigerModel(cfg, codec.n_codes, codec.levels)
+    src = torch.from_numpy(codec.tokens[[[0, 1]]])  # (1, 2 items, 2 levels)
+    items, scores = beam_search(model, codec, src, beams=11)
+    got = items[0][items[0] >= 0].tolist()
+    assert sorted(got) == [0, 1, 2]
+    assert torch.isinf(scores[0][items[0] < 0]).all()
+
+
+@pytest.mark.parametrize("history_tokens", ["item", "flat"])
+def test_tiger_learns_planted_pattern_and_beats_popularity(planted, history_tokens):
+    d, s = planted
+    cfg = TigerConfig(**SMALL, epochs=25, patience=4, history_tokens=history_tokens, seed=0)
+    res = train_and_evaluate_tiger(s, d.sids.filter(pl.col("method") == "hgit"), cfg)
+    pop = run_heuristic("popularity", s)
+    assert res.metrics["test_hit@10"] > 0.8
+    assert pop.metrics["test_hit@10"] < 0.35
+    assert res.topk.columns == ["user_id", "rank", "item_id", "score"]
+    assert res.topk.group_by("user_id").agg(pl.col("item_id").n_unique())["item_id"].min() == 10
+    # the masked last history item is never recommended
+    last = dict(zip(s.user_ids, np.asarray(s.item_ids)[s.last_item("test")]))
+    assert not any(last[u] == i for u, i in res.topk.select("user_id", "item_id").iter_rows())
+
+
+def test_tiger_is_deterministic_and_round_trips_safetensors(planted, tmp_path):
+    d, s = planted
+    sids = d.sids.filter(pl.col("method") == "rqvae")
+    cfg = TigerConfig(**SMALL, epochs=2, seed=7)
+    a = train_and_evaluate_tiger(s, sids, cfg)
+    b = train_and_evaluate_tiger(s, sids, cfg)
+    assert a.metrics == b.metrics
+    assert a.topk.equals(b.topk)
+    save_tiger(a, tmp_path / "m")
+    model, codec = load_tiger(tmp_path / "m")
+    assert (codec.codes == a.codec.codes).all()
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k])
+    assert not list(tmp_path.glob("m/*.pt")) and not list(tmp_path.glob("m/*.pkl"))
+
+
+def test_din_beats_random_on_learnable_signal_and_is_seeded(planted):
+    d, s = planted
+    cfg = DINConfig(epochs=4, batch_size=256, lr=1e-2, seed=0)
+    sid = train_and_evaluate_din(s, d.sids.filter(pl.col("method") == "hgit"), cfg)
+    assert sid.metrics["auc"] > 0.65 and sid.metrics["gauc"] > 0.65
+    again = train_and_evaluate_din(s, d.sids.filter(pl.col("method") == "hgit"), cfg)
+    assert again.metrics == sid.metrics
+    origin = train_and_evaluate_din(s, None, cfg)
+    # identical evaluation impressions for every variant
+    assert origin.test_scores.select("user_id", "item_id", "label").equals(sid.test_scores.select("user_id", "item_id", "label"))
+    per_user = sid.test_scores.group_by("user_id").agg(pl.col("label").sum().alias("p"), pl.len().alias("n"))
+    assert (per_user["p"] == 1).all() and (per_user["n"] == 5).all()
+
+
+def test_evaluate_all_tables_and_cache(planted, tmp_path):
+    d, _ = planted
+    res = evaluate_all(
+        d.interactions,
+        d.items,
+        d.sids,
+        seeds=(0, 1),
+        tiger_config=TigerConfig(**SMALL, epochs=1),
+        din_config=DINConfig(epochs=1, batch_size=256),
+        split_kwargs={"min_core": 0},
+    )
+    assert res.ours == "hgit"
+    assert set(res.table1["variant"]) == {"Origin", "hgit", "rqvae"}
+    assert res.table1.filter(pl.col("variant") == "Origin")["delta_auc"][0] == 0.0
+    assert set(res.table2.filter(pl.col("kind") == "TIGER")["variant"]) == {"hgit", "rqvae"}
+    assert set(res.table2.filter(pl.col("kind") == "heuristic")["variant"]) == {"popularity", "transitions", "geo_nearest"}
+    t2 = res.table2.filter(pl.col("kind") == "TIGER")
+    best_other = t2.filter(pl.col("variant") == "rqvae")["ndcg@10"][0]
+    mine = t2.filter(pl.col("variant") == "hgit")["ndcg@10"][0]
+    if best_other > 0:
+        assert res.imp["ndcg@10"] == pytest.approx(mine / best_other - 1)
+    st = res.seed_stats.filter((pl.col("model") == "DIN") & (pl.col("variant") == "hgit") & (pl.col("metric") == "auc"))
+    assert st["n"][0] == 2 and st["baseline"][0] == "Origin" and not st["can_reach_significance"][0]
+    assert set(res.per_city["city"]) <= set(d.items["city_key"])
+    assert res.per_city.filter(pl.col("model") == "TIGER")["users"].unique().sum() <= 80
+    assert res.reachability.height == 5 and res.reachability["share"].is_between(0, 1).all()
+    md = res.markdown()
+    assert "Table 1" in md and "Table 2" in md and "Wilcoxon" not in md or "wilcoxon_p" in md
+    p = plot_results(res, tmp_path / "r.png")
+    assert p.exists() and p.stat().st_size > 1000
+    cache = user_topk(res.tiger_results["hgit"], res.split, k=5)
+    assert cache.columns == ["user_id", "rank", "item_id", "sid", "score"]
+    assert cache.height == 5 * res.split.n_users
+    sid_of = dict(zip(d.sids.filter(pl.col("method") == "hgit")["item_id"], d.sids.filter(pl.col("method") == "hgit")["sid"].to_list()))
+    assert all(sid_of[i] == list(sd) for i, sd in cache.select("item_id", "sid").iter_rows())
+    with pytest.raises(ValueError, match="not in the SID frame"):
+        evaluate_all(d.interactions, d.items, d.sids, methods=["nope"], split_kwargs={"min_core": 0})
