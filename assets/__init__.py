@@ -6,9 +6,9 @@ Each asset is thin: it reads its inputs, calls one function of the domain core i
 
 import dagster as dg
 
-from assets import alignment, data, signals, tokenization
+from assets import alignment, data, evaluation, signals, tokenization
 
-_MODULES = [data, signals, alignment, tokenization]
+_MODULES = [data, signals, alignment, tokenization, evaluation]
 
 ALL_ASSETS = [obj for m in _MODULES for obj in vars(m).values() if isinstance(obj, dg.AssetsDefinition)]
 ALL_CHECKS = [obj for m in _MODULES for obj in vars(m).values() if isinstance(obj, dg.AssetChecksDefinition)]
