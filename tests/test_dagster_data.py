@@ -138,3 +138,19 @@ def test_weekly_schedule_refreshes_every_city():
         requests = weekly_refresh_schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=when))
         assert sorted(r.partition_key for r in requests) == ["portland", "springfield-illinois"]
         assert len({r.run_key for r in requests}) == 2
+
+
+def test_dagster_definitions_validate_cli(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "dagster.yaml", tmp_path / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "LGSID_HOME": str(tmp_path / "home")}
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "All code locations passed validation" in proc.stderr + proc.stdout
