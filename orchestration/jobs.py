@@ -19,4 +19,5 @@ global_refit_job = dg.define_asset_job(
     description="Retrain the cross-city models: reward model, G-DPO encoder, SID codebooks "
                 "(version bump) and the evaluations. Training runs are limited to one at a time.",
     tags={"lgsid/kind": "training"},
+    config={"ops": {"sid_codebook": {"config": {"refit": True}}}},
 )
