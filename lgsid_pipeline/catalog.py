@@ -131,27 +131,36 @@ def _quarantine_frame(raw: pl.DataFrame, source: str, rows: np.ndarray, reasons,
     )
 
 
-def _apply_checks(frame: pl.DataFrame, checks: list[tuple[str, str, object, str]]):
-    """Evaluate ordered checks; return (bad mask, reason, field, detail) arrays."""
-    n = frame.height
-    reason = np.full(n, None, dtype=object)
-    fieldn = np.full(n, None, dtype=object)
-    detail = np.full(n, None, dtype=object)
-    bad = np.zeros(n, dtype=bool)
-    for code, col, expr, text in checks:
-        if isinstance(expr, pl.Series):
-            m = expr.fill_null(False).to_numpy().astype(bool)
-        else:
-            m = frame.select(expr.alias("m"))["m"].fill_null(False).to_numpy().astype(bool)
-        first = m & ~bad
-        reason[first] = code
-        fieldn[first] = col
-        detail[first] = text
-        also = m & bad & (reason != code)
-        for i in np.flatnonzero(also)[:10_000]:
-            detail[i] = f"{detail[i]}; {text}"
-        bad |= m
-    return bad, reason, fieldn, detail
+class _Verdicts:
+    """First failing check per row, kept compactly (an int16 per row) so validation of tens of
+    millions of rows does not hold per-row Python objects; reasons are built for bad rows only."""
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self.frame = frame
+        self.first = np.full(frame.height, -1, dtype=np.int16)
+        self.checks: list[tuple[str, str, str]] = []
+        self.details: dict[int, str] = {}  # row -> detail overriding the check's text
+
+    @property
+    def bad(self) -> np.ndarray:
+        return self.first >= 0
+
+    def add(self, code: str, field: str, mask, text: str) -> np.ndarray:
+        """Record ``code`` for rows where ``mask`` (a polars expression or a boolean array/Series)
+        holds and no earlier check failed; returns the newly rejected rows."""
+        if isinstance(mask, pl.Expr):
+            mask = self.frame.select(mask.alias("m"))["m"]
+        if isinstance(mask, pl.Series):
+            mask = mask.fill_null(False).to_numpy()
+        newly = np.asarray(mask, dtype=bool) & (self.first < 0)
+        self.first[newly] = len(self.checks)
+        self.checks.append((code, field, text))
+        return newly
+
+    def describe(self, idx: np.ndarray) -> tuple[list[str], list[str], list[str]]:
+        picked = [self.checks[i] for i in self.first[idx]]
+        details = [self.details.get(int(r), c[2]) for r, c in zip(idx, picked)]
+        return [c[0] for c in picked], [c[1] for c in picked], details
 
 
 def _require(raw: pl.DataFrame, cols, source: str) -> None:
@@ -206,51 +215,62 @@ def validate_items(raw: pl.DataFrame, *, source: str = "items",
         ("null_island_coordinates", "lat", (lat == 0) & (lon == 0),
          "coordinates are (0, 0), a geocoding failure"),
     ]
-    bad, reason, fieldn, detail = _apply_checks(coerced, checks)
+    verdicts = _Verdicts(coerced)
+    for code, col, mask, text in checks:
+        verdicts.add(code, col, mask, text)
 
     # Far from the city's median location (swapped but in-range lat/lon, bad geocodes).
-    ok = coerced.filter(pl.Series(~bad))
+    ok = coerced.filter(pl.Series(~verdicts.bad))
     med = ok.group_by("city_key").agg(
         pl.col("lat").median().alias("_mlat"), pl.col("lon").median().alias("_mlon"),
         pl.len().alias("_n"))
-    withmed = coerced.join(med, on="city_key", how="left")
+    withmed = coerced.select("city_key", "lat", "lon").join(med, on="city_key", how="left",
+                                                            maintain_order="left")
     with np.errstate(invalid="ignore"):  # rows with bad coordinates are already rejected
         dist = haversine_km(withmed["lat"].to_numpy(), withmed["lon"].to_numpy(),
                             withmed["_mlat"].to_numpy(), withmed["_mlon"].to_numpy())
-    far = (~bad) & (withmed["_n"].fill_null(0).to_numpy() >= 3) & np.nan_to_num(dist > far_from_city_km)
-    reason[far] = "far_from_city"
-    fieldn[far] = "lat"
-    detail[far] = [f"{d:.0f} km from the median location of its city (limit {far_from_city_km:.0f} km)"
-                   for d in dist[far]]
-    bad |= far
+    far = (withmed["_n"].fill_null(0).to_numpy() >= 3) & np.nan_to_num(dist > far_from_city_km)
+    newly = verdicts.add("far_from_city", "lat", far, "far from the median location of its city")
+    for i in np.flatnonzero(newly):
+        verdicts.details[int(i)] = (f"{dist[i]:.0f} km from the median location of its city "
+                                    f"(limit {far_from_city_km:.0f} km)")
 
     # Duplicated ids: keep the first valid occurrence.
     ids = coerced["item_id"]
-    dup = (~bad) & ids.is_duplicated().to_numpy()
+    dup = (~verdicts.bad) & ids.is_duplicated().to_numpy()
     if dup.any():
         first_seen = (
-            pl.DataFrame({"id": ids, "i": np.arange(coerced.height), "ok": ~bad})
+            pl.DataFrame({"id": ids, "i": np.arange(coerced.height), "ok": ~verdicts.bad})
             .filter(pl.col("ok")).group_by("id").agg(pl.col("i").min())
         )
         keep = np.zeros(coerced.height, dtype=bool)
         keep[first_seen["i"].to_numpy()] = True
-        dup = dup & ~keep
-        reason[dup] = "duplicate_item_id"
-        fieldn[dup] = "item_id"
-        detail[dup] = "item_id already used by an earlier row (first occurrence kept)"
-        bad |= dup
+        verdicts.add("duplicate_item_id", "item_id", dup & ~keep,
+                     "item_id already used by an earlier row (first occurrence kept)")
 
-    rows = raw["__row"].to_numpy()
+    bad = verdicts.bad
     bad_idx = np.flatnonzero(bad)
+    reasons, fields, details = verdicts.describe(bad_idx)
     quarantine = _quarantine_frame(
-        raw.drop("__row"), source, rows[bad_idx], reason[bad_idx].tolist(),
-        fieldn[bad_idx].tolist(), detail[bad_idx].tolist(),
+        raw.drop("__row"), source, raw["__row"].to_numpy()[bad_idx], reasons, fields, details,
         coerced["city_key"].to_numpy()[bad_idx].tolist(),
     )
     valid = schema.conform(coerced.filter(pl.Series(~bad)), schema.CATALOG_SCHEMA)
     counts = {"input_rows": raw.height, "valid_rows": valid.height, "quarantined_rows": int(bad.sum())}
     counts.update({f"reason:{k}": v for k, v in quarantine["reason"].value_counts().iter_rows()})
     return ValidationResult(valid, quarantine, counts)
+
+
+def _later_duplicates(frame: pl.DataFrame, cols: list[str]) -> np.ndarray:
+    """Rows that repeat an earlier row exactly on ``cols``: a 64-bit row hash finds candidates,
+    which are then compared exactly (so a hash collision never rejects a row)."""
+    h = frame.select(pl.struct(cols).hash(seed=0).alias("h"))["h"]
+    out = np.zeros(frame.height, dtype=bool)
+    cand = np.flatnonzero(h.is_duplicated().to_numpy())
+    if len(cand):
+        sub = frame[cand].select(cols)
+        out[cand] = ~sub.select(pl.struct(cols).is_first_distinct().alias("f"))["f"].to_numpy()
+    return out
 
 
 def validate_interactions(raw: pl.DataFrame, catalog: pl.DataFrame, *,
@@ -271,17 +291,18 @@ def validate_interactions(raw: pl.DataFrame, catalog: pl.DataFrame, *,
         *_bad_text("user_id"),
         ("unknown_item", "item_id", pl.col("city_key").is_null(),
          "item_id is not in the validated catalog (unknown or quarantined item)"),
-        ("duplicate_interaction", "*",
-         pl.struct(["user_id", "item_id", "timestamp", "seq_idx", "split"]).is_duplicated()
-         & ~pl.struct(["user_id", "item_id", "timestamp", "seq_idx", "split"]).is_first_distinct(),
-         "exact duplicate of an earlier interaction row"),
     ]
-    bad, reason, fieldn, detail = _apply_checks(coerced, checks)
+    verdicts = _Verdicts(coerced)
+    for code, col, mask, text in checks:
+        verdicts.add(code, col, mask, text)
+    verdicts.add("duplicate_interaction", "*", _later_duplicates(coerced, list(schema.INTERACTION_SCHEMA)),
+                 "exact duplicate of an earlier interaction row")
+    bad = verdicts.bad
     bad_idx = np.flatnonzero(bad)
+    reasons, fields, details = verdicts.describe(bad_idx)
     quarantine = _quarantine_frame(
         raw.drop([c for c in raw.columns if c.startswith("__")]), source,
-        raw["__row"].to_numpy()[bad_idx], reason[bad_idx].tolist(), fieldn[bad_idx].tolist(),
-        detail[bad_idx].tolist(),
+        raw["__row"].to_numpy()[bad_idx], reasons, fields, details,
         coerced["city_key"].fill_null(UNASSIGNED).to_numpy()[bad_idx].tolist(),
     )
     valid = schema.conform(coerced.filter(pl.Series(~bad)), schema.INTERACTIONS_TABLE_SCHEMA)
