@@ -57,12 +57,18 @@ def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None =
     def prepare() -> None:
         _default_signals()
         if user is not None:
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
+            _become(user)
 
-    out = open(log, "ab")  # noqa: SIM115 - the child owns it; closed when the Popen is collected
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd or REPO,
-                            start_new_session=True, preexec_fn=prepare)
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd or REPO,
+                                start_new_session=True, preexec_fn=prepare)
+
+
+def _become(user: pwd.struct_passwd) -> None:
+    """Drop root for ``user`` (in a child, before exec)."""
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
 
 
 def descendants(pid: int) -> list[int]:
@@ -191,7 +197,7 @@ class LocalPostgres:
             [str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.superuser, "--auth=trust",
              "--encoding=UTF8", "--no-sync"],
             capture_output=True, text=True, timeout=120, cwd=self.root,
-            preexec_fn=(lambda: (os.setgid(self.user.pw_gid), os.setuid(self.user.pw_uid))) if self.user else None,
+            preexec_fn=(lambda: _become(self.user)) if self.user else None,
         )
         assert init.returncode == 0, f"initdb failed:\n{init.stdout}\n{init.stderr}"
         self.proc = start([str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
@@ -277,11 +283,11 @@ class HeadlessChromium:
                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
                f"--user-data-dir={profile}", "--remote-debugging-pipe", f"--window-size={width},{height}",
                "--hide-scrollbars", "about:blank"]
-        out = open(self.log, "ab")  # noqa: SIM115
         # close_fds=False so that fds 3 and 4 survive into the browser; the parent's own
         # descriptors are close-on-exec (Python's default) and do not leak.
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=prepare, close_fds=False)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=prepare, close_fds=False)
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buffer = b""
@@ -343,6 +349,20 @@ class HeadlessChromium:
 
     def text(self) -> str:
         return self.evaluate("document.body.innerText") or ""
+
+    def settle(self, quiet: float = 2.0, timeout: float = 30.0) -> None:
+        """Wait until the page is quiet for ``quiet`` seconds: no DOM change and no finished
+        request (the UI loads layout, then live status over GraphQL)."""
+        probe = "[document.body.innerHTML.length, performance.getEntriesByType('resource').length].join()"
+        deadline = time.monotonic() + timeout
+        last, since = self.evaluate(probe), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            now = self.evaluate(probe)
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
 
     def press(self, key: str, code: str, key_code: int, alt: bool = False) -> None:
         modifiers = 1 if alt else 0

@@ -3,8 +3,9 @@
 Starts ``dagster-webserver`` and ``dagster-daemon`` on 127.0.0.1 over a home where the CLI has
 materialized the data stage of the test world, then checks through the GraphQL API and in
 headless Chromium that the global asset lineage shows every asset of the code location in its
-group, that ``item_catalog`` lists every city partition, and that a materialization's
-metadata is displayed. Screenshots go to ``test-artifacts/ui/``.
+group, that ``item_catalog`` lists every city partition, that a materialization's metadata is
+displayed, and that the data group shows partition fill and asset-check results. Screenshots
+go to ``test-artifacts/ui/``.
 """
 
 import json
@@ -98,8 +99,8 @@ def ui(tmp_path_factory):
         wait_for(location_loaded, 120, "code location did not load", webserver, logs / "webserver.log")
         yield base, home
     finally:
-        stop(daemon)
-        stop(webserver)
+        stop(daemon, timeout=10)
+        stop(webserver, timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +167,7 @@ def test_global_asset_lineage_shows_every_asset_in_its_group(ui, browser, artifa
                     "the expanded lineage graph did not show every asset")
     missing = [k for k in expected if not _shown(text, k)]
     assert not missing
+    browser.settle()
     browser.screenshot(artifacts / "asset-lineage.png")
 
 
@@ -175,6 +177,7 @@ def test_item_catalog_partitions_view_lists_every_city(ui, browser, artifacts):
     text = browser.goto(f"{base}/assets/item_catalog?view=partitions&partition={MATERIALIZED[0]}",
                         [*cities, f"Materialized ({len(MATERIALIZED)})", "n_brands"])
     assert f"Missing ({len(cities) - len(MATERIALIZED)})" in text
+    browser.settle()
     browser.screenshot(artifacts / "item-catalog-partitions.png")
 
 
@@ -184,4 +187,18 @@ def test_materialization_metadata_is_shown(ui, browser, artifacts):
                         [f"Partition {MATERIALIZED[0]} materialized in run", "dagster/row_count", "n_brands",
                          "quarantine_rate"])
     assert "item_catalog" in text
+    browser.settle()
     browser.screenshot(artifacts / "item-catalog-materialization.png")
+
+
+def test_data_group_shows_partition_fill_and_checks(ui, browser, artifacts):
+    base, _ = ui
+    location = yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"][0]["python_module"]["location_name"]
+    data_assets = sorted(k for k, g in expected_assets().items() if g == "data")
+    cities = all_cities()
+    text = browser.goto(f"{base}/locations/{location}/asset-groups/data",
+                        [*data_assets, f"{len(cities)} partitions", "% filled", "Passed"])
+    fill = round(100 * len(MATERIALIZED) / len(cities))
+    assert f"{fill}% filled" in text or f"{fill - 1}% filled" in text  # rounding of 2/3 either way
+    browser.settle()
+    browser.screenshot(artifacts / "data-group.png")
