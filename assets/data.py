@@ -52,7 +52,9 @@ def catalog_assets(context: dg.AssetExecutionContext, source: DataSource):
     reasons = (quarantine.group_by("source", "reason").len().sort("len", descending=True)
                if quarantine.height else pl.DataFrame({"source": [], "reason": [], "len": []}))
     n_in = catalog.height + quarantine.filter(pl.col("source").str.ends_with("items")).height
-    common = {"dataset": dataset, "source": source.describe(), "city": display[0], **timer.metadata()}
+    common = {"dataset": dataset, "source": source.describe(), "city": display[0], **timer.metadata(),
+              "seconds.dataset_load": items.counts.get("seconds_load", 0.0),
+              "seconds.dataset_validation": items.counts.get("seconds_validate", 0.0)}
     yield dg.Output(
         catalog, output_name="item_catalog",
         metadata={**common, "dagster/row_count": catalog.height, "quarantined_items":

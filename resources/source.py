@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -16,9 +17,14 @@ from lgsid_pipeline.catalog import ValidationResult, validate_interactions, vali
 @functools.lru_cache(maxsize=4)
 def _validated(spec_json: str, landing_fingerprint: str) -> tuple[ValidationResult, ValidationResult, str]:
     spec = sources.SourceSpec(**json.loads(spec_json))
+    start = time.perf_counter()
     raw = sources.load_source(spec)
+    loaded = time.perf_counter()
     items = validate_items(raw.items, source=f"{raw.name}/items")
     inter = validate_interactions(raw.interactions, items.valid, source=f"{raw.name}/interactions")
+    # Whole-dataset timings (paid once per process and landing state, shared by every city).
+    items.counts["seconds_load"] = round(loaded - start, 3)
+    items.counts["seconds_validate"] = round(time.perf_counter() - loaded, 3)
     return items, inter, raw.name
 
 
