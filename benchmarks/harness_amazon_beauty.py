@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="1 epoch, 2,000 users (smoke run)")
     ap.add_argument("--out", default=None, help="write metrics JSON here")
+    ap.add_argument("--valid-users", type=int, default=3000, help="users scored for early stopping")
+    ap.add_argument("--full-valid", action="store_true", help="also rank the full catalogue for every validation user")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -113,12 +115,15 @@ def main() -> None:
         history_tokens=args.history_tokens,
         beams=20,
         patience=3,
-        max_valid_users=None if args.quick else 3000,
+        max_valid_users=None if args.quick else args.valid_users,
         max_seconds=args.max_minutes * 60.0,
         seed=args.seed,
         threads=args.threads,
     )
-    res = train_and_evaluate_tiger(split, sids, cfg, log=lambda r: print("epoch", json.dumps(r), flush=True))
+    stages = ("valid", "test") if (args.full_valid or args.quick) else ("test",)
+    res = train_and_evaluate_tiger(
+        split, sids, cfg, log=lambda r: print("epoch", json.dumps(r), flush=True), stages=stages
+    )
     m = {k: round(v, 4) for k, v in res.metrics.items()}
     print("tiger", json.dumps(m), flush=True)
     print(f"best epoch {res.best_epoch}, wall {res.seconds:.0f}s, cpu {res.cpu_seconds:.0f}s", flush=True)

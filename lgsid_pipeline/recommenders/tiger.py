@@ -456,14 +456,19 @@ def topk_frame(split: SplitData, items: np.ndarray, scores: np.ndarray, codec: S
     return pl.DataFrame({c: cols[c] for c in schema}, schema=schema)
 
 
-def train_and_evaluate_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=None) -> GenResult:
+def train_and_evaluate_tiger(
+    split: SplitData, sids, config: TigerConfig | None = None, log=None, stages: tuple[str, ...] = ("valid", "test")
+) -> GenResult:
     """Train TIGER on ``split`` with SIDs ``sids`` (dict item_id -> codes, or a one-method SID
-    frame) and score the full catalogue on validation and test."""
+    frame) and score the full catalogue on ``stages`` (validation and test by default; "test"
+    is required)."""
     cfg = config or TigerConfig()
+    if "test" not in stages or not set(stages) <= {"valid", "test"}:
+        raise ValueError(f"stages must include 'test' and be drawn from ('valid', 'test'), got {stages}")
     w0, c0 = time.perf_counter(), time.process_time()
     model, codec, tk, hist, best_epoch = train_tiger(split, sids, cfg, log)
     topk_idx, topk_scores = {}, {}
-    for stage in ("valid", "test"):
+    for stage in stages:
         topk_idx[stage], topk_scores[stage] = rank_stage(model, tk, split, stage, cfg)
     metrics = stage_metrics(split, topk_idx)
     return GenResult(
