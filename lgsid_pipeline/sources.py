@@ -17,6 +17,7 @@ with the same ``item_id`` (the newest file wins).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from lgsid_pipeline.catalog import (
     REQUIRED_ITEM_COLUMNS,
     DataValidationError,
 )
+
+log = logging.getLogger(__name__)
 
 SOURCE_KINDS = ("generator", "folder", "files", "yelp", "foursquare")
 
@@ -58,6 +61,7 @@ class RawDataset:
     name: str
     items_path: str | None = None  # the file the items came from (named in load errors)
     interactions_path: str | None = None
+    landing_errors: list[str] = field(default_factory=list)  # landed files that could not be read
 
 
 def _read_table(path: Path, what: str) -> pl.DataFrame:
@@ -276,10 +280,19 @@ def landing_files(landing_dir: str | Path | None) -> list[Path]:
     return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
-def read_landing_items(files: list[Path], column_map: Mapping[str, str] | None = None) -> pl.DataFrame | None:
+def read_landing_items(files: list[Path], column_map: Mapping[str, str] | None = None,
+                       errors: list[str] | None = None) -> pl.DataFrame | None:
+    """Landed item files, concatenated. With ``errors`` given, an unreadable file is skipped
+    and its ``DataValidationError`` message appended there; otherwise it raises."""
     frames = []
     for order, f in enumerate(files):
-        df = _rename(_read_table(f, "landed items"), column_map or {}, "landed items", f)
+        try:
+            df = _rename(_read_table(f, "landed items"), column_map or {}, "landed items", f)
+        except DataValidationError as exc:
+            if errors is None:
+                raise
+            errors.append(str(exc))
+            continue
         frames.append(df.with_columns(pl.lit(order).alias("__landing_order")))
     if not frames:
         return None
@@ -309,7 +322,11 @@ def load_source(spec: SourceSpec) -> RawDataset:
     # A file without a required column fails here, naming the file (not deep in validation).
     _require_columns(ds.items, REQUIRED_ITEM_COLUMNS, ds.items_path, "items")
     _require_columns(ds.interactions, REQUIRED_INTERACTION_COLUMNS, ds.interactions_path, "interactions")
-    landed = read_landing_items(landing_files(spec.landing_dir), spec.column_map)
+    # One corrupt landed file must not block the base data and every other landed file: it is
+    # skipped, logged and listed in ``landing_errors`` (the sensor also reports it by name).
+    landed = read_landing_items(landing_files(spec.landing_dir), spec.column_map, ds.landing_errors)
+    for err in ds.landing_errors:
+        log.warning("skipping unreadable landed file: %s", err)
     if landed is not None:
         base = ds.items.with_columns(pl.lit(-1).alias("__landing_order"))
         merged = pl.concat([base, landed], how="diagonal_relaxed")

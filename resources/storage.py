@@ -123,8 +123,7 @@ class RetryingDeltaLakePolarsTypeHandler(DeltaLakePolarsTypeHandler):
             return
         from deltalake import write_deltalake
 
-        frame = obj.collect() if isinstance(obj, pl.LazyFrame) else obj
-        empty = frame.head(0).to_arrow()
+        empty = (obj.head(0).collect() if isinstance(obj, pl.LazyFrame) else obj.head(0)).to_arrow()
         cols = [d.partition_expr for d in table_slice.partition_dimensions]
         try:
             write_deltalake(connection.table_uri, empty, mode="ignore", partition_by=cols,
@@ -163,4 +162,5 @@ class LgsidDeltaIOManager(DeltaLakePolarsIOManager):
 def delta_io_manager(home: str) -> DeltaLakePolarsIOManager:
     root = confine(Path(home).expanduser().resolve(), "delta")
     return LgsidDeltaIOManager(root_uri=str(root), schema=DELTA_SCHEMA, storage_options=LocalConfig())
+
 

@@ -77,8 +77,8 @@ def test_hostile_city_names_stay_inside_home(tmp_path, test_world, figures, monk
     assert "../../escaped" in catalog["city"].to_list()
     assert catalog.height + quarantine.filter(pl.col("source").str.ends_with("items")).height == items.height
     # The NUL-byte and 5,000-character names are quarantined with a reason, not written as paths.
-    reasons = dict(zip(quarantine["record"].str.slice(0, 0), quarantine["reason"]))
-    assert {"control_characters", "text_too_long"} <= set(quarantine["reason"].to_list()), reasons
+    reasons = set(quarantine["reason"].to_list())
+    assert {"control_characters", "text_too_long"} <= reasons, reasons
     figures.add("hostile city names materialized inside home", len(hostile))
 
 

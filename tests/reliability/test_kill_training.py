@@ -112,8 +112,7 @@ def test_reward_training_resumes_after_sigkill(tmp_path, child_env, figures):
                                checkpoint_dir=tmp_path / "clean")
     for k, v in clean.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[k], v, atol=1e-5, rtol=1e-4)
-    assert np.isfinite(resumed.metrics["heldout_spearman"] if "heldout_spearman" in resumed.metrics
-                       else [h["loss"] for h in resumed.history]).all()
+    assert np.isfinite([h["loss"] for h in resumed.history]).all()
     figures.add("training runs killed and resumed")
 
 
