@@ -7,13 +7,14 @@ checkpoint intact. Nothing is pickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -23,9 +24,25 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of ``tensors`` (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+DIGEST_KEY = "lgsid_sha256"
+
+
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write safetensors atomically, with a sha256 of the tensor data in the header metadata
+    (safetensors itself has no checksum, so a flipped bit would otherwise load silently)."""
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(clean, str(tmp), metadata={DIGEST_KEY: tensors_digest(clean)})
     os.replace(tmp, path)
 
 
@@ -34,9 +51,17 @@ def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ValueError(f"{what}: file {path} does not exist")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
     except (SafetensorError, OSError, RuntimeError) as exc:
-        raise ValueError(f"{what}: {path} is not a readable safetensors file ({exc})") from exc
+        raise ValueError(f"{what}: {path} is not a readable safetensors file ({exc}); "
+                         "delete it and re-materialize the asset that wrote it") from exc
+    want = meta.get(DIGEST_KEY)
+    if want is not None and tensors_digest(tensors) != want:
+        raise ValueError(f"{what}: {path} fails its sha256 check (the file is corrupted); "
+                         "delete it and re-materialize the asset that wrote it")
+    return tensors
 
 
 def load_json(path: Path, what: str) -> dict[str, Any]:

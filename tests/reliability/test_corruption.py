@@ -170,13 +170,11 @@ def test_corrupted_delta_data_file_fails_loudly(tmp_path, figures):
     figures.add("corrupted artefacts refused with a clear error")
 
 
-@pytest.mark.xfail(strict=True, reason="safetensors has no checksum: a bit flip inside the tensor data "
-                                        "loads silently (needs a sha256 in reward_model.json)")
 def test_bit_flip_in_tensor_data_is_detected(tmp_path):
     model_dir = save_reward_model(RewardModel(8, 4), tmp_path / "rm")
     path = model_dir / "reward_model.safetensors"
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x40  # inside the last tensor's bytes
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="sha256"):
         load_reward_model(model_dir)
