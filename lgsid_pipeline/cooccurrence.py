@@ -6,19 +6,18 @@ s(a, b) > s_th (strictly greater, as printed) are kept.
 
 Implementation (never an N x N dense matrix):
 
-1. Each user's history is deduplicated (the most recent occurrence of an item is kept) and
-   capped to the ``max_history`` most recent distinct items, ordered by ``timestamp``, then
-   ``seq_idx``, then row order (later rows are more recent; nulls count as oldest). The cap
-   bounds a user's contribution to at most ``max_history * (max_history - 1) / 2`` pairs.
-2. Pruning: s(a, b) <= min(n_users(a), n_users(b)), so an item seen by at most ``s_th`` users
-   cannot be in any kept pair; such items are dropped before counting.
-3. A binary user x item CSR matrix X over the remaining items; the co-occurrence counts are the
-   upper triangle of X^T X, computed in row blocks of X^T (blocks sized by the number of
-   multiply-adds) so the peak memory is bounded by one block's output, filtered to s > s_th as
-   soon as it is produced.
-
-Item codes are assigned in sorted ``item_id`` order, so "upper triangle" means
-``item_a < item_b`` as strings.
+1. Ids become integer codes (hash joins; item codes follow the sorted ``item_id`` order, so
+   "upper triangle" means ``item_a < item_b`` as strings).
+2. History cap: a user with more than ``max_history`` interactions keeps the ``max_history``
+   most recent distinct items, ordered by ``timestamp``, then ``seq_idx``, then row order
+   (later rows are more recent; nulls count as oldest). Only those users are sorted. The cap
+   bounds a user's contribution to ``max_history * (max_history - 1) / 2`` pairs.
+3. A binary users x items CSR matrix X (duplicate clicks merged: each user counts once).
+4. Pruning: s(a, b) <= min(n_users(a), n_users(b)), so items seen by at most ``s_th`` users
+   are dropped, then users left with fewer than two items.
+5. Eq. 5 counts are the upper triangle of X^T X, computed in row blocks of X^T sized by their
+   multiply-adds, each block filtered to s > s_th as soon as it is produced, so the peak
+   memory is one block's output plus the kept pairs.
 """
 
 from __future__ import annotations
@@ -100,11 +99,15 @@ def _recency_key(interactions: pl.DataFrame, col: str) -> pl.Series | None:
     return s.to_physical().cast(pl.Int64)
 
 
-def _capped_codes(
+def _history_matrix(
     interactions: pl.DataFrame, max_history: int
-) -> tuple[np.ndarray, np.ndarray, pl.Series, pl.Series]:
-    """(user_code, item_code, user_ids, item_ids) of each user's ``max_history`` most recent
-    distinct items, rows grouped by user (codes index the sorted distinct ids)."""
+) -> tuple[sp.csr_matrix, pl.Series, pl.Series]:
+    """Binary users x items CSR matrix of each user's ``max_history`` most recent distinct
+    items, with the user ids and (sorted) item ids of its rows and columns.
+
+    Only users with more than ``max_history`` interactions need the recency sort; everyone
+    else keeps all their distinct items (duplicates are merged by the CSR conversion).
+    """
     for col in ("user_id", "item_id"):
         if col not in interactions.columns:
             raise ValueError(f"interactions lack the required column {col!r}")
@@ -116,21 +119,35 @@ def _capped_codes(
         raise ValueError(f"max_history must be >= 2 to form pairs, got {max_history}")
     user, user_ids = _codes(interactions["user_id"].cast(pl.Utf8), sort=False)
     item, item_ids = _codes(interactions["item_id"].cast(pl.Utf8), sort=True)
-    # Most recent first inside each user: timestamp, then seq_idx, then row; nulls are oldest.
-    sort_keys = [-np.arange(interactions.height, dtype=np.int64)]  # later rows more recent
-    for col in ("seq_idx", "timestamp"):
-        k = _recency_key(interactions, col)
-        if k is not None:
-            sort_keys.append(-k.fill_null(np.iinfo(np.int64).min + 1).to_numpy())
-    order = np.lexsort((*sort_keys, user))
-    u, i = user[order], item[order]
-    first = pl.Series(u * max(item_ids.len(), 1) + i).is_first_distinct().to_numpy()
-    u, i = u[first], i[first]
-    # Position of each row inside its user's run (rows are grouped by user).
-    starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
-    run = np.repeat(starts, np.diff(np.r_[starts, u.size]))
-    keep = (np.arange(u.size) - run) < max_history
-    return u[keep], i[keep], user_ids, item_ids
+    n_users, n_items = user_ids.len(), item_ids.len()
+    is_long = (np.bincount(user, minlength=n_users) > max_history)[user]
+    users, items = [user[~is_long]], [item[~is_long]]
+    if is_long.any():
+        rows = np.flatnonzero(is_long)
+        # Most recent first inside each user: timestamp, then seq_idx, then row order; nulls
+        # are oldest.
+        sort_keys = [-rows]
+        for col in ("seq_idx", "timestamp"):
+            k = _recency_key(interactions, col)
+            if k is not None:
+                k = k.fill_null(np.iinfo(np.int64).min + 1).to_numpy()
+                sort_keys.append(-k[rows])
+        order = rows[np.lexsort((*sort_keys, user[rows]))]
+        u, i = user[order], item[order]
+        first = pl.Series(u * max(n_items, 1) + i).is_first_distinct().to_numpy()
+        u, i = u[first], i[first]
+        # Position of each row inside its user's run (rows are grouped by user).
+        starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
+        run = np.repeat(starts, np.diff(np.r_[starts, u.size]))
+        keep = (np.arange(u.size) - run) < max_history
+        users.append(u[keep])
+        items.append(i[keep])
+    u, i = np.concatenate(users), np.concatenate(items)
+    x = sp.coo_matrix(
+        (np.ones(u.size, dtype=np.int32), (u, i)), shape=(n_users, n_items)
+    ).tocsr()  # sums duplicate (user, item) entries ...
+    x.data[:] = 1  # ... and a user counts once per item (Eq. 5 is over sets H_u)
+    return x, user_ids, item_ids
 
 
 def capped_histories(interactions: pl.DataFrame, max_history: int) -> pl.DataFrame:
@@ -139,8 +156,9 @@ def capped_histories(interactions: pl.DataFrame, max_history: int) -> pl.DataFra
     Recency is ``timestamp``, then ``seq_idx``, then row order (later rows more recent); nulls
     count as oldest. Raises ``ValueError`` for missing columns or null ids.
     """
-    u, i, user_ids, item_ids = _capped_codes(interactions, max_history)
-    return pl.DataFrame({"user_id": user_ids.gather(u), "item_id": item_ids.gather(i)})
+    x, user_ids, item_ids = _history_matrix(interactions, max_history)
+    u = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    return pl.DataFrame({"user_id": user_ids.gather(u), "item_id": item_ids.gather(x.indices)})
 
 
 def _pair_blocks(x: sp.csr_matrix, s_th: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -182,32 +200,21 @@ def cooccurrence_pairs(
     """
     if s_th is not None and s_th < 0:
         raise ValueError(f"s_th must be >= 0, got {s_th}")
-    user, item, user_ids, item_ids = _capped_codes(interactions, max_history)
+    x, user_ids, item_ids = _history_matrix(interactions, max_history)
     n_items_total = item_ids.len()
     threshold = (
         default_threshold(interactions.height, n_items_total) if s_th is None else int(s_th)
     )
 
     # Pruning: an item seen by <= s_th users cannot reach s > s_th with any partner.
-    pop = np.bincount(item, minlength=n_items_total)
-    kept = pop > threshold
-    rows = kept[item]
-    user, item = user[rows], item[rows]
+    kept = np.bincount(x.indices, minlength=n_items_total) > threshold
+    kept_idx = np.flatnonzero(kept)
+    kept_ids = item_ids.gather(kept_idx)
+    x = x[:, kept_idx]  # compact columns, still in item-id order
     # Users with fewer than two remaining items form no pair.
-    n_per_user = np.bincount(user, minlength=user_ids.len())
-    rows = n_per_user[user] >= 2
-    user, item = user[rows], item[rows]
+    x = x[np.flatnonzero(np.diff(x.indptr) >= 2)]
 
-    if user.size:
-        item_map = np.cumsum(kept) - 1  # order-preserving: compact codes stay in id order
-        kept_ids = item_ids.filter(pl.Series(kept))
-        users_used = np.bincount(user, minlength=user_ids.len()) > 0
-        user_c = (np.cumsum(users_used) - 1)[user]
-        counts = np.bincount(user_c)
-        x = sp.csr_matrix(
-            (np.ones(user.size, dtype=np.int32), item_map[item], np.r_[0, np.cumsum(counts)]),
-            shape=(counts.size, kept_ids.len()),
-        )
+    if x.nnz:
         a, b, s = _pair_blocks(x, threshold)  # Eq. 5, restricted to s > s_th
         # Score desc, then item_a, item_b (codes follow the ids' string order).
         order = np.lexsort((b, a, -s))

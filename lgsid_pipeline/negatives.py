@@ -13,7 +13,7 @@ Density-aware hard negatives (``strategy="density"``), per anchor i of a city:
    without replacement from the items within ``near_scale * r_i`` (2 r_i by default, ~4 *
    density_k items under locally uniform density; the candidates are the anchor's
    ``ceil(near_scale^2 * density_k)`` nearest other items from the KD-tree, so where the band
-   is unusually crowded the hard negatives come from its nearest 40 items).
+   is unusually crowded the hard negatives come from its nearest 40 items by default).
 3. Ring negatives. The other negatives cover geometric rings from ``near_scale * r_i`` out to
    the city scale R (2 x the 95th-percentile distance of the city's items from its centre,
    at least twice the inner radius): the log-distance range is split into equal strata, one
@@ -24,12 +24,12 @@ Density-aware hard negatives (``strategy="density"``), per anchor i of a city:
    distance used for ranking is the true anchor-negative distance.
 4. Optional far negatives. With ``far_items`` (items of other cities) and ``far_share > 0``,
    ``round(far_share * k)`` of the ``k`` slots are uniform draws from ``far_items``; they sort
-   to the far end of the list.
+   to the far end of the list (``far_share`` is the share of the list, not an extra).
 
 ``strategy="plain"``: ``k`` uniform random items of the city (the DPO-LR ablation), still
 sorted by distance and labelled with Eq. 3.
 
-Lists are sorted by distance (ties by negative_id), ``rank`` = 1..n_i and ``label`` =
+Lists are sorted by distance (ties keep the sampling order, so seeded runs repeat), ``rank`` = 1..n_i and ``label`` =
 n_i - rank + 1 (Eq. 3, with K read as the list's own length n_i). A city with fewer than
 k + 1 items gives shorter lists (every other item of the city, n_i = n_city - 1 plus far
 negatives); a city with one item gives no list. The anchor is never its own negative and a
@@ -51,7 +51,6 @@ from lgsid_pipeline.geo import (
     destination_vectors,
     haversine_km,
     tangent_basis,
-    unit_vectors,
     validate_lat_lon,
 )
 

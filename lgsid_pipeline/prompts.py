@@ -27,6 +27,10 @@ DEFAULT_INSTRUCTION = (
 DEFAULT_LINES: tuple[tuple[str, str], ...] = (
     ("content", "Item: {name}"),
     ("location", "Location: {province}, {city}, {district}, {town}"),
+    # Finer than the admin hierarchy: without it, two shops in one town render the same location
+    # text, and the hard (same-town) negatives of Eq. 1 would equal the true prompt. Three
+    # decimals is about 100 m.
+    ("location", "Coordinates: {lat:.3f}, {lon:.3f}"),
     ("content", "Category hierarchy: {cat1} > {cat2} > {cat3}"),
     ("content", "Brand: {brand}"),
     ("content", "Price: {price}"),
@@ -34,7 +38,7 @@ DEFAULT_LINES: tuple[tuple[str, str], ...] = (
     ("content", "Top-selling items: {top_sellers}"),
 )
 
-_FIELD = re.compile(r"\{(\w+)\}")
+_FIELD = re.compile(r"\{(\w+)(?::([^}]*))?\}")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class PromptTemplate:
     )
 
     def fields(self) -> set[str]:
-        return {f for _, pat in self.lines for f in _FIELD.findall(pat)}
+        return {m[0] for _, pat in self.lines for m in _FIELD.findall(pat)}
 
 
 DEFAULT_TEMPLATE = PromptTemplate()
@@ -60,7 +64,9 @@ def _present(value: object) -> bool:
     return str(value).strip() != ""
 
 
-def _fmt(value: object) -> str:
+def _fmt(value: object, spec: str | None = None) -> str:
+    if spec and isinstance(value, int | float):
+        return format(value, spec)
     if isinstance(value, float):
         return f"{value:g}"
     return str(value).strip()
@@ -72,11 +78,11 @@ def _render_line(pattern: str, row: Mapping[str, object]) -> str | None:
     ``"Location: {province}, {city}, {district}, {town}"`` with no district becomes
     ``"Location: NY, New York, Midtown"``; a line whose fields are all missing is dropped.
     """
-    parts = re.split(r"(\{\w+\})", pattern)
+    parts = re.split(r"(\{\w+(?::[^}]*)?\})", pattern)
     head, tail = parts[0], parts[-1]
-    names = [_FIELD.fullmatch(p).group(1) for p in parts[1::2]]
+    fields = [_FIELD.fullmatch(p).groups() for p in parts[1::2]]
     seps = parts[2:-1:2] or [" "]
-    values = [_fmt(row.get(n)) for n in names if _present(row.get(n))]
+    values = [_fmt(row.get(n), spec) for n, spec in fields if _present(row.get(n))]
     if not values:
         return None
     return head + seps[0].join(values) + tail

@@ -127,3 +127,22 @@ def test_empty_and_bad_input():
         cooccurrence_pairs(pl.DataFrame({"item_id": ["a"]}))
     with pytest.raises(ValueError, match="max_history"):
         cooccurrence_pairs(pl.DataFrame({"user_id": ["u"], "item_id": ["a"]}), max_history=1)
+
+
+@pytest.mark.parametrize("max_history", [2, 3, 5])
+def test_history_cap_matches_brute_force(max_history):
+    rng = np.random.default_rng(max_history)
+    df = _random_interactions(n_users=80, n_items=25, seed=max_history)
+    df = df.with_columns(pl.Series("seq_idx", rng.permutation(df.height)))  # shuffled recency
+    # Reference: per user, most recent first (seq_idx desc), first max_history distinct items.
+    capped = []
+    for (u,), g in df.group_by("user_id"):
+        seen: list[str] = []
+        for item in g.sort("seq_idx", descending=True)["item_id"]:
+            if item not in seen:
+                seen.append(item)
+        capped += [(u, i) for i in seen[:max_history]]
+    ref = pl.DataFrame(capped, schema=["user_id", "item_id"], orient="row")
+    got = cooc.capped_histories(df, max_history)
+    assert sorted(got.rows()) == sorted(ref.rows())
+    assert _as_dict(cooccurrence_pairs(df, s_th=0, max_history=max_history)) == _brute(ref, 0)
