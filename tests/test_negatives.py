@@ -193,6 +193,7 @@ def test_mismatched_prompts_swap_only_the_location():
     assert out.columns[:4] == ["anchor_id", "rank", "label", "prompt"]
     assert out.height == lists.height + 6
     by_id = {r["item_id"]: r for r in items.to_dicts()}
+    true_prompt = {r["anchor_id"]: r["prompt"] for r in out.filter(pl.col("rank") == 0).iter_rows(named=True)}
     for row in out.iter_rows(named=True):
         anchor = by_id[row["anchor_id"]]
         loc = by_id[row["location_item_id"]]
@@ -205,7 +206,7 @@ def test_mismatched_prompts_swap_only_the_location():
             assert row["location_item_id"] != row["anchor_id"]
             own_loc = f"Location: NY, {anchor['city']}, {anchor['town']}"
             assert (own_loc in lines) == (loc["town"] == anchor["town"])
-            assert row["same_as_true_prompt"] == (loc["town"] == anchor["town"])
+            assert row["same_as_true_prompt"] == (row["prompt"] == true_prompt[row["anchor_id"]])
     neg = out.filter(pl.col("rank") > 0)
     joined = neg.join(lists, left_on=["anchor_id", "rank"], right_on=["anchor_id", "rank"])
     assert (joined["location_item_id"] == joined["negative_id"]).all()
