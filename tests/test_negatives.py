@@ -216,7 +216,12 @@ def test_mismatched_prompts_swap_only_the_location():
     hand = pl.DataFrame({"anchor_id": ["metro-0000", "metro-0000"],
                          "negative_id": ["metro-0001", "metro-0002"],
                          "rank": [1, 2], "label": [2.0, 1.0]})
-    out = mismatched_prompts(items, hand)
+    # metro-0001 shares metro-0000's town; put it in the same building so its location renders
+    # identically (coordinates are part of the location text).
+    same_spot = items.with_columns(
+        pl.when(pl.col("item_id") == "metro-0001").then(pl.lit(items["lat"][0])).otherwise(pl.col("lat")).alias("lat"),
+        pl.when(pl.col("item_id") == "metro-0001").then(pl.lit(items["lon"][0])).otherwise(pl.col("lon")).alias("lon"))
+    out = mismatched_prompts(same_spot, hand)
     assert out["same_as_true_prompt"].to_list() == [False, True, False]
     assert out["prompt"][0] == out["prompt"][1] != out["prompt"][2]
 
