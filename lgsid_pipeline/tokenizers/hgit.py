@@ -147,7 +147,7 @@ class HGITTokenizer(SemanticIdTokenizer):
         usage_temperature: float = 0.3,
         epochs: int = 5,
         batch_size: int = 4096,
-        lr: float = 0.01,
+        lr: float = 0.001,
         kmeans_max_samples: int | None = 131_072,
         kmeans_n_init: int = 3,
     ) -> None:
@@ -272,10 +272,11 @@ class HGITTokenizer(SemanticIdTokenizer):
                     d2 = sq_distances(R, mu)
                     z = d2.detach().argmin(1)  # Eq. 10
                     Q = mu[z]  # Eq. 11
-                    # Eq. 14 (soft, differentiable) and Eq. 15: KL(p || uniform)
-                    scale = d2.detach().min(1).values.mean().clamp_min(1e-12)
-                    p = torch.softmax(-d2 / (self.usage_temperature * scale), dim=1).mean(0)
-                    reg = reg + (p * torch.log(p.clamp_min(1e-12) * mu.shape[0])).sum()
+                    if self.lambda_reg > 0:
+                        # Eq. 14 (soft, differentiable usage) and Eq. 15: KL(p || uniform)
+                        scale = d2.detach().min(1).values.mean().clamp_min(1e-12)
+                        p = torch.softmax(-d2 / (self.usage_temperature * scale), dim=1).mean(0)
+                        reg = reg + (p * torch.log(p.clamp_min(1e-12) * mu.shape[0])).sum()
                     last.append((R.detach(), (R - Q).detach()))
                     R = R - Q  # Eq. 12
                     recon = recon + Q

@@ -85,8 +85,8 @@ class RQVAETokenizer(SemanticIdTokenizer):
         hidden_dims: list[int] = (512, 256, 128),
         latent_dim: int = 32,
         beta: float = 0.25,
-        epochs: int = 10,
-        batch_size: int = 4096,
+        epochs: int = 20,
+        batch_size: int = 1024,
         lr: float = 1e-3,
         target_mse: float | None = None,
     ) -> None:
