@@ -154,8 +154,8 @@ def gdpo_loss(align: torch.Tensor, sim: torch.Tensor, lam: float) -> torch.Tenso
 @dataclass
 class GDPOConfig:
     beta: float = 0.9
-    lam: float = 1.0
-    lr: float = 5e-4
+    lam: float = 0.1  # chosen on the demo world, see docs/alignment.md
+    lr: float = 2e-3
     epochs: int = 1
     batch_size: int = 16
     max_steps: int | None = None

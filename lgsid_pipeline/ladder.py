@@ -56,7 +56,7 @@ class LadderRow:
     lam: float = 0.0
 
 
-def ladder_rows(gdpo_lam: float = 1.8, extra_lams: tuple[float, ...] = ()) -> list[LadderRow]:
+def ladder_rows(gdpo_lam: float = 0.1, extra_lams: tuple[float, ...] = ()) -> list[LadderRow]:
     rows = [
         LadderRow("Origin", None),
         LadderRow("DPO-PR", "pointwise", "plain"),

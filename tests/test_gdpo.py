@@ -117,6 +117,7 @@ def test_eq7_matches_hand_computation_and_is_bounded():
 
 def _train(encoder, setup, tmp_path, name, **kw):
     items, pairs, rm = setup
+    kw.setdefault("lam", 1.0)
     cfg = GDPOConfig(lr=2e-2, batch_size=8, epochs=2, seed=0, checkpoint_every=2, eval_pairs=64, **kw)
     return train_gdpo(encoder, rm, items, pairs, cfg, checkpoint_dir=tmp_path / name)
 
