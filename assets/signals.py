@@ -47,7 +47,8 @@ class NegativesConfig(dg.Config):
                                                    "local density scale.")
     near_scale: float = Field(default=2.0, description="Hard negatives lie within near_scale * r_k.")
     hard_share: float = Field(default=1 / 3, description="Share of each list drawn from the hard band.")
-    far_share: float = Field(default=0.0, description="Share of negatives drawn from other cities.")
+    far_share: float = Field(default=0.2, description="Share of negatives drawn from other cities, so the reward "
+                             "model also sees the other-city locations that G-DPO's far items come from.")
     max_anchors: int | None = Field(default=None, description="Cap anchors per city (seeded sample).")
     plain_variant: bool = Field(default=True, description="Also emit uniformly random lists (DPO-LR ablation).")
     seed: int = 0

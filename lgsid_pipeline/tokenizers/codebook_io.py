@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+
+from lgsid_pipeline.train_state import atomic_save_tensors, load_tensors
 
 TENSORS_FILE = "tokenizer.safetensors"
 CONFIG_FILE = "tokenizer.json"
@@ -27,7 +28,7 @@ def save_state(directory: str | Path, tensors: dict[str, Any], config: dict[str,
     directory.mkdir(parents=True, exist_ok=True)
     as_torch = {k: torch.as_tensor(np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v).contiguous()
                 for k, v in tensors.items()}
-    save_file(as_torch, str(directory / TENSORS_FILE))
+    atomic_save_tensors(as_torch, directory / TENSORS_FILE)  # with a sha256 in the header
     payload = {"format_version": FORMAT_VERSION, **config}
     (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
     return directory
@@ -53,8 +54,8 @@ def load_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             f"expected {FORMAT_VERSION}; {_RECOVERY}"
         )
     try:
-        tensors = load_file(str(ten_path))
-    except Exception as exc:  # safetensors raises its own error types for truncated headers/data
+        tensors = load_tensors(ten_path, "tokenizer weights")  # checks the header's sha256
+    except ValueError as exc:
         raise ValueError(f"tokenizer weights {ten_path} are corrupted or truncated ({exc}); {_RECOVERY}") from None
     return tensors, config
 
