@@ -84,7 +84,16 @@ class LgsidHome(dg.ConfigurableResource):
             raise FileNotFoundError(
                 f"Delta table {name!r} does not exist under {self.table_path(name)}: materialize it first"
             )
-        return lf.collect()
+        try:
+            return lf.collect()
+        except BaseException as exc:  # a damaged data file surfaces as a Rust panic, not an OSError
+            if isinstance(exc, KeyboardInterrupt | SystemExit | MemoryError):
+                raise
+            raise ValueError(
+                f"Delta table {name!r} at {self.table_path(name)} cannot be read ({type(exc).__name__}: "
+                f"{str(exc)[:300]}). Recovery: delete the table folder and re-materialize its cities "
+                "(see docs/reliability.md)."
+            ) from exc
 
     def io_manager(self) -> DeltaLakePolarsIOManager:
         return delta_io_manager(self.home)
