@@ -341,7 +341,9 @@ def train_gdpo(
     # Save the adapter (adapter_model.safetensors + adapter_config.json) and provenance.
     model.save_pretrained(str(adapter_dir), safe_serialization=True)
     atomic_write_text(adapter_dir / "gdpo.json", json.dumps(
-        {"base_identity": encoder.identity, "config": asdict(cfg), "steps": step}, indent=1))
+        {"base_identity": encoder.identity, "config": asdict(cfg), "steps": step,
+         # peft's safetensors carry no checksum: record one so a damaged adapter is refused.
+         "adapter_sha256": hash_files([adapter_dir / "adapter_model.safetensors"])}, indent=1))
 
     metrics = {"steps": step, "steps_this_run": step - start_step, "pairs": n,
                "train_seconds": train_seconds,
@@ -400,6 +402,10 @@ def load_aligned_encoder(base_config: EncoderConfig, adapter_dir: Path | str) ->
         have = hash_files(model_files(base_path))
         if want is not None and want != have:
             raise ValueError(f"adapter {adapter_dir} was trained on a different base model than {base_path}")
+        recorded = info.get("adapter_sha256")
+        if recorded is not None and recorded != hash_files([weights]):
+            raise ValueError(f"adapter {weights} fails its sha256 check (the file is corrupted); delete "
+                             f"{adapter_dir} and re-materialize aligned_encoder")
     base = AutoModel.from_pretrained(str(base_path), local_files_only=True)
     try:
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

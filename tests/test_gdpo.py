@@ -184,3 +184,13 @@ def test_adapter_roundtrip_and_errors(encoder, setup, tmp_path):
                    adapter_dir=tmp_path / "x")
     with pytest.raises(ValueError, match="empty"):
         train_gdpo(encoder, rm, items, pairs.head(0), GDPOConfig(), adapter_dir=tmp_path / "x")
+
+
+def test_damaged_adapter_is_refused(encoder, setup, tmp_path):
+    res = _train(encoder, setup, tmp_path, "flip", max_steps=1)
+    weights = res.adapter_path / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x10  # inside the tensor data: the file still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_aligned_encoder(encoder.config, res.adapter_path)
