@@ -63,8 +63,8 @@ class RewardModelConfig(dg.Config):
     mode: str = Field(default="listwise", description="listwise (Eq. 4 as ListNet) | pointwise (DPO-PR)")
     loss: str = Field(default="listnet", description="listnet | soft_bce (readings of Eq. 4)")
     negatives: str = Field(default="density", description="density (DPO-LRD) | plain (DPO-LR)")
-    anchors_per_city: int | None = Field(default=48, description="Anchors sampled per city (each encodes K+1 "
-                                         "prompts with the frozen encoder; 48 keeps the demo in budget).")
+    anchors_per_city: int | None = Field(default=40, description="Anchors sampled per city (each encodes K+1 "
+                                         "prompts with the frozen encoder; 40 keeps the demo in budget).")
     hidden: int = 256
     epochs: int = 40
     lr: float = 1e-3
@@ -155,7 +155,7 @@ class AlignedEncoderConfig(dg.Config):
                        "the reference with L2-normalised embeddings.")
     use_dc: bool = Field(default=True, description="Include domain-collaborative pairs D_dc (co-occurrence).")
     use_gc: bool = Field(default=True, description="Include geography-constrained pairs D_gc.")
-    max_pairs: int | None = Field(default=480, description="Cap on preference pairs (seeded sample).")
+    max_pairs: int | None = Field(default=384, description="Cap on preference pairs (seeded sample).")
     epochs: int = 1
     batch_size: int = 16
     lr: float = gdpo.GDPOConfig.lr

@@ -28,7 +28,7 @@ class EvaluationConfig(dg.Config):
     methods: list[str] | None = Field(default=None, description="Tokenizer variants to score (default: all).")
     tiger_epochs: int = 10
     tiger_d_model: int = 64
-    tiger_max_seconds: float | None = Field(default=15.0, description="Training time cap per TIGER run. The "
+    tiger_max_seconds: float | None = Field(default=10.0, description="Training time cap per TIGER run. The "
                                             "default keeps the demo within its 10-minute budget on 2 CPU "
                                             "cores; raise it (or None) for real evaluations.")
     din_epochs: int = 2
