@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -104,8 +107,12 @@ def save_checkpoint(ckpt_dir: Path, model_tensors: dict[str, torch.Tensor],
     opt_t, opt_meta = optimizer_tensors(opt)
     atomic_save_tensors(model_tensors, ckpt_dir / "model.safetensors")
     atomic_save_tensors(opt_t, ckpt_dir / "optimizer.safetensors")
-    # state.json is written last: it is the marker that the checkpoint is complete.
-    atomic_write_text(ckpt_dir / "state.json", json.dumps({**meta, "optimizer": opt_meta}))
+    # state.json is written last: it is the marker that the checkpoint is complete, and it
+    # names the exact tensors it belongs to, so a run killed between the three writes (new
+    # weights, old state.json) is detected on load instead of resuming from a torn mixture.
+    atomic_write_text(ckpt_dir / "state.json", json.dumps({
+        **meta, "optimizer": opt_meta, "model_sha256": tensors_digest(model_tensors),
+        "optimizer_sha256": tensors_digest(opt_t)}))
 
 
 def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict] | None:
@@ -115,4 +122,11 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     meta = load_json(ckpt_dir / "state.json", "checkpoint")
     model_t = load_tensors(ckpt_dir / "model.safetensors", "checkpoint model")
     opt_t = load_tensors(ckpt_dir / "optimizer.safetensors", "checkpoint optimizer")
+    if (meta.get("model_sha256") not in (None, tensors_digest(model_t))
+            or meta.get("optimizer_sha256") not in (None, tensors_digest(opt_t))):
+        # Killed after writing new tensors but before state.json: the files are from a later
+        # step than state.json says. Resuming would mix steps, so start the training over.
+        log.warning("checkpoint in %s is torn (the run was killed while saving); training starts over",
+                    ckpt_dir)
+        return None
     return model_t, opt_t, meta

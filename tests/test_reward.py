@@ -153,3 +153,20 @@ def test_encode_prompt_lists_shapes_and_labels(tmp_path):
     np.testing.assert_allclose(e[1, 2].numpy(), direct[0], atol=1e-5)
     with pytest.raises(ValueError, match="missing column"):
         encode_prompt_lists(enc, df.drop("prompt"))
+
+
+def test_torn_checkpoint_is_not_resumed(tmp_path):
+    """A kill between writing new weights and state.json must not resume from a mixture."""
+    from lgsid_pipeline.train_state import atomic_save_tensors, load_checkpoint
+
+    torch.manual_seed(0)
+    E = torch.randn(24, 4, 6)
+    labels = (4 - torch.stack([torch.randperm(4) for _ in range(24)])).float()
+    ckpt = tmp_path / "ckpt"
+    train_reward_model(E, labels, epochs=2, hidden=8, batch_size=8, checkpoint_dir=ckpt)
+    assert load_checkpoint(ckpt) is not None
+    model_t, _, _ = load_checkpoint(ckpt)
+    atomic_save_tensors({k: v + 1 for k, v in model_t.items()}, ckpt / "model.safetensors")  # "later" weights
+    assert load_checkpoint(ckpt) is None
+    res = train_reward_model(E, labels, epochs=3, hidden=8, batch_size=8, checkpoint_dir=ckpt)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
