@@ -88,14 +88,19 @@ def materialize_graph(defs, instance, cities: list[str], selection: set | None =
 
     Returns the stage plan; raises :class:`StageFailed` naming the stage, city and run.
     """
-    import dagster as dg
     from dagster._core.storage.defs_state.base import set_defs_state_storage
 
-    # Resolving the definitions reads "defs state" through a context variable. Bind it to this
-    # instance: a stale binding left by another (closed) instance in the same process would
-    # otherwise fail with "undefined DagsterInstance weakref".
+    # Loading definitions reads "defs state" through a context variable. Bind it to this run's
+    # instance: a stale binding left by another, already closed instance in the same process
+    # would otherwise fail with "undefined DagsterInstance weakref".
     with set_defs_state_storage(instance.defs_state_storage):
-        plan = stages(defs, selection)
+        return _materialize_stages(defs, instance, cities, selection, run_config, echo, tags)
+
+
+def _materialize_stages(defs, instance, cities, selection, run_config, echo, tags):
+    import dagster as dg
+
+    plan = stages(defs, selection)
     all_assets = list(defs.assets or []) + list(defs.asset_checks or [])
     for i, (is_city, keys) in enumerate(plan, 1):
         names = ", ".join(k.to_user_string() for k in keys)
