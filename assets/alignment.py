@@ -250,8 +250,9 @@ def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig,
         idx = current.with_row_index().join(todo, on=["item_id", "prompt_hash"])["index"].to_list()
         with timer(f"encode_{variant}"):
             emb = enc.encode([prompts[i] for i in idx], progress=_progress_logger(context, f"encoding {variant}"))
-        fresh = pl.DataFrame({"item_id": todo["item_id"]}).with_columns(
-            pl.Series("embedding", emb.reshape(len(idx), -1)).cast(pl.List(pl.Float32)))
+        vectors = (pl.Series("embedding", emb).cast(pl.List(pl.Float32)) if len(idx)
+                   else pl.Series("embedding", [], dtype=pl.List(pl.Float32)))  # nothing to encode
+        fresh = pl.DataFrame({"item_id": todo["item_id"]}).with_columns(vectors)
         table = current.join(pl.concat([reuse, fresh]), on="item_id").with_columns(
             pl.lit(variant).alias("variant"), pl.lit(enc.version).alias("encoder_version"),
             pl.lit(json.dumps(enc.identity, default=str)).alias("encoder_identity"))
