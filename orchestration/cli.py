@@ -41,6 +41,22 @@ def prepare_home(home: str) -> Path:
     return root
 
 
+def open_instance(home: Path):
+    """The Dagster instance at HOME/dagster. Two processes opening a brand-new home at once race
+    to create its SQLite tables ("table ... already exists"), so creation is serialised with a
+    file lock."""
+    import fcntl
+
+    import dagster as dg
+
+    with open(home / "dagster" / ".instance.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return dg.DagsterInstance.get()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _source_from_args(args):
     from resources import DataSource
 
@@ -146,7 +162,7 @@ def cmd_materialize(args) -> int:
     source = _source_from_args(args)
     encoder = EncoderResource(**json.loads(args.encoder_json)) if args.encoder_json else None
     defs = build_defs(str(home), source, encoder)
-    instance = dg.DagsterInstance.get()
+    instance = open_instance(home)
     log = logging.getLogger("lgsid")
     t0 = time.perf_counter()
     available = source.city_keys()
@@ -220,10 +236,7 @@ def collect_report(instance) -> dict:
 
 
 def cmd_report(args) -> int:
-    prepare_home(args.home)
-    import dagster as dg
-
-    instance = dg.DagsterInstance.get()
+    instance = open_instance(prepare_home(args.home))
     report = collect_report(instance)
     if args.json:
         json.dump(report, sys.stdout, indent=2, default=str)
