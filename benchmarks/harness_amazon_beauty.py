@@ -78,6 +78,10 @@ def main() -> None:
     ap.add_argument("--history-tokens", choices=("flat", "item"), default="item")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--user-buckets", type=int, default=0, help="TIGER hashes users into 2,000 tokens")
+    ap.add_argument("--eval-batch", type=int, default=256)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--quick", action="store_true", help="1 epoch, 2,000 users (smoke run)")
     ap.add_argument("--out", default=None, help="write metrics JSON here")
     ap.add_argument("--valid-users", type=int, default=3000, help="users scored for early stopping")
@@ -106,7 +110,10 @@ def main() -> None:
         ff_dim=args.ff_dim,
         enc_layers=args.layers,
         dec_layers=args.layers,
-        heads=4,
+        heads=args.heads,
+        user_buckets=args.user_buckets,
+        eval_batch=args.eval_batch,
+        device=args.device,
         dropout=0.1,
         lr=args.lr,
         epochs=1 if args.quick else args.epochs,
@@ -126,7 +133,8 @@ def main() -> None:
     )
     m = {k: round(v, 4) for k, v in res.metrics.items()}
     print("tiger", json.dumps(m), flush=True)
-    print(f"best epoch {res.best_epoch}, wall {res.seconds:.0f}s, cpu {res.cpu_seconds:.0f}s", flush=True)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{args.threads} threads"
+    print(f"best epoch {res.best_epoch}, wall {res.seconds:.0f}s, cpu {res.cpu_seconds:.0f}s on {where}", flush=True)
     for key, pub in PUBLISHED.items():
         print(
             f"{key}: ours {res.metrics[key]:.4f}  published {pub:.4f}  ratio {res.metrics[key] / pub:.2f}  "
@@ -136,7 +144,7 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(
             json.dumps(
-                {"args": vars(args), "tiger": res.metrics, "transitions": base.metrics, "history": res.history,
+                {"args": vars(args), "device": where, "tiger": res.metrics, "transitions": base.metrics, "history": res.history,
                  "best_epoch": res.best_epoch, "seconds": res.seconds, "cpu_seconds": res.cpu_seconds},
                 indent=1,
             )

@@ -281,11 +281,14 @@ def train_gdpo(
     pos, neg, anc = pair_texts(items, pairs)
     n = len(pos)
     model = _policy(encoder, cfg)
-    reward_model = reward_model.eval()
+    # Everything a step touches lives on the encoder's device (cuda when available); R scores
+    # float32 embeddings whatever the encoder's dtype.
+    reward_model = reward_model.to(encoder.device).eval()
     for p in reward_model.parameters():
         p.requires_grad_(False)
     ref_emb, ref_idx = _reference_cache(encoder, model, pos + neg + (anc if cfg.lam > 0 else []),
                                         reference_embeddings, cfg.max_length)
+    ref_emb = ref_emb.to(encoder.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
 
@@ -314,7 +317,7 @@ def train_gdpo(
         idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size].tolist()
         torch.manual_seed(cfg.seed * 7_919 + step)  # LoRA dropout, reproducible across resumes
         texts = [pos[i] for i in idx] + [neg[i] for i in idx] + ([anc[i] for i in idx] if cfg.lam > 0 else [])
-        emb = encoder.embed_batch(texts, model=model, max_length=cfg.max_length)
+        emb = encoder.embed_batch(texts, model=model, max_length=cfg.max_length).float()
         ref = ref_emb[[ref_idx[t] for t in texts]]
         m = len(idx)
         r_pi, r_ref = reward_model(emb[: 2 * m]), reward_model(ref[: 2 * m])
@@ -368,7 +371,7 @@ def _reward_margins(encoder, model, reward_model, pos, neg, ref_emb, ref_idx, cf
     sel = g.choice(len(pos), size=min(cfg.eval_pairs, len(pos)), replace=False)
     texts = [pos[i] for i in sel] + [neg[i] for i in sel]
     model.eval()
-    pol = torch.from_numpy(encoder.encode(texts, model=model, max_length=cfg.max_length))
+    pol = torch.from_numpy(encoder.encode(texts, model=model, max_length=cfg.max_length)).to(ref_emb.device)
     ref = ref_emb[[ref_idx[t] for t in texts]]
     m = len(sel)
     with torch.no_grad():
