@@ -1,11 +1,14 @@
 """``lgsid``: run the pipeline headless, and read its results, from the shell.
 
     lgsid materialize [--data DIR] --home DIR [--select KEY,...] [--cities CITY,...]
+                      [--tables-uri s3://bucket/prefix] [--storage-options JSON]
     lgsid report --home DIR [--json]
 
 ``materialize`` runs the asset graph in-process against a persistent Dagster instance at
 ``HOME/dagster`` (so ``dagster dev`` with the same DAGSTER_HOME shows every run) and writes
-Delta tables and artefacts under ``HOME``. The graph alternates between per-city and
+artefacts under ``HOME`` and the Delta tables under ``HOME/delta``, or under ``--tables-uri`` /
+``$LGSID_TABLES_URI`` (e.g. ``s3://bucket/prefix``, with ``--storage-options`` /
+``$LGSID_STORAGE_OPTIONS``; credentials from the ``AWS_*`` environment). The graph alternates between per-city and
 cross-city assets, so it runs in topological stages: a per-city stage runs once per city
 partition, a cross-city stage once.
 """
@@ -159,9 +162,18 @@ def cmd_materialize(args) -> int:
     from orchestration.definitions import build_defs
     from resources import EncoderResource
 
+    from resources.storage import parse_storage_options
+
     source = _source_from_args(args)
     encoder = EncoderResource(**json.loads(args.encoder_json)) if args.encoder_json else None
-    defs = build_defs(str(home), source, encoder)
+    storage_options = (parse_storage_options(args.storage_options, "--storage-options")
+                       if args.storage_options else None)
+    if args.tables_uri:  # the same location for anything in this process that reads the environment
+        os.environ["LGSID_TABLES_URI"] = args.tables_uri
+    if args.storage_options:
+        os.environ["LGSID_STORAGE_OPTIONS"] = json.dumps(storage_options)
+    defs = build_defs(str(home), source, encoder, tables_uri=args.tables_uri or None,
+                      storage_options=storage_options)
     instance = open_instance(home)
     log = logging.getLogger("lgsid")
     t0 = time.perf_counter()
@@ -179,6 +191,7 @@ def cmd_materialize(args) -> int:
             raise SystemExit(f"lgsid: unknown asset key(s) {unknown}")
     print(f"lgsid: dataset {source.describe()}, {len(cities)} cities: {', '.join(cities)}", flush=True)
     print(f"lgsid: home {home} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", flush=True)
+    print(f"lgsid: Delta tables at {defs.resources['home'].tables_root_uri()}", flush=True)
     run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
     if args.run_config:
         text = Path(args.run_config).read_text() if Path(args.run_config).is_file() else args.run_config
@@ -267,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--select", help="comma-separated asset keys (default: all)")
     m.add_argument("--cities", help="comma-separated city names or keys (default: all)")
     m.add_argument("--encoder-json", help="EncoderResource config as JSON (e.g. a model_path)")
+    m.add_argument("--tables-uri", help="where the Delta tables live: a local path or s3://bucket/prefix "
+                                        "(default: $LGSID_TABLES_URI, else HOME/delta)")
+    m.add_argument("--storage-options", help='delta-rs storage options as JSON, e.g. {"AWS_REGION": '
+                                             '"eu-west-1", "AWS_ENDPOINT_URL": "..."} (default: '
+                                             "$LGSID_STORAGE_OPTIONS); keep credentials in the AWS_* "
+                                             "environment variables")
     m.add_argument("--run-config", help='asset config as JSON (or a JSON file): {"ops": {"reward_model": '
                                        '{"config": {"epochs": 10}}}}')
     m.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -232,6 +232,52 @@ class LocalPostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class LocalS3:
+    """A throwaway S3 endpoint: moto's server (``python -m moto.server``) on a free local port.
+
+    It runs as a separate process on purpose: delta-rs holds the GIL while it waits for the
+    object store, so an in-process (threaded) server would never answer it.
+    """
+
+    ACCESS_KEY = "lgsid-test-key"  # moto accepts any credentials; these are not secrets
+    SECRET_KEY = "lgsid-test-secret"
+    REGION = "us-east-1"
+
+    def __init__(self, log: Path):
+        self.log = log
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> LocalS3:
+        self.proc = start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                          self.log)
+        import urllib.request
+
+        wait_for(lambda: urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2).status == 200,
+                 timeout=60, what="moto S3 server", proc=self.proc, log=self.log)
+        return self
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.ACCESS_KEY,
+                            aws_secret_access_key=self.SECRET_KEY, region_name=self.REGION)
+
+    def credentials_env(self) -> dict[str, str]:
+        """Credentials the way a deployment passes them: environment variables (a Kubernetes
+        secret), which delta-rs and polars read themselves."""
+        return {"AWS_ACCESS_KEY_ID": self.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY,
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def storage_options(self) -> dict[str, str]:
+        """The non-secret storage options (LGSID_STORAGE_OPTIONS)."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": self.REGION, "AWS_ALLOW_HTTP": "true"}
+
+    def stop(self) -> None:
+        stop(self.proc, timeout=10)
+
+
 def lgsid_cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the ``lgsid`` console script of this environment."""
     exe = VENV_BIN / "lgsid"

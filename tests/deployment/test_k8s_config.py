@@ -223,7 +223,8 @@ def test_gpu_assets_in_the_code_location_are_addressable():
 
 
 def test_delta_io_manager_accepts_an_s3_root():
-    """The object-storage configuration documented in docs/deployment.md constructs."""
+    """The object-storage configuration of docs/deployment.md constructs with dagster_deltalake's
+    own config classes."""
     from dagster_deltalake import S3Config
     from dagster_deltalake_polars import DeltaLakePolarsIOManager
 
@@ -233,3 +234,199 @@ def test_delta_io_manager_accepts_an_s3_root():
     assert manager.root_uri.startswith("s3://")
     assert options.str_dict() == {"provider": "s3", "region": "eu-west-1",
                                   "endpoint": "https://s3.eu-west-1.amazonaws.com", "imdsv1_fallback": "False"}
+
+
+def _helm_merge(base, overlay):
+    """Helm's merge of two values files: maps merge, lists and scalars are replaced."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        return {k: _helm_merge(base[k], v) if k in base else v for k, v in overlay.items()} | {
+            k: v for k, v in base.items() if k not in overlay}
+    return overlay
+
+
+def test_values_select_the_k8s_executor_and_pass_object_store_credentials_as_a_secret():
+    values = load("values.yaml")
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    env = {e["name"]: e.get("value") for e in deployment["env"]}
+    assert env["LGSID_EXECUTOR"] == "k8s"
+    assert [s["name"] for s in deployment["envSecrets"]] == ["lgsid-object-store"]
+    assert "LGSID_TABLES_URI" not in env  # the base values keep the tables on the volume
+
+
+def test_values_s3_overlay_moves_only_the_tables_to_s3(monkeypatch, tmp_path):
+    from dagster_deltalake import S3Config
+
+    from orchestration.definitions import build_resources
+    from resources import DataSource
+
+    base = load("values.yaml")
+    merged = _helm_merge(base, load("values-s3.yaml"))
+    before = base["dagster-user-deployments"]["deployments"][0]
+    after = merged["dagster-user-deployments"]["deployments"][0]
+    env = {e["name"]: e["value"] for e in after["env"]}
+    # The overlay repeats the deployment (Helm replaces lists): nothing but the two variables differs.
+    assert {k: v for k, v in after.items() if k != "env"} == {k: v for k, v in before.items() if k != "env"}
+    assert [e for e in after["env"] if e["name"] not in ("LGSID_TABLES_URI", "LGSID_STORAGE_OPTIONS")] == before["env"]
+    assert {k: v for k, v in merged.items() if k != "dagster-user-deployments"} == {
+        k: v for k, v in base.items() if k != "dagster-user-deployments"}
+    # Artefacts stay on the shared volume; the tables go to the bucket, with no secret in the values.
+    mounts = {m["mountPath"]: m["name"] for m in after["volumeMounts"]}
+    assert mounts[env["LGSID_HOME"]] == "lgsid-home"
+    options = json.loads(env["LGSID_STORAGE_OPTIONS"])
+    assert not {k.lower() for k in options} & {"aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+                                              "access_key_id", "secret_access_key"}
+    # What the code location builds from that environment.
+    monkeypatch.setenv("LGSID_TABLES_URI", env["LGSID_TABLES_URI"])
+    monkeypatch.setenv("LGSID_STORAGE_OPTIONS", env["LGSID_STORAGE_OPTIONS"])
+    resources = build_resources(str(tmp_path), DataSource(kind="generator", preset="test"))
+    manager, home = resources["io_manager"], resources["home"]
+    assert manager.root_uri == env["LGSID_TABLES_URI"]
+    assert isinstance(manager.storage_options, S3Config) and manager.storage_options.region == options["AWS_REGION"]
+    assert home.table_uri("item_catalog") == f"{env['LGSID_TABLES_URI']}/lgsid/item_catalog"
+    assert home.artifact_dir("sid_codebook").is_relative_to(tmp_path)
+
+
+# -- LGSID_EXECUTOR=k8s: one pod per step, only the encoder-bound steps on GPU nodes -------------
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: fake, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: fake, user: {token: fake}}]
+contexts: [{name: fake, context: {cluster: fake, user: fake, namespace: lgsid}}]
+current-context: fake
+"""
+IMAGE = "registry.example.com/lgsid:0.1.0"
+
+
+@pytest.fixture(scope="module")
+def k8s_defs(tmp_path_factory):
+    from orchestration.definitions import build_defs
+    from resources import DataSource
+
+    home = tmp_path_factory.mktemp("k8s-defs")
+    return build_defs(str(home), DataSource(kind="generator", preset="test"), executor="k8s")
+
+
+def test_k8s_definitions_load_with_the_k8s_job_executor(k8s_defs, monkeypatch):
+    import dagster as dg
+
+    from orchestration import jobs
+    from orchestration.definitions import build_defs
+
+    dg.Definitions.validate_loadable(k8s_defs)
+    for name in ("city_refresh_job", "global_refit_job"):
+        executor_def = k8s_defs.resolve_job_def(name).executor_def
+        assert executor_def.executor_creation_fn is k8s_job_executor.executor_creation_fn, name
+    # Asset materializations launched from the graph (not through a job) use it too.
+    assert k8s_defs.resolve_implicit_global_asset_job_def().executor_def.name == "lgsid_k8s"
+    # The environment variable the Helm values set selects it; the default stays multiprocess.
+    monkeypatch.setenv("LGSID_EXECUTOR", "k8s")
+    assert build_defs("/tmp/lgsid-k8s-env", None).resolve_job_def("global_refit_job").executor_def.name == "lgsid_k8s"
+    monkeypatch.delenv("LGSID_EXECUTOR")
+    assert build_defs("/tmp/lgsid-k8s-env", None).resolve_job_def("global_refit_job").executor_def.name == "multi_or_in_process_executor"
+    monkeypatch.setenv("LGSID_EXECUTOR", "k8ss")
+    with pytest.raises(ValueError, match="LGSID_EXECUTOR"):
+        jobs.executor_from_env()
+
+
+def test_k8s_executor_defaults_match_the_deploy_files(k8s_defs):
+    from dagster._core.system_config.objects import ResolvedRunConfig
+
+    from orchestration.jobs import GPU_OPS, K8S_EXECUTOR_DEFAULTS
+
+    assert set(GPU_OPS) == GPU_ASSETS
+    run_config = load("run-config.k8s-executor.yaml")
+    assert run_config["execution"]["config"] == K8S_EXECUTOR_DEFAULTS  # one mapping, two spellings
+    op_tags = load("gpu-op-tags.yaml")["op_tags"]
+    assert {k: v[USER_DEFINED_K8S_CONFIG_KEY] for k, v in op_tags.items()} == K8S_EXECUTOR_DEFAULTS["per_step_k8s_config"]
+    # The resolved executor config: defaults, with run config merged over them.
+    job = k8s_defs.resolve_job_def("global_refit_job")
+    cfg = ResolvedRunConfig.build(job, {}).execution.execution_engine_config
+    assert cfg["per_step_k8s_config"]["aligned_encoder"]["pod_spec_config"]["node_selector"] == {"lgsid.io/pool": "gpu"}
+    assert cfg["max_concurrent"] == 4
+    cfg = ResolvedRunConfig.build(job, {"execution": {"config": {"max_concurrent": 2}}}).execution.execution_engine_config
+    assert cfg["max_concurrent"] == 2 and set(cfg["per_step_k8s_config"]) == GPU_ASSETS
+    # The documented run config is still accepted by the code location's executor.
+    ResolvedRunConfig.build(job, run_config)
+
+
+def _launch_step(k8s_defs, instance_yaml, tmp_path, monkeypatch, job_name: str, step_key: str):
+    """Launch one step of ``job_name`` through dagster_k8s's own step handler (the code path of a
+    real run: executor config -> container context -> construct_dagster_k8s_job) against a
+    mocked Kubernetes API, and return the Job it would have created."""
+    from unittest import mock
+
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from dagster._core.execution.api import create_execution_plan
+    from dagster._core.execution.context.system import PlanData, PlanOrchestrationContext
+    from dagster._core.execution.context_creation_job import create_context_free_log_manager
+    from dagster._core.executor.init import InitExecutorContext
+    from dagster._core.executor.step_delegating.step_handler.base import StepHandlerContext
+    from dagster._core.system_config.objects import ResolvedRunConfig
+    from dagster._core.test_utils import create_run_for_test, instance_for_test
+    from dagster._grpc.types import ExecuteStepArgs
+    from dagster_k8s.client import DagsterKubernetesClient
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    batch_api = mock.MagicMock()
+    production_client = DagsterKubernetesClient.production_client
+    monkeypatch.setattr(DagsterKubernetesClient, "production_client", staticmethod(
+        lambda batch_api_override=None, core_api_override=None: production_client(
+            batch_api_override=batch_api, core_api_override=mock.MagicMock())))
+    launcher = {**instance_yaml["run_launcher"]["config"], "load_incluster_config": False,
+                "kubeconfig_file": str(kubeconfig), "job_image": IMAGE}
+    job_def = k8s_defs.resolve_job_def(job_name)
+    origin = ReconstructableRepository.for_module(
+        "orchestration.definitions", "defs", working_directory=str(REPO)).get_reconstructable_job(job_name).get_python_origin()
+    with instance_for_test(overrides={"run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher",
+                                                        "config": launcher}}) as instance:
+        executor_config = ResolvedRunConfig.build(job_def, {}).execution.execution_engine_config
+        executor = job_def.executor_def.executor_creation_fn(InitExecutorContext(
+            job=InMemoryJob(job_def), executor_def=job_def.executor_def, executor_config=executor_config,
+            instance=instance))
+        run = create_run_for_test(instance, job_name=job_name, job_code_origin=origin)
+        plan = create_execution_plan(job_def)
+        plan_context = PlanOrchestrationContext(
+            plan_data=PlanData(job=InMemoryJob(job_def), dagster_run=run, instance=instance, execution_plan=plan),
+            log_manager=create_context_free_log_manager(instance, run), executor=executor, output_capture=None)
+        context = StepHandlerContext(instance=instance, plan_context=plan_context, steps=plan.steps,
+                                     execute_step_args=ExecuteStepArgs(origin, run.run_id, [step_key]))
+        list(executor._step_handler.launch_step(context))  # noqa: SLF001
+    calls = [c for c in batch_api.method_calls if c[0] == "create_namespaced_job"]
+    assert len(calls) == 1
+    assert calls[0].kwargs["namespace"] == "lgsid"
+    return calls[0].kwargs["body"]
+
+
+@pytest.mark.parametrize(("job_name", "step_key", "gpu"), [
+    ("global_refit_job", "aligned_encoder", True),
+    ("global_refit_job", "reward_model", True),
+    ("city_refresh_job", "item_embeddings", True),
+    ("city_refresh_job", "catalog_assets", False),       # item_catalog, user_interactions, quarantine
+    ("city_refresh_job", "cooccurrence_pairs", False),
+    ("global_refit_job", "sid_codebook", False),
+])
+def test_k8s_step_pods_put_only_the_encoder_steps_on_gpu_nodes(k8s_defs, instance_yaml, tmp_path, monkeypatch,
+                                                               job_name, step_key, gpu):
+    job = _launch_step(k8s_defs, instance_yaml, tmp_path, monkeypatch, job_name, step_key)
+    pod = _pod(job)
+    container = pod.containers[0]
+    assert container.image == IMAGE
+    assert job.metadata.labels["dagster/op"] == step_key
+    assert job.spec.ttl_seconds_after_finished == 86400 and job.spec.backoff_limit == 0  # launcher defaults
+    env = {e.name for e in container.env or []}
+    assert "DAGSTER_RUN_STEP_KEY" in env
+    assert [s.secret_ref.name for s in container.env_from or [] if s.secret_ref] == ["lgsid-object-store"]
+    limits = container.resources.limits or {}
+    if gpu:
+        assert pod.node_selector == {"lgsid.io/pool": "gpu"}
+        assert limits["nvidia.com/gpu"] == "1"
+        assert [(t.key, t.operator, t.effect) for t in pod.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+        assert container.resources.requests == {"cpu": "4", "memory": "24Gi"}
+    else:
+        assert pod.node_selector == {"lgsid.io/pool": "cpu"}
+        assert "nvidia.com/gpu" not in limits
+        assert not pod.tolerations
+        assert container.resources.requests == {"cpu": "2", "memory": "8Gi"}
