@@ -55,6 +55,17 @@ def read_manifest(home: LgsidHome) -> dict | None:
     return json.loads(path.read_text())
 
 
+def manifest_history(home: LgsidHome) -> list[dict]:
+    """Every codebook version's manifest under this home, oldest first (each file parsed once)."""
+    manifests = [json.loads((p / "manifest.json").read_text())
+                 for p in home.artifact_dir("sid_codebook").iterdir() if (p / "manifest.json").exists()]
+    return sorted(manifests, key=lambda m: m["number"])
+
+
+def _no_codebook() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=False, metadata={"problem": "no codebook"})
+
+
 @dg.asset(
     group_name=GROUP, owners=OWNERS, kinds={"torch", "scikit-learn", "safetensors"},
     deps=[dg.AssetDep("item_embeddings"), dg.AssetDep("item_catalog")],
@@ -126,7 +137,7 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
 def sid_collision_rate(home: LgsidHome) -> dg.AssetCheckResult:
     manifest = read_manifest(home)
     if manifest is None:
-        return dg.AssetCheckResult(passed=False, metadata={"problem": "no codebook"})
+        return _no_codebook()
     rates = manifest["collision_rate_before"]
     return dg.AssetCheckResult(passed=all(r < 0.5 for r in rates.values()),
                                severity=dg.AssetCheckSeverity.WARN, metadata={k: float(v) for k, v in rates.items()})
@@ -137,7 +148,7 @@ def sid_collision_rate(home: LgsidHome) -> dg.AssetCheckResult:
 def sid_dead_codes(home: LgsidHome) -> dg.AssetCheckResult:
     manifest = read_manifest(home)
     if manifest is None:
-        return dg.AssetCheckResult(passed=False, metadata={"problem": "no codebook"})
+        return _no_codebook()
     sizes = manifest["codebook_sizes"]
     worst = {m: max(d / k for d, k in zip(dead, sizes)) for m, dead in manifest["dead_codes"].items()}
     return dg.AssetCheckResult(passed=all(w < 0.5 for w in worst.values()), severity=dg.AssetCheckSeverity.WARN,
@@ -149,11 +160,8 @@ def sid_dead_codes(home: LgsidHome) -> dg.AssetCheckResult:
 def sid_coverage_drop(home: LgsidHome) -> dg.AssetCheckResult:
     manifest = read_manifest(home)
     if manifest is None:
-        return dg.AssetCheckResult(passed=False, metadata={"problem": "no codebook"})
-    versions = sorted((p for p in home.artifact_dir("sid_codebook").iterdir() if (p / "manifest.json").exists()),
-                      key=lambda p: json.loads((p / "manifest.json").read_text())["number"])
-    prev = [json.loads((p / "manifest.json").read_text()) for p in versions
-            if json.loads((p / "manifest.json").read_text())["number"] < manifest["number"]]
+        return _no_codebook()
+    prev = [m for m in manifest_history(home) if m["number"] < manifest["number"]]
     if not prev:
         return dg.AssetCheckResult(passed=True, metadata={"note": "first version"})
     old = prev[-1]["coverage_q90"]
