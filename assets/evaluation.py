@@ -1,19 +1,20 @@
-"""Evaluation assets: generative (TIGER) and discriminative (DIN) recommenders for every tokenizer
-on one split and the same seeds (paper Tables 1, 2, 5), and the per-city serving cache."""
+"""Evaluation assets: generative (TIGER) and discriminative (DIN, optionally DIEN) recommenders for
+every tokenizer on one split and the same seeds (paper Tables 1, 2, 5), and the per-city serving cache."""
 
 import json
 import time
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from assets.metadata import Timer, config_json, image, md_table
 from assets.partitions import DELTA, city_partitions
 from assets.tokenization import read_manifest
 from lgsid_pipeline.partitions import validate_city_key
+from lgsid_pipeline.recommenders.dien import DIENConfig
 from lgsid_pipeline.recommenders.din import DINConfig
-from lgsid_pipeline.recommenders.evaluate import evaluate_all, plot_results, user_topk
+from lgsid_pipeline.recommenders.evaluate import DISC_MODELS, evaluate_all, plot_results, user_topk
 from lgsid_pipeline.recommenders.tiger import TigerConfig, save_tiger
 from resources import LgsidHome
 
@@ -31,19 +32,36 @@ class EvaluationConfig(dg.Config):
     tiger_max_seconds: float | None = Field(default=10.0, description="Training time cap per TIGER run. The "
                                             "default keeps the demo within its 10-minute budget on 2 CPU "
                                             "cores; raise it (or None) for real evaluations.")
-    din_epochs: int = 2
+    din_epochs: int = Field(default=2, description="Training epochs of each discriminative run (DIN and DIEN).")
+    disc_models: list[str] = Field(default=["DIN"], description=f"Discriminative models, of {list(DISC_MODELS)}. "
+                                   "Each runs on every variant and seed, scored on the same impressions. A DIEN run "
+                                   "(GRU + AUGRU + auxiliary loss) costs about 3-4x a DIN run's CPU time, so "
+                                   "the demo runs DIN only; add \"DIEN\" for the full comparison.")
+    dien_aux_weight: float = Field(default=1.0, ge=0.0, description="DIEN's auxiliary-loss weight alpha "
+                                   "(0 disables L_aux).")
     reach_km: float = Field(default=3.0, description="Reachability: top-K items within this many km...")
     reach_last_n: int = Field(default=5, description="...of the user's last n history items.")
     min_core: int = Field(default=5, description="Iterated k-core filter of the next-item protocol (0 = off).")
     topk: int = Field(default=10, description="K of the serving cache.")
+
+    @field_validator("disc_models")
+    @classmethod
+    def _known_disc_models(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in DISC_MODELS]
+        if unknown:
+            raise ValueError(f"unknown disc_models {unknown}; choose from {list(DISC_MODELS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"disc_models has duplicates: {v}")
+        return v
 
 
 @dg.asset(
     group_name=GROUP, owners=OWNERS, kinds={"torch", "polars"},
     deps=[dg.AssetDep("sid_table"), dg.AssetDep("user_interactions"), dg.AssetDep("item_catalog")],
     description="One leave-one-out split, the same seeds, every variant: TIGER-style generative retrieval "
-                "(constrained beam search over valid SIDs, Hit/NDCG@5/10) and DIN (AUC/GAUC, 1:4 negatives) "
-                "with each tokenizer's SIDs (LGSID, HGIT-origin, Res-KMeans, RQ-VAE) and ID-only Origin, plus "
+                "(constrained beam search over valid SIDs, Hit/NDCG@5/10) and DIN (AUC/GAUC, 1:4 negatives; "
+                "optionally DIEN, GRU + AUGRU interest evolution, on the same samples: config disc_models) with "
+                "each tokenizer's SIDs (LGSID, HGIT-origin, Res-KMeans, RQ-VAE) and ID-only Origin, plus "
                 "popularity / transition / geo-nearest baselines. Mean +- SD, 95% CI, Wilcoxon vs the best "
                 "baseline, reachability and per-city metrics. Core: lgsid_pipeline/recommenders/",
 )
@@ -59,6 +77,7 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
     tiger = TigerConfig(epochs=config.tiger_epochs, d_model=config.tiger_d_model,
                         ff_dim=2 * config.tiger_d_model, max_seconds=config.tiger_max_seconds)
     din = DINConfig(epochs=config.din_epochs)
+    dien = DIENConfig.from_din(din, aux_weight=config.dien_aux_weight)
     start = time.perf_counter()
 
     def log(info: dict) -> None:
@@ -67,7 +86,8 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
 
     with timer("evaluate"):
         result = evaluate_all(interactions, items, sids, methods=config.methods, seeds=tuple(config.seeds),
-                              tiger_config=tiger, din_config=din, reach_km=config.reach_km,
+                              tiger_config=tiger, din_config=din, dien_config=dien,
+                              disc_models=tuple(config.disc_models), reach_km=config.reach_km,
                               reach_last_n=config.reach_last_n, ours=config.ours,
                               split_kwargs={"min_core": config.min_core}, log=log)
     out = home.artifact_dir("recommender_evaluations", "runs", context.run_id)
@@ -91,7 +111,8 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
         "config": config_json(config), "codebook_version": manifest["version"],
         "split": dg.MetadataValue.json({k: (v if isinstance(v, int | float | str) else str(v))
                                         for k, v in result.split_meta.items()}),
-        "table1_din": md_table(result.table1), "table2_tiger": md_table(result.table2),
+        "table1_din": md_table(result.table1), "disc_models": dg.MetadataValue.json(list(config.disc_models)),
+        "table2_tiger": md_table(result.table2),
         "imp": dg.MetadataValue.json(result.imp), "seed_stats": md_table(result.seed_stats),
         "reachability": md_table(result.reachability), "per_city": md_table(result.per_city, max_rows=80),
         "results_plot": image(plot, "results with 95% CI"), "report": dg.MetadataValue.path(str(out / "report.md")),

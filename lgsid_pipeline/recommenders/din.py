@@ -14,6 +14,9 @@ Optimisation: AdamW with StepLR (x0.9 every 500 steps) as in Appendix B. The pap
 rate of 0.1 goes with batches of 10,240 on 50M samples; at batch 1,024 on thousands of
 samples such a rate makes the 8-d embeddings oscillate, so the default is the conventional
 Adam-scale 5e-3 (not tuned on any benchmark). Early stopping on validation AUC.
+
+The item representation (:class:`ItemEncoder`), the samples, the scoring and the training loop
+are shared with DIEN (``dien.py``): :func:`train_and_evaluate_din` takes the model class.
 """
 
 from __future__ import annotations
@@ -62,8 +65,12 @@ def _mlp(dims: list[int], act: bool = True) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class DIN(nn.Module):
-    """Deep Interest Network; item index 0 is padding (real items are shifted by one)."""
+class ItemEncoder(nn.Module):
+    """Item representation shared by DIN and DIEN: ID embedding (+ one embedding per SID level).
+
+    Item index 0 is padding (real items are shifted by one). Subclasses add their layers after
+    calling ``super().__init__`` and may override the two training hooks.
+    """
 
     def __init__(self, n_items: int, codes: np.ndarray | None, cfg: DINConfig):
         super().__init__()
@@ -81,8 +88,6 @@ class DIN(nn.Module):
             self.sid_emb = None
             d = e
         self.dim = d
-        self.attn = _mlp([4 * d, *cfg.attn_hidden, 1])
-        self.tower = _mlp([3 * d, *cfg.mlp, 1])
 
     def represent(self, items: torch.Tensor) -> torch.Tensor:
         """items: shifted indices (0 = pad) of any shape -> (..., dim)."""
@@ -91,6 +96,25 @@ class DIN(nn.Module):
             c = self.codes[items]
             parts += [emb(c[..., lvl]) for lvl, emb in enumerate(self.sid_emb)]
         return torch.cat(parts, dim=-1)
+
+    def training_extras(self, split: SplitData, cfg: DINConfig, prefix_users: np.ndarray, clicked: np.ndarray):
+        """Per-training-prefix arrays (first axis = prefix) handed to :meth:`training_loss`; None = none."""
+        return None
+
+    def training_loss(self, hist: torch.Tensor, target: torch.Tensor, label: torch.Tensor, extras) -> torch.Tensor:
+        """L_target: binary cross-entropy of the click logit (``extras``: the batch's rows of
+        :meth:`training_extras`)."""
+        return nn.functional.binary_cross_entropy_with_logits(self(hist, target), label)
+
+
+class DIN(ItemEncoder):
+    """Deep Interest Network; item index 0 is padding (real items are shifted by one)."""
+
+    def __init__(self, n_items: int, codes: np.ndarray | None, cfg: DINConfig):
+        super().__init__(n_items, codes, cfg)
+        d = self.dim
+        self.attn = _mlp([4 * d, *cfg.attn_hidden, 1])
+        self.tower = _mlp([3 * d, *cfg.mlp, 1])
 
     def forward(self, hist: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         h = self.represent(hist)  # (B, H, d)
@@ -123,8 +147,11 @@ def _user_item_keys(split: SplitData, train_only: bool) -> np.ndarray:
     return np.sort(np.concatenate(keys))
 
 
-def sample_negatives(split: SplitData, users: np.ndarray, per: int, seed: int, clicked: np.ndarray) -> np.ndarray:
-    """(len(users), per) random items each user never clicked (rejection sampling, seeded)."""
+def sample_negatives(
+    split: SplitData, users: np.ndarray, per: int, seed: int | tuple[int, ...], clicked: np.ndarray
+) -> np.ndarray:
+    """(len(users), per) random items each user never clicked (rejection sampling, seeded;
+    ``seed`` is anything ``np.random.default_rng`` takes, e.g. ``(seed, stream)``)."""
     if split.n_items < 2:
         raise ValueError("need at least two items to sample negatives")
     rng = np.random.default_rng(seed)
@@ -141,14 +168,21 @@ def sample_negatives(split: SplitData, users: np.ndarray, per: int, seed: int, c
 
 
 def build_training_samples(split: SplitData, cfg: DINConfig, clicked: np.ndarray):
-    """Positives = every next-item position of the training sequences; 1:neg_ratio negatives."""
+    """Positives = every next-item position of the training sequences; 1:neg_ratio negatives.
+
+    Returns ``rows`` (the sample's prefix index into ``hist``), ``hist``, ``item``, ``label``."""
+    return _training_samples(split, cfg, clicked)[1:]
+
+
+def _training_samples(split: SplitData, cfg: DINConfig, clicked: np.ndarray):
+    """:func:`build_training_samples` plus the user of each prefix (first element)."""
     users_a, hist, targets = _training_prefixes(split, cfg.max_history)
     hist = hist + 1  # -1 pad -> 0
     neg = sample_negatives(split, users_a, cfg.neg_ratio, cfg.seed, clicked)
     rep = cfg.neg_ratio + 1
     item = np.concatenate([np.asarray(targets)[:, None], neg], axis=1).reshape(-1)
     label = np.tile(np.r_[1.0, np.zeros(cfg.neg_ratio)], users_a.size)
-    return np.repeat(np.arange(users_a.size), rep), hist, item, label
+    return users_a, np.repeat(np.arange(users_a.size), rep), hist, item, label
 
 
 def build_eval_samples(split: SplitData, stage: str, cfg: DINConfig, clicked: np.ndarray):
@@ -164,7 +198,7 @@ def build_eval_samples(split: SplitData, stage: str, cfg: DINConfig, clicked: np
 
 
 @torch.no_grad()
-def _score(model: DIN, rows, hist, item, cfg: DINConfig, batch: int = 8192) -> np.ndarray:
+def _score(model: nn.Module, rows, hist, item, cfg: DINConfig, batch: int = 8192) -> np.ndarray:
     model.eval()
     out = np.empty(item.size, dtype=np.float64)
     for s in range(0, item.size, batch):
@@ -177,7 +211,8 @@ def _score(model: DIN, rows, hist, item, cfg: DINConfig, batch: int = 8192) -> n
 
 @dataclass
 class DiscResult:
-    """Output of :func:`train_and_evaluate_din`; ``metrics`` = auc, gauc (test), valid_auc, valid_gauc."""
+    """Output of :func:`train_and_evaluate_din` / ``train_and_evaluate_dien``; ``metrics`` = auc,
+    gauc (test), valid_auc, valid_gauc."""
 
     metrics: dict[str, float]
     seconds: float
@@ -187,8 +222,15 @@ class DiscResult:
     test_scores: pl.DataFrame = field(repr=False)  # user_id, item_id, label, score
 
 
-def train_and_evaluate_din(split: SplitData, sids=None, config: DINConfig | None = None, log=None) -> DiscResult:
-    """Train DIN (Origin when ``sids`` is None, else ID + SID embeddings); AUC / GAUC on valid and test."""
+def train_and_evaluate_din(
+    split: SplitData, sids=None, config: DINConfig | None = None, log=None, *, model_cls: type[ItemEncoder] = DIN
+) -> DiscResult:
+    """Train DIN (Origin when ``sids`` is None, else ID + SID embeddings); AUC / GAUC on valid and test.
+
+    ``model_cls`` swaps the architecture (an :class:`ItemEncoder` built as ``model_cls(n_items,
+    codes, config)``; DIEN passes its own) while samples, optimiser, early stopping and scoring
+    stay identical.
+    """
     cfg = config or DINConfig()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -196,14 +238,16 @@ def train_and_evaluate_din(split: SplitData, sids=None, config: DINConfig | None
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     codes = sid_codes_for(split, sids) if sids is not None else None
-    rows, hist, item, label = build_training_samples(split, cfg, _user_item_keys(split, train_only=True))
+    train_clicked = _user_item_keys(split, train_only=True)
+    prefix_users, rows, hist, item, label = _training_samples(split, cfg, train_clicked)
     clicked = _user_item_keys(split, train_only=False)
     ev = {st: build_eval_samples(split, st, cfg, clicked) for st in ("valid", "test")}
 
-    model = DIN(split.n_items, codes, cfg).to(cfg.device)
+    model = model_cls(split.n_items, codes, cfg).to(cfg.device)
+    extras = model.training_extras(split, cfg, prefix_users, train_clicked)
+    extras_t = None if extras is None else torch.from_numpy(extras)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-    loss_fn = nn.BCEWithLogitsLoss()
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
     history: list[dict[str, float]] = []
     hist_t = torch.from_numpy(hist)
@@ -216,7 +260,8 @@ def train_and_evaluate_din(split: SplitData, sids=None, config: DINConfig | None
             h = hist_t[rows[idx]].to(cfg.device)
             t = torch.from_numpy(item[idx] + 1).to(cfg.device)
             y = torch.from_numpy(label[idx]).float().to(cfg.device)
-            loss = loss_fn(model(h, t), y)
+            ex = None if extras_t is None else extras_t[rows[idx]].to(cfg.device)
+            loss = model.training_loss(h, t, y, ex)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

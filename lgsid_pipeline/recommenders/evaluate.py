@@ -5,7 +5,8 @@
 * TIGER with every tokenizer method of the SID table (Table 2 shape: Hit/NDCG@5/10 with IMP of
   the named method over the best other method),
 * DIN with every method's SIDs and the ID-only "Origin" (Table 1 shape: AUC / GAUC with the
-  gain over Origin),
+  gain over Origin), and optionally DIEN (``disc_models``) on the same variants, seeds, samples
+  and impressions, its gain taken over DIEN's own Origin,
 * the peer heuristics (popularity, last-item transitions, geo-nearest),
 
 over the same seeds, and adds seed statistics (Table 5 shape: mean ± SD, t-based 95% CI,
@@ -23,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from .data import SplitData, item_attribute, next_item_split
+from .dien import DIENConfig, train_and_evaluate_dien
 from .din import DINConfig, train_and_evaluate_din
 from .heuristics import HEURISTICS, run_heuristic
 from .metrics import per_user_hit_ndcg, target_ranks
@@ -33,14 +35,17 @@ from .tiger import GenResult, TigerConfig, rank_stage, topk_frame, train_and_eva
 TIGER_METRICS = ("test_hit@5", "test_hit@10", "test_ndcg@5", "test_ndcg@10")
 DIN_METRICS = ("auc", "gauc")
 ORIGIN = "Origin"
+DISC_MODELS = ("DIN", "DIEN")  # discriminative models (AUC / GAUC, Table 1), in table order
 
 
 @dataclass
 class EvaluationResult:
     """Every table as a polars frame; ``markdown()`` renders them."""
 
-    runs: pl.DataFrame  # model, variant, seed, metric, value (every measured number)
-    table1: pl.DataFrame  # DIN: variant, auc, gauc, delta_auc, delta_gauc (means over seeds)
+    runs: pl.DataFrame  # model, variant, seed, metric, value (every measured number; DIN / DIEN also
+    # record test_samples, the number of scored test impressions, identical across variants and models)
+    table1: pl.DataFrame  # DIN / DIEN: model, variant, auc, gauc, delta_auc, delta_gauc (means over seeds;
+    # delta against the same model's Origin)
     table2: pl.DataFrame  # TIGER + heuristics: variant, kind, hit@5, hit@10, ndcg@5, ndcg@10 (test)
     imp: dict[str, float]  # IMP of ``ours`` over the best other TIGER method, per metric
     seed_stats: pl.DataFrame  # model, variant, metric, n, mean, sd, ci_low, ci_high, median, iqr, baseline, p, ...
@@ -54,7 +59,8 @@ class EvaluationResult:
     def markdown(self) -> str:
         parts = [
             "### Split\n\n" + _md(pl.DataFrame({"key": list(self.split_meta), "value": [str(v) for v in self.split_meta.values()]})),
-            "### Discriminative (DIN): AUC / GAUC, gain over Origin (Table 1 shape)\n\n" + _md(self.table1),
+            f"### Discriminative ({self._disc_names()}): AUC / GAUC, gain over the same model's Origin "
+            "(Table 1 shape)\n\n" + _md(self.table1),
             "### Generative (TIGER) and heuristics, test split (Table 2 shape)\n\n" + _md(self.table2),
         ]
         if self.imp:
@@ -70,6 +76,11 @@ class EvaluationResult:
             wide = self.per_city.pivot(on="metric", index=["model", "variant", "city", "users"], values="value")
             parts.append("### Per city (users grouped by the city of their test target)\n\n" + _md(wide))
         return "\n\n".join(parts) + "\n"
+
+    def _disc_names(self) -> str:
+        if self.table1.height and "model" in self.table1.columns:
+            return ", ".join(self.table1["model"].unique(maintain_order=True).to_list())
+        return "DIN"
 
 
 def _fmt(v) -> str:
@@ -110,7 +121,7 @@ def _per_city_rows(model, variant, seed, split, topk_test, city_of_target) -> li
     return out
 
 
-def _din_city_rows(variant, seed, res, user_city: dict[str, str]) -> list[dict]:
+def _din_city_rows(variant, seed, res, user_city: dict[str, str], model: str = "DIN") -> list[dict]:
     from .metrics import auc
 
     df = res.test_scores.with_columns(pl.col("user_id").replace_strict(user_city, default=None).alias("city"))
@@ -118,7 +129,7 @@ def _din_city_rows(variant, seed, res, user_city: dict[str, str]) -> list[dict]:
     for (city,), g in df.group_by("city"):
         lab = g["label"].to_numpy()
         if 0 < lab.sum() < lab.size:
-            out.append({"model": "DIN", "variant": variant, "seed": seed, "city": str(city),
+            out.append({"model": model, "variant": variant, "seed": seed, "city": str(city),
                         "users": g["user_id"].n_unique(), "metric": "auc", "value": auc(lab, g["score"].to_numpy())})
     return out
 
@@ -132,6 +143,8 @@ def evaluate_all(
     seeds: tuple[int, ...] = (0, 1, 2),
     tiger_config: TigerConfig | None = None,
     din_config: DINConfig | None = None,
+    dien_config: DIENConfig | None = None,
+    disc_models: tuple[str, ...] = ("DIN",),
     reach_km: float = 3.0,
     reach_last_n: int = 5,
     per_city: bool = True,
@@ -145,11 +158,21 @@ def evaluate_all(
     """Train and score every variant on one split and the same seeds; see the module docstring.
 
     ``ours`` names the method whose IMP is reported (default: ``"hgit"`` when present).
+    ``disc_models`` names the discriminative models (of ``DISC_MODELS``) run when ``run_din``;
+    DIEN takes ``dien_config``, by default ``din_config``'s settings with DIEN's ``aux_weight``.
     """
     if not seeds:
         raise ValueError("seeds must not be empty")
+    disc_models = tuple(dict.fromkeys((disc_models,) if isinstance(disc_models, str) else disc_models))
+    unknown = [m for m in disc_models if m not in DISC_MODELS]
+    if unknown:
+        raise ValueError(f"unknown disc_models {unknown}; choose from {list(DISC_MODELS)}")
     tiger_config = tiger_config or TigerConfig()
     din_config = din_config or DINConfig()
+    disc = {
+        "DIN": (train_and_evaluate_din, din_config),
+        "DIEN": (train_and_evaluate_dien, dien_config or DIENConfig.from_din(din_config)),
+    }
     split = next_item_split(interactions, known_items=items["item_id"], **(split_kwargs or {}))
     all_methods: list[str] = []
     if sid_frame is not None and sid_frame.height:
@@ -214,15 +237,17 @@ def evaluate_all(
                     tiger_results[m] = res
                 if log:
                     log({"model": "TIGER", "variant": m, "seed": seed, **res.metrics})
-        if run_din:
+        for model in disc_models if run_din else ():
+            train, base_cfg = disc[model]
             for variant in [ORIGIN, *methods]:
-                cfg = _with_seed(din_config, seed)
-                res = train_and_evaluate_din(split, None if variant == ORIGIN else sids[variant], cfg)
-                record("DIN", variant, seed, res.metrics, res.cpu_seconds)
+                cfg = _with_seed(base_cfg, seed)
+                res = train(split, None if variant == ORIGIN else sids[variant], cfg)
+                metrics = {**res.metrics, "test_samples": res.test_scores.height}
+                record(model, variant, seed, metrics, res.cpu_seconds)
                 if user_city:
-                    city_rows += _din_city_rows(variant, seed, res, user_city)
+                    city_rows += _din_city_rows(variant, seed, res, user_city, model)
                 if log:
-                    log({"model": "DIN", "variant": variant, "seed": seed, **res.metrics})
+                    log({"model": model, "variant": variant, "seed": seed, **res.metrics})
 
     runs_df = pl.DataFrame(runs, schema={"model": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64, "metric": pl.Utf8, "value": pl.Float64})
     table1 = _table1(runs_df)
@@ -277,16 +302,22 @@ def _means(runs: pl.DataFrame, model: str, metrics) -> pl.DataFrame:
 
 
 def _table1(runs: pl.DataFrame) -> pl.DataFrame:
-    t = _means(runs, "DIN", DIN_METRICS)
-    if t.height == 0:
-        return t
-    base = t.filter(pl.col("variant") == ORIGIN)
-    if base.height:
-        t = t.with_columns(
-            (pl.col("auc") - base["auc"][0]).alias("delta_auc"),
-            (pl.col("gauc") - base["gauc"][0]).alias("delta_gauc"),
-        )
-    return t
+    """One row per (discriminative model, variant); deltas against the same model's Origin."""
+    frames = []
+    for model in DISC_MODELS:
+        t = _means(runs, model, DIN_METRICS)
+        if t.height == 0:
+            continue
+        base = t.filter(pl.col("variant") == ORIGIN)
+        if base.height:
+            t = t.with_columns(
+                (pl.col("auc") - base["auc"][0]).alias("delta_auc"),
+                (pl.col("gauc") - base["gauc"][0]).alias("delta_gauc"),
+            )
+        frames.append(t.select(pl.lit(model).alias("model"), pl.all()))
+    if not frames:
+        return pl.DataFrame()
+    return pl.concat(frames, how="diagonal")
 
 
 def _table2(runs: pl.DataFrame, ours: str | None) -> tuple[pl.DataFrame, dict[str, float]]:
@@ -313,11 +344,12 @@ def _table2(runs: pl.DataFrame, ours: str | None) -> tuple[pl.DataFrame, dict[st
 def _seed_stats(runs: pl.DataFrame, ours: str | None) -> pl.DataFrame:
     """Per (model, variant, metric): Table 5 statistics plus Wilcoxon vs the best baseline.
 
-    Baseline: for DIN, Origin; for TIGER, the best TIGER method other than the variant itself
-    (by mean), or the best heuristic when there is only one method.
+    Baseline: for DIN and DIEN, the same model's Origin; for TIGER, the best TIGER method other
+    than the variant itself (by mean), or the best heuristic when there is only one method.
     """
     rows = []
-    for model, metrics in (("DIN", DIN_METRICS), ("TIGER", ("test_ndcg@10", "test_hit@10"))):
+    per_model = [*((m, DIN_METRICS) for m in DISC_MODELS), ("TIGER", ("test_ndcg@10", "test_hit@10"))]
+    for model, metrics in per_model:
         sub = runs.filter(pl.col("model") == model)
         for metric in metrics:
             m = sub.filter(pl.col("metric") == metric)
@@ -327,7 +359,7 @@ def _seed_stats(runs: pl.DataFrame, ours: str | None) -> pl.DataFrame:
             for variant in m["variant"].unique(maintain_order=True).to_list():
                 vals = m.filter(pl.col("variant") == variant).sort("seed")
                 s = summarize(vals["value"].to_list())
-                if model == "DIN":
+                if model in DISC_MODELS:
                     base = ORIGIN if variant != ORIGIN else None
                     base_rows = m.filter(pl.col("variant") == ORIGIN)
                 else:
@@ -356,33 +388,54 @@ def _seed_stats(runs: pl.DataFrame, ours: str | None) -> pl.DataFrame:
 
 
 def plot_results(result: EvaluationResult, path: str | Path) -> Path:
-    """Bar charts with 95% CI whiskers: TIGER test NDCG@10 (+ heuristics) and DIN AUC."""
+    """Bar charts with 95% CI whiskers: TIGER test NDCG@10 (+ heuristics) and DIN (+ DIEN, bars
+    side by side per variant) AUC."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    panels = (("TIGER", "test_ndcg@10", "NDCG@10 (test)"), ("DIN", "auc", "AUC (test)"))
-    for ax, (model, metric, label) in zip(axes, panels):
-        st = result.seed_stats.filter((pl.col("model") == model) & (pl.col("metric") == metric))
-        names = st["variant"].to_list()
-        means = st["mean"].to_numpy() if st.height else np.array([])
-        err = np.nan_to_num((st["ci_high"] - st["mean"]).to_numpy()) if st.height else np.array([])
-        if model == "TIGER":
-            h = result.table2.filter(pl.col("kind") == "heuristic") if result.table2.height else result.table2
-            if h.height:
-                names += h["variant"].to_list()
-                means = np.concatenate([means, h["ndcg@10"].to_numpy()])
-                err = np.concatenate([err, np.zeros(h.height)])
-        x = np.arange(len(names))
-        ax.bar(x, means, yerr=err, capsize=4, color=["C0" if i < st.height else "C7" for i in range(len(names))])
-        ax.set_xticks(x, names, rotation=30, ha="right")
-        ax.set_ylabel(label)
-        ax.set_title(f"{model}: mean over seeds, 95% CI")
-        if model == "DIN" and len(means):
-            lo = float(np.nanmin(means - err))
-            ax.set_ylim(max(0.0, lo - 0.02), min(1.0, float(np.nanmax(means + err)) + 0.02))
+    fig, (ax_gen, ax_disc) = plt.subplots(1, 2, figsize=(11, 4))
+
+    st = result.seed_stats.filter((pl.col("model") == "TIGER") & (pl.col("metric") == "test_ndcg@10"))
+    names = st["variant"].to_list()
+    means = st["mean"].to_numpy() if st.height else np.array([])
+    err = np.nan_to_num((st["ci_high"] - st["mean"]).to_numpy()) if st.height else np.array([])
+    h = result.table2.filter(pl.col("kind") == "heuristic") if result.table2.height else result.table2
+    if h.height:
+        names += h["variant"].to_list()
+        means = np.concatenate([means, h["ndcg@10"].to_numpy()])
+        err = np.concatenate([err, np.zeros(h.height)])
+    x = np.arange(len(names))
+    ax_gen.bar(x, means, yerr=err, capsize=4, color=["C0" if i < st.height else "C7" for i in range(len(names))])
+    ax_gen.set_xticks(x, names, rotation=30, ha="right")
+    ax_gen.set_ylabel("NDCG@10 (test)")
+    ax_gen.set_title("TIGER: mean over seeds, 95% CI")
+
+    st = result.seed_stats.filter(pl.col("model").is_in(list(DISC_MODELS)) & (pl.col("metric") == "auc"))
+    models = [m for m in DISC_MODELS if m in set(st["model"].to_list())] or ["DIN"]
+    variants = st["variant"].unique(maintain_order=True).to_list()
+    x = np.arange(len(variants))
+    width = 0.8 / len(models)
+    lo, hi = [], []
+    for j, model in enumerate(models):
+        sub = {r["variant"]: r for r in st.filter(pl.col("model") == model).iter_rows(named=True)}
+        m = np.array([sub[v]["mean"] if v in sub else np.nan for v in variants], dtype=float)
+        e = np.nan_to_num(np.array([sub[v]["ci_high"] - sub[v]["mean"] if v in sub else np.nan for v in variants],
+                                   dtype=float))
+        offset = (j - (len(models) - 1) / 2) * width
+        ax_disc.bar(x + offset, m, width=width if len(models) > 1 else 0.8, yerr=e, capsize=4, color=f"C{j}",
+                    label=model)
+        if np.isfinite(m).any():
+            lo.append(float(np.nanmin(m - e)))
+            hi.append(float(np.nanmax(m + e)))
+    ax_disc.set_xticks(x, variants, rotation=30, ha="right")
+    ax_disc.set_ylabel("AUC (test)")
+    ax_disc.set_title(f"{' / '.join(models)}: mean over seeds, 95% CI")
+    if len(models) > 1:
+        ax_disc.legend(fontsize=8)
+    if lo:
+        ax_disc.set_ylim(max(0.0, min(lo) - 0.02), min(1.0, max(hi) + 0.02))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
