@@ -196,7 +196,8 @@ def skewed_residual_data(n: int = 800, d: int = 8, seed: int = 0):
 def test_usage_regulariser_raises_perplexity():
     """Eq. 14-16: with lambda_reg > 0 the level-2 codes are used more evenly than with 0."""
     X, items = skewed_residual_data()
-    common = dict(codebook_sizes=[1, 16], levels=2, seed=0, epochs=60, batch_size=200, lr=0.02, usage_temperature=0.3)
+    common = dict(codebook_sizes=[1, 16], levels=2, seed=0, epochs=60, batch_size=200, lr=0.02, usage_temperature=0.3,
+                  max_steps=None)
     plain = HGITTokenizer(lambda_reg=0.0, **common).fit(X, items)
     reg = HGITTokenizer(lambda_reg=0.3, **common).fit(X, items)
     p0 = usage_stats(plain.codes_[:, 1], 16)["perplexity"]
@@ -204,6 +205,20 @@ def test_usage_regulariser_raises_perplexity():
     assert p1 > p0 * 1.3, (p0, p1)
     # the price is some reconstruction error, bounded
     assert reg.history_[-1]["recon_mse"] < 2.0 * plain.history_[-1]["recon_mse"]
+
+
+def test_hgit_step_budget_caps_adam_steps_not_passes():
+    """max_steps bounds the residual-centre training whatever the catalogue size; None runs
+    every pass. The budget is counted across epochs and may stop inside one."""
+    X, items = skewed_residual_data()  # 800 rows, batch 200 -> 4 steps per pass
+    common = dict(codebook_sizes=[1, 16], levels=2, seed=0, epochs=5, batch_size=200)
+    capped = HGITTokenizer(max_steps=6, **common).fit(X, items)
+    assert [h["steps"] for h in capped.history_[1:]] == [4, 6]
+    full = HGITTokenizer(max_steps=None, **common).fit(X, items)
+    assert [h["steps"] for h in full.history_[1:]] == [4, 8, 12, 16, 20]
+    again = HGITTokenizer(max_steps=6, **common).fit(X, items)
+    assert np.array_equal(capped.codes_, again.codes_)  # seeded
+    assert HGITTokenizer().get_params()["max_steps"] == 128
 
 
 def test_categorical_columns_entirely_null(data):

@@ -125,7 +125,10 @@ class HGITTokenizer(SemanticIdTokenizer):
     ``seed``; Eq. 9 weights ``w_admin, w_geo, w_cat, w_brand`` and ``cat_embed_dim`` (8, as the
     paper's per-feature embedding size); Eq. 16 ``lambda_reg`` and ``usage_temperature``; Adam
     training of the residual centres: ``epochs``, ``batch_size``, ``lr`` (relative to the RMS
-    coordinate of X); ``kmeans_max_samples`` caps the rows each k-means is fitted on (layer 1:
+    coordinate of X) and ``max_steps``, a cap on the Adam steps over all epochs (default 128:
+    five passes over 100k items at batch 4,096; about half a pass at 1M, where more passes
+    only cost time: the regulariser acts per step, and the k-means start is already close to
+    the reconstruction optimum; None = ``epochs`` full passes); ``kmeans_max_samples`` caps the rows each k-means is fitted on (layer 1:
     scikit-learn MiniBatchKMeans with ``kmeans_n_init`` restarts; residual initialisation:
     seeded k-means++ / Lloyd).
     """
@@ -148,6 +151,7 @@ class HGITTokenizer(SemanticIdTokenizer):
         epochs: int = 5,
         batch_size: int = 4096,
         lr: float = 0.001,
+        max_steps: int | None = 128,
         kmeans_max_samples: int | None = 131_072,
         kmeans_n_init: int = 3,
     ) -> None:
@@ -162,6 +166,7 @@ class HGITTokenizer(SemanticIdTokenizer):
         self.lambda_reg = lambda_reg
         self.usage_temperature = usage_temperature
         self.epochs = epochs
+        self.max_steps = max_steps
         self.batch_size = batch_size
         self.lr = lr
         self.kmeans_max_samples = kmeans_max_samples
@@ -255,12 +260,16 @@ class HGITTokenizer(SemanticIdTokenizer):
         opt = torch.optim.Adam(params, lr=self.lr * rms)
         n = X.shape[0]
         bs = int(min(self.batch_size, n))
+        step = 0
         for epoch in range(1, self.epochs + 1):
             perm = torch.randperm(n, generator=g)
             counts = [torch.zeros(p.shape[0], dtype=torch.long) for p in params]
             sse, seen = 0.0, 0
             last: list[tuple[torch.Tensor, torch.Tensor]] = []
             for s in range(0, n, bs):
+                if self.max_steps is not None and step >= self.max_steps:
+                    break
+                step += 1
                 idx = perm[s : s + bs]
                 xb = Xt[idx]
                 q1 = mu1[z1t[idx]]
@@ -288,8 +297,13 @@ class HGITTokenizer(SemanticIdTokenizer):
                 opt.step()
                 sse += float(err.detach().sum())
                 seen += xb.shape[0]
+            if seen == 0:
+                break
             self._reseed_dead(params, counts, last, opt)
-            self.history_.append({"epoch": epoch, "seconds": time.perf_counter() - t0, "recon_mse": sse / seen})
+            self.history_.append({"epoch": epoch, "steps": step, "seconds": time.perf_counter() - t0,
+                                  "recon_mse": sse / seen})
+            if self.max_steps is not None and step >= self.max_steps:
+                break
         self.centres_ = [self.centres_[0]] + [p.detach().numpy().copy() for p in params]
 
     @torch.no_grad()
