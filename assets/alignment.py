@@ -8,7 +8,6 @@ import time
 import dagster as dg
 import numpy as np
 import polars as pl
-import torch
 from pydantic import Field
 
 from assets.metadata import Timer, config_json, flat, image, md_table

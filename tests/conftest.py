@@ -21,3 +21,24 @@ def home(tmp_path):
     path = tmp_path / "home"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Pin torch to one thread for the test (small models; steadier timings on 2 cores)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def planted():
+    """Planted next-item sequences with two SID methods, and their leave-one-out split."""
+    from lgsid_pipeline.recommenders.data import next_item_split
+    from lgsid_pipeline.recommenders.synthetic import planted_sequences
+
+    d = planted_sequences(n_items=100, n_users=80, min_len=8, max_len=12, methods=("hgit", "rqvae"), seed=0)
+    return d, next_item_split(d.interactions, min_core=0)

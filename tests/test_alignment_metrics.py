@@ -1,7 +1,6 @@
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from lgsid_pipeline.alignment_metrics import (
     alignment_report,
@@ -10,12 +9,7 @@ from lgsid_pipeline.alignment_metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _items(n_per_town=12, seed=0):

@@ -7,25 +7,12 @@ import polars as pl
 import pytest
 import torch
 
-from lgsid_pipeline.recommenders.data import next_item_split
 from lgsid_pipeline.recommenders.dien import DIEN, AUGRUCell, DIENConfig, train_and_evaluate_dien
 from lgsid_pipeline.recommenders.din import DINConfig, train_and_evaluate_din
 from lgsid_pipeline.recommenders.evaluate import evaluate_all, plot_results
-from lgsid_pipeline.recommenders.synthetic import planted_sequences
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def planted():
-    d = planted_sequences(n_items=100, n_users=80, min_len=8, max_len=12, methods=("hgit", "rqvae"), seed=0)
-    return d, next_item_split(d.interactions, min_core=0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_augru_attention_zero_keeps_state_and_one_is_a_gru_step():

@@ -7,11 +7,9 @@ import polars as pl
 import pytest
 import torch
 
-from lgsid_pipeline.recommenders.data import next_item_split
 from lgsid_pipeline.recommenders.din import DINConfig, train_and_evaluate_din
 from lgsid_pipeline.recommenders.evaluate import evaluate_all, plot_results, user_topk
 from lgsid_pipeline.recommenders.heuristics import run_heuristic
-from lgsid_pipeline.recommenders.synthetic import planted_sequences
 from lgsid_pipeline.recommenders.tiger import (
     SIDCodec,
     TigerConfig,
@@ -25,18 +23,7 @@ from lgsid_pipeline.recommenders.tiger import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def planted():
-    d = planted_sequences(n_items=100, n_users=80, min_len=8, max_len=12, methods=("hgit", "rqvae"), seed=0)
-    return d, next_item_split(d.interactions, min_core=0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = dict(d_model=32, ff_dim=64, heads=2, batch_size=64, lr=3e-3, dropout=0.0, max_history=4, beams=12)
