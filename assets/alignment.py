@@ -330,3 +330,67 @@ def alignment_report(context: dg.AssetExecutionContext, config: AlignmentReportC
         "projection": image(plot, "embedding projection by city"), "table": dg.MetadataValue.path(str(path)),
         **meta, **timer.metadata(),
     })
+
+
+# -- checks: does the alignment do what it is for? ----------------------------------------------
+MAX_TOP5_LOSS = 0.05
+
+
+def _latest_metadata(context: dg.AssetCheckExecutionContext, asset: str) -> dict[str, float] | None:
+    records = context.instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
+    if not records:
+        return None
+    out = {}
+    for key, value in records[0].asset_materialization.metadata.items():
+        try:
+            out[key] = float(value.value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def reward_signal_verdict(meta: dict[str, float]) -> tuple[bool, dict[str, float]]:
+    """G-DPO (Eq. 6) only widens the margin the reward model already draws between the preferred
+    (near / co-visited) and the dispreferred (far) location: if R does not prefer the near one on
+    the *reference* embeddings, training amplifies whatever else R rewards, not geography."""
+    ref_acc, pol_acc = meta.get("reference_pair_acc"), meta.get("policy_pair_acc")
+    if ref_acc is None or pol_acc is None:
+        raise ValueError("aligned_encoder metadata lacks reference_pair_acc / policy_pair_acc")
+    return ref_acc > 0.5, {"reference_pair_acc": ref_acc, "policy_pair_acc": pol_acc}
+
+
+def geography_gain_verdict(meta: dict[str, float], max_top5_loss: float = MAX_TOP5_LOSS
+                           ) -> tuple[bool, dict[str, float]]:
+    """Aligned vs origin (alignment_report overall): C@5 and T@5 must not fall, and top@5
+    semantic similarity may lose at most ``max_top5_loss`` relative (the paper: -2.5%)."""
+    need = [f"{v}.{k}" for v in ("origin", "aligned") for k in ("top@5", "c@5", "t@5")]
+    if any(k not in meta for k in need):
+        raise ValueError(f"alignment_report metadata lacks {[k for k in need if k not in meta]}")
+    rel = {k: meta[f"aligned.{k}"] / max(meta[f"origin.{k}"], 1e-12) - 1.0 for k in ("top@5", "c@5", "t@5")}
+    passed = rel["c@5"] >= 0 and rel["t@5"] >= 0 and rel["top@5"] >= -max_top5_loss
+    return passed, {f"relative_change.{k}": v for k, v in rel.items()}
+
+
+@dg.asset_check(asset="aligned_encoder", blocking=False,
+                description="The reward model prefers the near / co-visited location over the far one on the "
+                            "reference embeddings of the G-DPO pairs (pair accuracy > 0.5). If not, G-DPO "
+                            "amplifies a non-geographic signal: train the reward model on more anchors first.")
+def aligned_encoder_reward_signal(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    meta = _latest_metadata(context, "aligned_encoder")
+    if meta is None:
+        return dg.AssetCheckResult(passed=False, metadata={"problem": "aligned_encoder never materialized"})
+    passed, detail = reward_signal_verdict(meta)
+    return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.WARN, metadata=detail)
+
+
+@dg.asset_check(asset="alignment_report", blocking=False,
+                description=f"Aligned embeddings keep or raise C@5 and T@5 over origin and lose at most "
+                            f"{MAX_TOP5_LOSS:.0%} top@5 semantic similarity (overall scope).")
+def alignment_geography_gain(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    meta = _latest_metadata(context, "alignment_report")
+    if meta is None:
+        return dg.AssetCheckResult(passed=False, metadata={"problem": "alignment_report never materialized"})
+    if "aligned.c@5" not in meta:
+        return dg.AssetCheckResult(passed=True, metadata={"note": "no aligned variant in this report"})
+    passed, detail = geography_gain_verdict(meta)
+    return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.WARN, metadata=detail)
