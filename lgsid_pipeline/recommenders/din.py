@@ -170,12 +170,8 @@ def sample_negatives(
 def build_training_samples(split: SplitData, cfg: DINConfig, clicked: np.ndarray):
     """Positives = every next-item position of the training sequences; 1:neg_ratio negatives.
 
-    Returns ``rows`` (the sample's prefix index into ``hist``), ``hist``, ``item``, ``label``."""
-    return _training_samples(split, cfg, clicked)[1:]
-
-
-def _training_samples(split: SplitData, cfg: DINConfig, clicked: np.ndarray):
-    """:func:`build_training_samples` plus the user of each prefix (first element)."""
+    Returns the user of each prefix, ``rows`` (each sample's prefix index into ``hist``),
+    ``hist``, ``item``, ``label``."""
     users_a, hist, targets = _training_prefixes(split, cfg.max_history)
     hist = hist + 1  # -1 pad -> 0
     neg = sample_negatives(split, users_a, cfg.neg_ratio, cfg.seed, clicked)
@@ -239,7 +235,7 @@ def train_and_evaluate_din(
     gen = torch.Generator().manual_seed(cfg.seed)
     codes = sid_codes_for(split, sids) if sids is not None else None
     train_clicked = _user_item_keys(split, train_only=True)
-    prefix_users, rows, hist, item, label = _training_samples(split, cfg, train_clicked)
+    prefix_users, rows, hist, item, label = build_training_samples(split, cfg, train_clicked)
     clicked = _user_item_keys(split, train_only=False)
     ev = {st: build_eval_samples(split, st, cfg, clicked) for st in ("valid", "test")}
 
