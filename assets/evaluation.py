@@ -98,7 +98,7 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
         if config.ours in result.tiger_results:
             save_tiger(result.tiger_results[config.ours], out / "tiger")
             cache = user_topk(result.tiger_results[config.ours], result.split, k=config.topk)
-            last_city = (interactions.sort("user_id", "timestamp", "seq_idx", nulls_last=False)
+            last_city = (interactions.sort("user_id", "timestamp", "seq_idx", "source_row", nulls_last=False)
                          .group_by("user_id").agg(pl.col("city_key").last()))
             cache.join(last_city, on="user_id", how="left").write_parquet(out / "user_topk.parquet")
     home.publish("recommender_evaluations", out)

@@ -281,7 +281,7 @@ def validate_interactions(raw: pl.DataFrame, catalog: pl.DataFrame, *,
     coerced, type_checks = _coerce(raw, schema.INTERACTION_SCHEMA)
     coerced = coerced.with_columns(pl.col("user_id").str.strip_chars(), pl.col("item_id").str.strip_chars())
     known = catalog.select("item_id", "city_key").unique("item_id")
-    coerced = coerced.join(known, on="item_id", how="left")
+    coerced = coerced.join(known, on="item_id", how="left", maintain_order="left")
     checks: list = [
         ("missing_user_id", "user_id", pl.col("user_id").is_null() | (pl.col("user_id") == ""),
          "user_id is missing or empty"),
@@ -305,6 +305,7 @@ def validate_interactions(raw: pl.DataFrame, catalog: pl.DataFrame, *,
         raw["__row"].to_numpy()[bad_idx], reasons, fields, details,
         coerced["city_key"].fill_null(UNASSIGNED).to_numpy()[bad_idx].tolist(),
     )
+    coerced = coerced.with_columns(pl.Series("source_row", raw["__row"], dtype=pl.Int64))
     valid = schema.conform(coerced.filter(pl.Series(~bad)), schema.INTERACTIONS_TABLE_SCHEMA)
     counts = {"input_rows": raw.height, "valid_rows": valid.height, "quarantined_rows": int(bad.sum())}
     counts.update({f"reason:{k}": v for k, v in quarantine["reason"].value_counts().iter_rows()})

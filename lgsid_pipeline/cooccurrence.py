@@ -9,8 +9,9 @@ Implementation (never an N x N dense matrix):
 1. Ids become integer codes (hash joins; item codes follow the sorted ``item_id`` order, so
    "upper triangle" means ``item_a < item_b`` as strings).
 2. History cap: a user with more than ``max_history`` interactions keeps the ``max_history``
-   most recent distinct items, ordered by ``timestamp``, then ``seq_idx``, then row order
-   (later rows are more recent; nulls count as oldest). Only those users are sorted. The cap
+   most recent distinct items, ordered by ``timestamp``, then ``seq_idx``, then source row
+   order (``source_row`` when present, else row order; later rows are more recent; nulls count
+   as oldest). Only those users are sorted. The cap
    bounds a user's contribution to ``max_history * (max_history - 1) / 2`` pairs.
 3. A binary users x items CSR matrix X (duplicate clicks merged: each user counts once).
 4. Pruning: s(a, b) <= min(n_users(a), n_users(b)), so items seen by at most ``s_th`` users
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+
+from lgsid_pipeline.schema import source_order
 
 PAPER_S_TH = 1200
 """Threshold used in the paper (Appendix B) on the Kuaishou data."""
@@ -126,7 +129,7 @@ def _history_matrix(
         rows = np.flatnonzero(is_long)
         # Most recent first inside each user: timestamp, then seq_idx, then row order; nulls
         # are oldest.
-        sort_keys = [-rows]
+        sort_keys = [-source_order(interactions).to_numpy()[rows]]
         for col in ("seq_idx", "timestamp"):
             k = _recency_key(interactions, col)
             if k is not None:

@@ -43,7 +43,14 @@ INTERACTION_SCHEMA: dict[str, pl.DataType] = {
     "seq_idx": pl.Int64(),
     "split": pl.Utf8(),
 }
-INTERACTIONS_TABLE_SCHEMA: dict[str, pl.DataType] = {**INTERACTION_SCHEMA, "city_key": pl.Utf8()}
+INTERACTIONS_TABLE_SCHEMA: dict[str, pl.DataType] = {
+    **INTERACTION_SCHEMA,
+    "city_key": pl.Utf8(),
+    # 0-based row of the source interactions file. A Delta table read back does not keep row
+    # order, and for sources ordered by neither timestamp nor seq_idx (yelp_multicity: order
+    # inside a split is the file order) this column is the order.
+    "source_row": pl.Int64(),
+}
 
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.Utf8(),  # "items" or "interactions" (or the file name for adapters)
@@ -56,6 +63,14 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 PARTITION_COLUMN = "city_key"
+
+
+def source_order(df: pl.DataFrame) -> pl.Series:
+    """Source row order of ``df``: its ``source_row`` column when present and complete (tables
+    written before the column existed read back with nulls), else the frame's own row order."""
+    if "source_row" in df.columns and df.height and df["source_row"].null_count() == 0:
+        return df["source_row"].cast(pl.Int64)
+    return pl.int_range(0, df.height, dtype=pl.Int64, eager=True)
 
 MAX_TEXT_CHARS = 2_000
 """Longer text fields are 'absurdly long' and the row is quarantined."""

@@ -295,11 +295,19 @@ class RetryingDeltaLakePolarsTypeHandler(DeltaLakePolarsTypeHandler):
       every partitioned write is a predicate overwrite of its own ``city_key`` only.
     - Commit conflicts (Delta optimistic concurrency: ``CommitFailedError``, "version already
       exists") are retried with exponential backoff and jitter; the write is idempotent.
+    - Additive schema evolution (``schema_mode="merge"``): a release that adds a column (e.g.
+      ``user_interactions.source_row``) writes its city into a table made by an older release;
+      the other cities keep their rows and read the new column as null. A column whose type
+      changed still fails the write. Every Delta table here is partitioned by ``city_key``.
     """
 
     max_attempts: int = 8
     base_delay_s: float = 0.05
     max_delay_s: float = 2.0
+
+    def to_arrow(self, obj):
+        reader, params = super().to_arrow(obj)
+        return reader, {**params, "schema_mode": "merge"}
 
     def _ensure_table(self, obj, table_slice, connection) -> None:
         if not table_slice.partition_dimensions:

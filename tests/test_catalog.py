@@ -105,6 +105,7 @@ def test_interactions_unknown_items_duplicates_and_types():
     assert reasons == {1: "unknown_item", 2: "duplicate_interaction", 3: "wrong_type", 4: "missing_user_id"}
     assert res.valid.height == 2
     assert res.valid["city_key"].to_list() == ["new-york", "new-york"]
+    assert res.valid["source_row"].to_list() == [0, 5]  # the file's row, kept for ordering
     assert res.quarantine.filter(pl.col("reason") == "unknown_item")["city_key"].to_list() == ["unassigned"]
 
 

@@ -99,6 +99,13 @@ def test_row_order_is_recency_without_time_columns():
     assert _as_dict(cooccurrence_pairs(df, s_th=0, max_history=2)) == {("c", "d"): 1}
 
 
+def test_source_row_is_recency_when_rows_are_shuffled():
+    """Rows read back from Delta come in any order; ``source_row`` keeps the file's recency."""
+    df = pl.DataFrame({"user_id": ["u"] * 4, "item_id": ["c", "a", "d", "b"], "source_row": [2, 0, 3, 1]})
+    assert _as_dict(cooccurrence_pairs(df, s_th=0, max_history=2)) == {("c", "d"): 1}
+    assert _as_dict(cooccurrence_pairs(df.drop("source_row"), s_th=0, max_history=2)) == {("b", "d"): 1}
+
+
 def test_default_threshold():
     assert default_threshold(50_000_000, 2_325_266) == 1200  # the paper's own setting
     assert default_threshold(23_000_000, 2_300_000) == 552

@@ -82,6 +82,59 @@ def test_hostile_partition_key_is_refused(home):
     assert not any(p.name == "etc" for p in home.parent.rglob("etc"))
 
 
+def test_split_order_survives_the_delta_round_trip(tmp_path, home, test_world):
+    """A source ordered only by its file (yelp_multicity: a fixed split, no timestamps) gives
+    the same leave-one-out split from the user_interactions Delta table as from the file,
+    because the catalog stage keeps each row's ``source_row``."""
+    from lgsid_pipeline.recommenders.data import next_item_split
+
+    base = tmp_path / "setlike"
+    base.mkdir()
+    test_world.items.write_parquet(base / "items.parquet")
+    # One row per (user, item), as in yelp_multicity (repeats would be exact duplicates here).
+    inter = (test_world.interactions.drop("timestamp", "seq_idx", "split", strict=False)
+             .unique(["user_id", "item_id"], keep="first", maintain_order=True))
+    rank = pl.int_range(pl.len()).over("user_id") / pl.len().over("user_id")
+    inter = inter.with_columns(pl.when(rank < 0.7).then(pl.lit("train")).when(rank < 0.8).then(pl.lit("tune"))
+                               .otherwise(pl.lit("test")).alias("split")).sample(fraction=1.0, shuffle=True, seed=0)
+    inter.write_parquet(base / "interactions.parquet")
+    source = DataSource(kind="folder", path=str(base))
+    instance = dg.DagsterInstance.ephemeral()
+    cities = source.city_keys()
+    for city in cities:
+        _materialize(home, city, source=source, instance=instance)
+    table = LgsidHome(home=str(home)).read("user_interactions")
+    assert table.height == inter.height  # nothing quarantined: the comparison is like for like
+    assert table["source_row"].null_count() == 0 and table["source_row"].n_unique() == table.height
+    on_file = next_item_split(inter, min_core=0)
+    from_delta = next_item_split(table.sample(fraction=1.0, shuffle=True, seed=1), min_core=0)
+    assert from_delta.order == on_file.order == "split"
+    assert from_delta.user_ids == on_file.user_ids
+    assert [a.tolist() for a in from_delta.history("serve")] == [a.tolist() for a in on_file.history("serve")]
+
+
+def test_older_table_without_source_row_takes_the_new_column(home):
+    """Additive schema evolution: a table written before ``source_row`` existed accepts a new
+    write of one city; the other cities keep their rows (new column null)."""
+    from deltalake import write_deltalake
+
+    instance = dg.DagsterInstance.ephemeral()
+    cities = SOURCE.city_keys()[:2]
+    for city in cities:
+        _materialize(home, city, instance=instance)
+    store = LgsidHome(home=str(home))
+    old = store.read("user_interactions").drop("source_row")
+    write_deltalake(store.table_uri("user_interactions"), old.to_arrow(), mode="overwrite", schema_mode="overwrite", partition_by=["city_key"])
+    assert "source_row" not in store.read("user_interactions").columns
+    _materialize(home, cities[0], instance=instance)
+    new = store.read("user_interactions")
+    for city in cities:
+        assert new.filter(pl.col("city_key") == city).height == old.filter(pl.col("city_key") == city).height
+    assert new.filter(pl.col("city_key") == cities[0])["source_row"].null_count() == 0
+    assert new.filter(pl.col("city_key") == cities[1])["source_row"].null_count() == old.filter(
+        pl.col("city_key") == cities[1]).height
+
+
 def _landing_setup(tmp_path, test_world):
     base = tmp_path / "base"
     base.mkdir()

@@ -107,6 +107,33 @@ def test_fixed_split_orders_train_before_test():
     assert seq == ["a", "b", "c", "v", "t1"]
 
 
+def test_source_row_restores_file_order_after_a_shuffle():
+    """yelp_multicity: no time or seq_idx, so the order inside a split is the file order. A
+    Delta table reads back in any row order; ``source_row`` (written by the catalog stage)
+    restores it, and the split equals the one on the file."""
+    rng = np.random.default_rng(0)
+    n = 60
+    df = pl.DataFrame({
+        "user_id": [f"u{i % 4}" for i in range(n)],
+        "item_id": [f"i{j}" for j in rng.integers(0, 25, n)],
+        "split": ["train"] * 40 + ["tune"] * 8 + ["test"] * 12,
+    }).with_row_index("source_row").with_columns(pl.col("source_row").cast(pl.Int64))
+    shuffled = df.sample(fraction=1.0, shuffle=True, seed=1)
+    ref = next_item_split(df.drop("source_row"), min_core=0)
+    got = next_item_split(shuffled, min_core=0)
+    assert got.order == "split"
+    assert got.item_ids == ref.item_ids and got.user_ids == ref.user_ids
+    assert [list(a) for a in got.history("serve")] == [list(a) for a in ref.history("serve")]
+    assert got.test_target.tolist() == ref.test_target.tolist()
+    # Without source_row the shuffled frame gives another split: the column is what matters.
+    lost = next_item_split(shuffled.drop("source_row"), min_core=0)
+    assert [list(a) for a in lost.history("serve")] != [list(a) for a in ref.history("serve")]
+    # A table written before the column existed reads back with nulls: row order is used.
+    partial = df.with_columns(pl.when(pl.col("source_row") < 5).then(None)
+                              .otherwise(pl.col("source_row")).alias("source_row"))
+    assert next_item_split(partial, min_core=0).test_target.tolist() == ref.test_target.tolist()
+
+
 def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match="item_id"):
         next_item_split(pl.DataFrame({"user_id": ["u"]}))

@@ -3,8 +3,9 @@
 Steps, in order:
 
 1. order each user's history by ``timestamp``, else ``seq_idx``; datasets with neither but a
-   fixed ``split`` column (yelp_multicity) are ordered train < valid/tune < test, then by row
-   position (see "held-out set completion" below);
+   fixed ``split`` column (yelp_multicity) are ordered train < valid/tune < test, then by source
+   row (the ``source_row`` column the catalog stage writes, so the order survives a Delta
+   round trip; the frame's row order without it; see "held-out set completion" below);
 2. drop interactions on items missing from the catalogue (counted);
 3. iterated k-core filtering on users and items (``min_core``; 0 disables);
 4. collapse immediate repeats (A A B -> A B);
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+
+from lgsid_pipeline.schema import source_order
 
 _SPLIT_RANK = {"train": 0, "valid": 1, "validation": 1, "tune": 1, "val": 1, "test": 2}
 ORDERS = ("auto", "timestamp", "seq_idx", "split", "row")
@@ -147,7 +150,7 @@ def next_item_split(
     for col in ("user_id", "item_id"):
         if col not in interactions.columns:
             raise ValueError(f"interactions lack required column {col!r}")
-    df = interactions.with_row_index("_row").with_columns(
+    df = interactions.with_columns(source_order(interactions).alias("_row")).with_columns(
         pl.col("user_id").cast(pl.Utf8), pl.col("item_id").cast(pl.Utf8)
     )
     bad = df.filter(pl.col("user_id").is_null() | pl.col("item_id").is_null())
