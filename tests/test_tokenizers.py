@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 FAST = {
     "hgit": {"epochs": 10, "batch_size": 128},
     "res_kmeans": {},
-    "rqvae": {"epochs": 60, "batch_size": 64, "hidden_dims": [64, 32], "latent_dim": 16, "lr": 3e-3},
+    "rqvae": {"epochs": 60, "batch_size": 64, "hidden_dims": [64, 32], "latent_dim": 16, "lr": 3e-3, "min_steps": 0},
 }
 
 
@@ -54,6 +54,20 @@ def test_default_codebook_sizes_rule():
     assert len(default_codebook_sizes(5000, 4)) == 4
     with pytest.raises(ValueError):
         default_codebook_sizes(0)
+
+
+def test_rqvae_trains_at_least_min_steps(data):
+    """A small catalogue's epoch is a few batches; the step floor adds epochs (6 batches of 64
+    here: 2 epochs requested, 30 steps -> 5 epochs); a matched-error target still stops early."""
+    X, items = data
+    small = dict(codebook_sizes=[8, 8], levels=2, hidden_dims=[32], latent_dim=8, batch_size=64, seed=0)
+    tok = make_tokenizer("rqvae", epochs=2, min_steps=30, **small).fit(X, items)
+    assert len(tok.history_) == 5
+    assert len(make_tokenizer("rqvae", epochs=2, min_steps=0, **small).fit(X, items).history_) == 2
+    early = make_tokenizer("rqvae", epochs=2, min_steps=30, target_mse=1e9, **small).fit(X, items)
+    assert len(early.history_) == 1
+    with pytest.raises(ValueError, match="min_steps"):
+        make_tokenizer("rqvae", min_steps=-1, **small).fit(X, items)
 
 
 def test_make_tokenizer_rejects_unknown():

@@ -31,10 +31,13 @@ def default_codebook_sizes(n_items: int, levels: int = 3) -> list[int]:
     """Per-level codebook sizes that scale with the catalogue.
 
     Rule: ``K = clip(ceil(2 * n_items ** (1 / levels)), 8, 1024)`` for every level, so the
-    ``K**levels`` cells outnumber the items by about ``2**levels`` (8x for three levels) and raw
-    collisions stay rare, while tiny catalogues still get a usable vocabulary and huge ones
-    never exceed 1024 tokens per level. Examples (3 levels): 1k items -> 20, 30k -> 63,
-    1M -> 200, 2.3M (the paper's catalogue) -> 265.
+    ``K**levels`` cells outnumber the items by about ``2**levels`` (8x for three levels), while
+    tiny catalogues still get a usable vocabulary and huge ones never exceed 1024 tokens per
+    level. Examples (3 levels): 1k items -> 20, 30k -> 63, 1M -> 200, 2.3M (the paper's
+    catalogue) -> 265. Real embeddings do not fill the cells evenly, so raw collisions are not
+    rare (Amazon Beauty names, 12,101 items, K = 46: Res-KMeans leaves 35% of the items sharing
+    a tuple, a 20-epoch RQ-VAE 56%; with TIGER's 256 per level 8% and 7%); the dedup digit makes
+    every SID unique and ``collision_rate`` is reported. Pass ``codebook_sizes`` for fewer.
     """
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")

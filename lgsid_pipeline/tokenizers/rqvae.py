@@ -73,7 +73,16 @@ class RQVAEModel(nn.Module):
 
 class RQVAETokenizer(SemanticIdTokenizer):
     """TIGER-style RQ-VAE tokenizer (baseline). ``hidden_dims`` default to TIGER's 512-256-128,
-    ``latent_dim`` to 32, ``beta`` = 0.25; trained with Adam for ``epochs`` over minibatches."""
+    ``latent_dim`` to 32, ``beta`` = 0.25; trained with Adam for ``epochs`` over minibatches, and
+    for at least ``min_steps`` Adam steps (epochs are added as needed).
+
+    Why a step floor: an epoch of a small catalogue is a handful of batches (2,000 items = 2
+    batches of 1,024), so 20 epochs are 40 steps and the baseline stays near its k-means start.
+    Measured on Amazon Beauty's 12,101 item names (MiniLM, 3 x 256 codes, seed 0): 20 epochs
+    (240 steps) collide 880 items with codebook perplexities 158/169/180; 200 epochs (2,400
+    steps) collide 479 with 216/248/246, reconstruction error 0.64 -> 0.41. A baseline that
+    has not trained would flatter every comparison against it. ``target_mse`` (matched-error
+    benchmarks) still stops training as soon as it is reached."""
 
     method = "rqvae"
 
@@ -89,6 +98,7 @@ class RQVAETokenizer(SemanticIdTokenizer):
         batch_size: int = 1024,
         lr: float = 1e-3,
         target_mse: float | None = None,
+        min_steps: int = 1000,
     ) -> None:
         self.codebook_sizes = codebook_sizes
         self.levels = levels
@@ -100,6 +110,7 @@ class RQVAETokenizer(SemanticIdTokenizer):
         self.batch_size = batch_size
         self.lr = lr
         self.target_mse = target_mse
+        self.min_steps = min_steps
 
     def _build(self, dim: int, sizes: list[int]) -> RQVAEModel:
         return RQVAEModel(dim, [int(h) for h in self.hidden_dims], int(self.latent_dim), sizes, float(self.beta))
@@ -121,7 +132,11 @@ class RQVAETokenizer(SemanticIdTokenizer):
         bs = int(min(self.batch_size, n))
         self.history_ = []
         initialised = False
-        for epoch in range(1, self.epochs + 1):
+        if int(self.min_steps) < 0:
+            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
+        batches = -(-n // bs)
+        epochs = max(int(self.epochs), -(-int(self.min_steps) // batches))
+        for epoch in range(1, epochs + 1):
             perm = torch.randperm(n, generator=g)
             if not initialised:  # k-means initialisation on the first batch
                 first = Xt[perm[: max(bs, max(sizes))]]
