@@ -154,6 +154,8 @@ class AlignedEncoderConfig(dg.Config):
                        "the reference with L2-normalised embeddings.")
     use_dc: bool = Field(default=True, description="Include domain-collaborative pairs D_dc (co-occurrence).")
     use_gc: bool = Field(default=True, description="Include geography-constrained pairs D_gc.")
+    gc_outside: str = Field(default="town", description="D_gc's far item lies outside the target's 'town' "
+                            "(default) or outside its 'city' (the issue's 'another town or city').")
     max_pairs: int | None = Field(default=384, description="Cap on preference pairs (seeded sample).")
     epochs: int = 1
     batch_size: int = 16
@@ -181,7 +183,8 @@ def aligned_encoder(context: dg.AssetExecutionContext, config: AlignedEncoderCon
     rm = reward.load_reward_model(home.artifact_dir("reward_model", "current"))
     with timer("build_pairs"):
         pairs = gdpo.build_preference_pairs(catalog, cooc, seed=config.seed, max_pairs=config.max_pairs,
-                                            use_dc=config.use_dc, use_gc=config.use_gc)
+                                            use_dc=config.use_dc, use_gc=config.use_gc,
+                                            outside=config.gc_outside)
     cfg = gdpo.GDPOConfig(beta=config.beta, lam=config.lam, lr=config.lr, epochs=config.epochs,
                           batch_size=config.batch_size, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                           lora_dropout=config.lora_dropout, seed=config.seed,
