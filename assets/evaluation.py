@@ -12,6 +12,7 @@ from assets.metadata import Timer, config_json, image, md_table
 from assets.partitions import DELTA, city_partitions
 from assets.tokenization import read_manifest
 from lgsid_pipeline.partitions import validate_city_key
+from lgsid_pipeline.recommenders.data import last_value_per_user
 from lgsid_pipeline.recommenders.dien import DIENConfig
 from lgsid_pipeline.recommenders.din import DINConfig
 from lgsid_pipeline.recommenders.evaluate import DISC_MODELS, evaluate_all, plot_results, user_topk
@@ -98,8 +99,7 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
         if config.ours in result.tiger_results:
             save_tiger(result.tiger_results[config.ours], out / "tiger")
             cache = user_topk(result.tiger_results[config.ours], result.split, k=config.topk)
-            last_city = (interactions.sort("user_id", "timestamp", "seq_idx", "source_row", nulls_last=False)
-                         .group_by("user_id").agg(pl.col("city_key").last()))
+            last_city = last_value_per_user(interactions, "city_key")
             cache.join(last_city, on="user_id", how="left").write_parquet(out / "user_topk.parquet")
     home.publish("recommender_evaluations", out)
     plot = plot_results(result, home.artifact_dir("plots") / "recommender_results.png")

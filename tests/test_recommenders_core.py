@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as st
 from sklearn.metrics import roc_auc_score
 
-from lgsid_pipeline.recommenders.data import item_attribute, k_core, next_item_split
+from lgsid_pipeline.recommenders.data import item_attribute, k_core, last_value_per_user, next_item_split
 from lgsid_pipeline.recommenders.heuristics import (
     drop_masked,
     geo_nearest_topk,
@@ -132,6 +132,29 @@ def test_source_row_restores_file_order_after_a_shuffle():
     partial = df.with_columns(pl.when(pl.col("source_row") < 5).then(None)
                               .otherwise(pl.col("source_row")).alias("source_row"))
     assert next_item_split(partial, min_core=0).test_target.tolist() == ref.test_target.tolist()
+
+
+def test_last_value_per_user_follows_the_split_order_with_or_without_source_row():
+    """The serving cache's city per user: the last interaction in the split's order. Tables
+    written before ``source_row`` existed (no column at all) must work too."""
+    df = pl.DataFrame({
+        "user_id": ["u", "u", "u", "v", "v"],
+        "item_id": ["a", "b", "c", "d", "e"],
+        "split": ["test", "train", "train", "train", "tune"],
+        "city_key": ["x-test", "x-1", "x-2", "y-1", "y-tune"],
+        "source_row": [0, 1, 2, 3, 4],
+    })
+    shuffled = df.sample(fraction=1.0, shuffle=True, seed=3)
+    expect = {"u": "x-test", "v": "y-tune"}
+    for frame in (df, shuffled, df.drop("source_row")):
+        got = last_value_per_user(frame, "city_key")
+        assert dict(zip(got["user_id"].to_list(), got["city_key"].to_list())) == expect
+    # Inside one split the file row decides: u's train rows are x-1 then x-2.
+    train_only = df.filter(pl.col("split") == "train").sample(fraction=1.0, shuffle=True, seed=0)
+    got = last_value_per_user(train_only, "city_key")
+    assert dict(zip(got["user_id"].to_list(), got["city_key"].to_list())) == {"u": "x-2", "v": "y-1"}
+    with pytest.raises(ValueError, match="city_key"):
+        last_value_per_user(df.drop("city_key"), "city_key")
 
 
 def test_bad_input_raises_value_error():

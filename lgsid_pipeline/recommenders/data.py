@@ -123,6 +123,33 @@ def _sort_keys(df: pl.DataFrame, order: str) -> list[str]:
     return ["user_id", *keys, "_row"]
 
 
+def _in_history_order(df: pl.DataFrame, order: str) -> tuple[pl.DataFrame, str, list[str]]:
+    """``df`` (with a ``_row`` column) sorted by user, then the chosen order; (frame, order, keys)."""
+    chosen = _choose_order(df, order)
+    if chosen == "split":
+        if "split" not in df.columns or df["split"].null_count():
+            raise ValueError("order='split' needs a non-null 'split' column")
+        lowered = df["split"].str.to_lowercase()
+        unknown = set(lowered.unique().to_list()) - set(_SPLIT_RANK)
+        if unknown:
+            raise ValueError(f"column 'split' has unknown values {sorted(unknown)}")
+        df = df.with_columns(lowered.replace_strict(_SPLIT_RANK, return_dtype=pl.Int8).alias("_split_rank"))
+    keys = _sort_keys(df, chosen)
+    return df.sort(keys), chosen, keys
+
+
+def last_value_per_user(interactions: pl.DataFrame, column: str, *, order: str = "auto") -> pl.DataFrame:
+    """``user_id`` and ``column`` of each user's most recent interaction, in the split's order
+    (timestamp, else seq_idx, else split rank; then ``source_row`` when the table has it, else
+    row order). Works on tables written before ``source_row`` existed."""
+    for col in ("user_id", column):
+        if col not in interactions.columns:
+            raise ValueError(f"interactions lack required column {col!r}")
+    df = interactions.with_columns(source_order(interactions).alias("_row"), pl.col("user_id").cast(pl.Utf8))
+    df, _, _ = _in_history_order(df, order)
+    return df.group_by("user_id", maintain_order=True).agg(pl.col(column).last())
+
+
 def k_core(df: pl.DataFrame, min_core: int) -> tuple[pl.DataFrame, int]:
     """Iterated k-core on users and items (interaction counts); returns (frame, iterations)."""
     if min_core <= 0:
@@ -158,17 +185,7 @@ def next_item_split(
         raise ValueError(f"interactions row {int(bad['_row'][0])}: null user_id or item_id")
     counts: dict[str, int] = {"raw_interactions": df.height}
 
-    chosen = _choose_order(df, order)
-    if chosen == "split":
-        if "split" not in df.columns or df["split"].null_count():
-            raise ValueError("order='split' needs a non-null 'split' column")
-        lowered = df["split"].str.to_lowercase()
-        unknown = set(lowered.unique().to_list()) - set(_SPLIT_RANK)
-        if unknown:
-            raise ValueError(f"column 'split' has unknown values {sorted(unknown)}")
-        df = df.with_columns(lowered.replace_strict(_SPLIT_RANK, return_dtype=pl.Int8).alias("_split_rank"))
-    keys = _sort_keys(df, chosen)
-    df = df.sort(keys)
+    df, chosen, keys = _in_history_order(df, order)
 
     if known_items is not None:
         known = pl.DataFrame({"item_id": pl.Series(list(known_items), dtype=pl.Utf8)}).unique()
