@@ -51,3 +51,13 @@ def test_checks_run_in_dagster_and_warn():
     assert ev.passed  # origin only: nothing to compare
     ev = _run("aligned_encoder", {"reference_pair_acc": 0.8, "policy_pair_acc": 0.9}, aligned_encoder_reward_signal)
     assert ev.passed
+
+
+def test_gc_outside_is_validated_at_launch():
+    """A wrong scope fails when the run config is read, before any encoding or training."""
+    from assets.alignment import AlignedEncoderConfig
+
+    assert AlignedEncoderConfig().gc_outside == "town"
+    assert AlignedEncoderConfig(gc_outside="city").gc_outside == "city"
+    with pytest.raises(Exception, match="gc_outside must be 'town' or 'city'"):
+        AlignedEncoderConfig(gc_outside="planet")
