@@ -127,8 +127,8 @@ def _history_matrix(
     users, items = [user[~is_long]], [item[~is_long]]
     if is_long.any():
         rows = np.flatnonzero(is_long)
-        # Most recent first inside each user: timestamp, then seq_idx, then row order; nulls
-        # are oldest.
+        # Most recent first inside each user: timestamp, then seq_idx, then source row order;
+        # nulls are oldest.
         sort_keys = [-source_order(interactions).to_numpy()[rows]]
         for col in ("seq_idx", "timestamp"):
             k = _recency_key(interactions, col)

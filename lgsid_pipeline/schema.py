@@ -64,6 +64,9 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 
 PARTITION_COLUMN = "city_key"
 
+MAX_TEXT_CHARS = 2_000
+"""Longer text fields are 'absurdly long' and the row is quarantined."""
+
 
 def source_order(df: pl.DataFrame) -> pl.Series:
     """Source row order of ``df``: its ``source_row`` column when present and complete (tables
@@ -71,9 +74,6 @@ def source_order(df: pl.DataFrame) -> pl.Series:
     if "source_row" in df.columns and df.height and df["source_row"].null_count() == 0:
         return df["source_row"].cast(pl.Int64)
     return pl.int_range(0, df.height, dtype=pl.Int64, eager=True)
-
-MAX_TEXT_CHARS = 2_000
-"""Longer text fields are 'absurdly long' and the row is quarantined."""
 
 
 def empty_frame(schema: dict[str, pl.DataType]) -> pl.DataFrame:

@@ -119,6 +119,8 @@ class RQVAETokenizer(SemanticIdTokenizer):
         """Train; stops early once an epoch's mean reconstruction error (input space) is at most
         ``target_mse`` when that is set (used to compare methods at matched error)."""
         X = check_embeddings(X)
+        if int(self.min_steps) < 0:
+            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
         t0 = time.perf_counter()
         n, d = X.shape
         sizes = self._resolve_sizes(n)
@@ -132,8 +134,6 @@ class RQVAETokenizer(SemanticIdTokenizer):
         bs = int(min(self.batch_size, n))
         self.history_ = []
         initialised = False
-        if int(self.min_steps) < 0:
-            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
         batches = -(-n // bs)
         epochs = max(int(self.epochs), -(-int(self.min_steps) // batches))
         for epoch in range(1, epochs + 1):
