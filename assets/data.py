@@ -24,7 +24,9 @@ OWNERS = ["team:lgsid-data"]
         "user_interactions": dg.AssetOut(group_name=GROUP, owners=OWNERS, kinds={"polars", "delta"},
                      metadata=DELTA,
                      description="User clicks / check-ins on this city's items (timestamp or seq_idx "
-                                 "order). Interactions on unknown items are quarantined."),
+                                 "order; source_row keeps each row's position in the source file, the "
+                                 "order of sources that have neither). Interactions on unknown items "
+                                 "are quarantined."),
         "catalog_quarantine": dg.AssetOut(group_name=GROUP, owners=OWNERS, kinds={"polars", "delta"},
                      metadata=DELTA,
                      description="Every rejected item or interaction row with its reason, field and raw "
