@@ -33,6 +33,9 @@ class EvaluationConfig(dg.Config):
     tiger_max_seconds: float | None = Field(default=10.0, description="Training time cap per TIGER run. The "
                                             "default keeps the demo within its 10-minute budget on 2 CPU "
                                             "cores; raise it (or None) for real evaluations.")
+    tiger_max_steps: int | None = Field(default=None, ge=1, description="Optimiser-step budget per TIGER run, "
+                                        "across epochs. Unlike the time cap it gives the same model on any "
+                                        "machine and under any load, so the real-data tables use it.")
     din_epochs: int = Field(default=2, description="Training epochs of each discriminative run (DIN and DIEN).")
     disc_models: list[str] = Field(default=["DIN"], description=f"Discriminative models, of {list(DISC_MODELS)}. "
                                    "Each runs on every variant and seed, scored on the same impressions. A DIEN run "
@@ -76,7 +79,8 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
     interactions = home.read("user_interactions")
     sids = home.read("sid_table").filter(pl.col("codebook_version") == manifest["version"])
     tiger = TigerConfig(epochs=config.tiger_epochs, d_model=config.tiger_d_model,
-                        ff_dim=2 * config.tiger_d_model, max_seconds=config.tiger_max_seconds)
+                        ff_dim=2 * config.tiger_d_model, max_seconds=config.tiger_max_seconds,
+                        max_steps=config.tiger_max_steps)
     din = DINConfig(epochs=config.din_epochs)
     dien = DIENConfig.from_din(din, aux_weight=config.dien_aux_weight)
     start = time.perf_counter()
@@ -92,7 +96,7 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
                               reach_last_n=config.reach_last_n, ours=config.ours,
                               split_kwargs={"min_core": config.min_core}, log=log)
     out = home.artifact_dir("recommender_evaluations", "runs", context.run_id)
-    for name in ("runs", "table1", "table2", "seed_stats", "reachability", "per_city"):
+    for name in ("runs", "table1", "table2", "seed_stats", "user_paired", "reachability", "per_city"):
         getattr(result, name).write_parquet(out / f"{name}.parquet")
     (out / "report.md").write_text(result.markdown())
     with timer("serving_cache"):
@@ -114,6 +118,7 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
         "table1_din": md_table(result.table1), "disc_models": dg.MetadataValue.json(list(config.disc_models)),
         "table2_tiger": md_table(result.table2),
         "imp": dg.MetadataValue.json(result.imp), "seed_stats": md_table(result.seed_stats),
+        "user_paired": md_table(result.user_paired),
         "reachability": md_table(result.reachability), "per_city": md_table(result.per_city, max_rows=80),
         "results_plot": image(plot, "results with 95% CI"), "report": dg.MetadataValue.path(str(out / "report.md")),
         **headline, **timer.metadata(),

@@ -18,7 +18,7 @@ from lgsid_pipeline.recommenders.heuristics import (
 )
 from lgsid_pipeline.recommenders.metrics import auc, gauc, hit_ndcg, target_ranks, topk_metrics
 from lgsid_pipeline.recommenders.reachability import haversine_km, reachable_share, reachable_share_per_user
-from lgsid_pipeline.recommenders.stats import min_attainable_p, summarize, wilcoxon_paired
+from lgsid_pipeline.recommenders.stats import min_attainable_p, paired_over_users, summarize, wilcoxon_paired
 from lgsid_pipeline.recommenders.synthetic import planted_sequences
 
 
@@ -264,6 +264,29 @@ def test_wilcoxon_paired_matches_scipy_and_flags_small_n():
 
 
 # ---------------------------------------------------------------- reachability
+
+
+def test_paired_over_users_detects_a_real_gain_and_not_noise():
+    rng = np.random.default_rng(0)
+    base = (rng.random(2000) < 0.2).astype(float)  # per-user Hit@10 of a baseline
+    better = np.maximum(base, (rng.random(2000) < 0.1).astype(float))  # the same users, plus ~8% more hits
+    r = paired_over_users(better, base, n_boot=500, seed=1)
+    assert r["users"] == 2000 and r["mean_diff"] == pytest.approx(better.mean() - base.mean())
+    assert r["significant"] and r["wilcoxon_p"] < 1e-6 and 0 < r["ci_low"] < r["mean_diff"] < r["ci_high"]
+    assert r["rel_diff"] == pytest.approx(r["mean_diff"] / base.mean())
+    assert r["wilcoxon_p"] == pytest.approx(st.wilcoxon(better - base, zero_method="wilcox").pvalue)
+    assert paired_over_users(better, base, n_boot=500, seed=1) == r  # seeded bootstrap
+    # a relabelled copy of the same distribution: no significant difference, CI covers 0
+    noise = rng.permutation(base)
+    q = paired_over_users(noise, base, n_boot=500, seed=1)
+    assert not q["significant"] and q["ci_low"] < 0 < q["ci_high"]
+    same = paired_over_users(base, base, n_boot=10)
+    assert same["differing_users"] == 0 and np.isnan(same["wilcoxon_p"]) and not same["significant"]
+    assert same["ci_low"] == same["ci_high"] == 0.0
+    with pytest.raises(ValueError, match="paired"):
+        paired_over_users(base, base[:-1])
+    with pytest.raises(ValueError, match="n_boot"):
+        paired_over_users(base, base, n_boot=0)
 
 
 def test_reachability_counts_items_within_radius_of_recent_items():

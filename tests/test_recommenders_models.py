@@ -15,6 +15,7 @@ from lgsid_pipeline.recommenders.tiger import (
     TigerConfig,
     TigerModel,
     _Tokens,
+    _training_prefixes,
     beam_search,
     load_tiger,
     save_tiger,
@@ -114,6 +115,22 @@ def test_tiger_is_deterministic_and_round_trips_safetensors(planted, tmp_path):
     assert not list(tmp_path.glob("m/*.pt")) and not list(tmp_path.glob("m/*.pkl"))
 
 
+def test_tiger_step_budget_counts_steps_across_epochs_and_reproduces(planted):
+    d, s = planted
+    sids = d.sids.filter(pl.col("method") == "hgit")
+    per_epoch = -(-_training_prefixes(s, SMALL["max_history"])[2].size // SMALL["batch_size"])
+    budget = per_epoch + 2  # one full epoch, then two steps into the second
+    cfg = TigerConfig(**SMALL, epochs=50, patience=50, max_steps=budget, seed=3)
+    a = train_and_evaluate_tiger(s, sids, cfg)
+    assert [(h["steps"], h["partial_epoch"]) for h in a.history] == [(per_epoch, False), (budget, True)]
+    b = train_and_evaluate_tiger(s, sids, cfg)
+    assert a.metrics == b.metrics
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k])
+    with pytest.raises(ValueError, match="max_steps"):
+        TigerConfig(max_steps=0)
+
+
 def test_din_beats_random_on_learnable_signal_and_is_seeded(planted):
     d, s = planted
     cfg = DINConfig(epochs=4, batch_size=256, lr=1e-2, seed=0)
@@ -154,8 +171,15 @@ def test_evaluate_all_tables_and_cache(planted, tmp_path):
     assert set(res.per_city["city"]) <= set(d.items["city_key"])
     assert res.per_city.filter(pl.col("model") == "TIGER")["users"].unique().sum() <= 80
     assert res.reachability.height == 5 and res.reachability["share"].is_between(0, 1).all()
+    # ours (hgit) against the other tokenizer and each heuristic, over the same test users
+    up = res.user_paired
+    assert set(zip(up["baseline_model"], up["baseline"])) == {("TIGER", "rqvae"), ("heuristic", "popularity"),
+                                                              ("heuristic", "transitions"), ("heuristic", "geo_nearest")}
+    assert (up["variant"] == "hgit").all() and (up["users"] == res.split.n_users).all()
+    vs_rq = up.filter((pl.col("baseline") == "rqvae") & (pl.col("metric") == "test_ndcg@10"))
+    assert vs_rq["mean_variant"][0] == pytest.approx(mine) and vs_rq["mean_baseline"][0] == pytest.approx(best_other)
     md = res.markdown()
-    assert "Table 1" in md and "Table 2" in md and "wilcoxon_p" in md and "Per city" in md
+    assert "Table 1" in md and "Table 2" in md and "wilcoxon_p" in md and "Per city" in md and "over test users" in md
     p = plot_results(res, tmp_path / "r.png")
     assert p.exists() and p.stat().st_size > 1000
     cache = user_topk(res.tiger_results["hgit"], res.split, k=5)

@@ -29,7 +29,7 @@ from .din import DINConfig, train_and_evaluate_din
 from .heuristics import HEURISTICS, run_heuristic
 from .metrics import per_user_hit_ndcg, target_ranks
 from .reachability import reachable_share
-from .stats import summarize, wilcoxon_paired
+from .stats import paired_over_users, summarize, wilcoxon_paired
 from .tiger import GenResult, TigerConfig, rank_stage, topk_frame, train_and_evaluate_tiger
 
 TIGER_METRICS = ("test_hit@5", "test_hit@10", "test_ndcg@5", "test_ndcg@10")
@@ -55,6 +55,9 @@ class EvaluationResult:
     ours: str | None
     tiger_results: dict[str, GenResult] = field(default_factory=dict, repr=False)  # first seed per method
     split: SplitData | None = field(default=None, repr=False)
+    # ``ours`` vs every other TIGER method and heuristic over the test users (per-user Hit@10 /
+    # NDCG@10 averaged over seeds): model, variant, baseline, metric, users, means, diff, CI, p
+    user_paired: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     def markdown(self) -> str:
         parts = [
@@ -72,6 +75,10 @@ class EvaluationResult:
             "### Seed statistics (Table 5 shape)\n\n" + _md(self.seed_stats),
             "### Reachability of top-K lists\n\n" + _md(self.reachability),
         ]
+        if self.user_paired.height:
+            parts.insert(-1, f"### `{self.ours}` against each other method over test users (per-user metric "
+                         "averaged over seeds; Wilcoxon signed-rank, paired bootstrap 95% CI)\n\n"
+                         + _md(self.user_paired))
         if self.per_city.height:
             wide = self.per_city.pivot(on="metric", index=["model", "variant", "city", "users"], values="value")
             parts.append("### Per city (users grouped by the city of their test target)\n\n" + _md(wide))
@@ -132,6 +139,13 @@ def _din_city_rows(variant, seed, res, user_city: dict[str, str], model: str = "
             out.append({"model": model, "variant": variant, "seed": seed, "city": str(city),
                         "users": g["user_id"].n_unique(), "metric": "auc", "value": auc(lab, g["score"].to_numpy())})
     return out
+
+
+def _tagged(log, model: str, variant: str, seed: int):
+    """``log`` with each record prefixed by its run's model, variant and seed (None when ``log`` is)."""
+    if log is None:
+        return None
+    return lambda rec: log({"model": model, "variant": variant, "seed": seed, **rec})
 
 
 def evaluate_all(
@@ -200,6 +214,14 @@ def evaluate_all(
     reach_rows: list[dict] = []
     city_rows: list[dict] = []
     tiger_results: dict[str, GenResult] = {}
+    user_sums: dict[tuple[str, str], np.ndarray] = {}  # (model, variant) -> per-user [hit@10, ndcg@10] summed
+    user_runs: dict[tuple[str, str], int] = {}
+
+    def per_user(model, variant, topk_test):
+        hit, ndcg = per_user_hit_ndcg(target_ranks(topk_test, split.test_target), 10)
+        key = (model, variant)
+        user_sums[key] = user_sums.get(key, 0.0) + np.stack([hit, ndcg])
+        user_runs[key] = user_runs.get(key, 0) + 1
 
     def record(model, variant, seed, metrics, seconds):
         for k, v in metrics.items():
@@ -219,6 +241,7 @@ def evaluate_all(
         for seed in seeds:  # deterministic: the same numbers pair with every seed
             record("heuristic", h, seed, r.metrics, r.seconds)
         reach("heuristic", h, seeds[0], r.topk["test"])
+        per_user("heuristic", h, r.topk["test"])
         if city_of_target is not None:
             city_rows += _per_city_rows("heuristic", h, seeds[0], split, r.topk["test"], city_of_target)
         if log:
@@ -228,9 +251,10 @@ def evaluate_all(
         if run_tiger:
             for m in methods:
                 cfg = _with_seed(tiger_config, seed)
-                res = train_and_evaluate_tiger(split, sids[m], cfg)
+                res = train_and_evaluate_tiger(split, sids[m], cfg, log=_tagged(log, "TIGER", m, seed))
                 record("TIGER", m, seed, res.metrics, res.cpu_seconds)
                 reach("TIGER", m, seed, res.topk_idx["test"])
+                per_user("TIGER", m, res.topk_idx["test"])
                 if city_of_target is not None:
                     city_rows += _per_city_rows("TIGER", m, seed, split, res.topk_idx["test"], city_of_target)
                 if m not in tiger_results:
@@ -271,7 +295,9 @@ def evaluate_all(
             .select("model", "variant", "city", "users", "metric", "value")
             .sort("model", "variant", "city", "metric")
         )
+    user_means = {k: v / user_runs[k] for k, v in user_sums.items()}
     return EvaluationResult(
+        user_paired=_user_paired(user_means, ours),
         runs=runs_df,
         table1=table1,
         table2=table2,
@@ -284,6 +310,24 @@ def evaluate_all(
         tiger_results=tiger_results,
         split=split,
     )
+
+
+def _user_paired(user_means: dict[tuple[str, str], np.ndarray], ours: str | None) -> pl.DataFrame:
+    """``ours`` (TIGER) against every other TIGER method and every heuristic, over the test users."""
+    schema = {"model": pl.Utf8, "variant": pl.Utf8, "baseline_model": pl.Utf8, "baseline": pl.Utf8, "metric": pl.Utf8,
+              "users": pl.Int64, "mean_variant": pl.Float64, "mean_baseline": pl.Float64, "mean_diff": pl.Float64,
+              "rel_diff": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "differing_users": pl.Int64,
+              "wilcoxon_p": pl.Float64, "significant": pl.Boolean}
+    mine = user_means.get(("TIGER", ours)) if ours is not None else None
+    rows = []
+    if mine is not None:
+        for (model, variant), theirs in user_means.items():
+            if (model, variant) == ("TIGER", ours):
+                continue
+            for i, metric in enumerate(("test_hit@10", "test_ndcg@10")):
+                rows.append({"model": "TIGER", "variant": ours, "baseline_model": model, "baseline": variant,
+                             "metric": metric, **paired_over_users(mine[i], theirs[i])})
+    return pl.DataFrame(rows, schema=schema)
 
 
 def _with_seed(cfg, seed):

@@ -62,7 +62,8 @@ class TigerConfig:
     user_buckets: int = 0  # TIGER hashes users into 2,000 tokens; 0 leaves the user token out
     eval_batch: int = 256
     max_valid_users: int | None = None  # early-stopping subset (None = every user)
-    max_seconds: float | None = None  # training time cap (checked between batches)
+    max_seconds: float | None = None  # training time cap (checked between batches); depends on machine load
+    max_steps: int | None = None  # optimiser-step budget across epochs: a cap that reproduces on any machine
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -72,6 +73,8 @@ class TigerConfig:
             raise ValueError(f"beams ({self.beams}) must be >= k + 1 ({self.k + 1}) to survive masking")
         if self.d_model % self.heads:
             raise ValueError("d_model must be divisible by heads")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if self.history_tokens not in ("flat", "item"):
             raise ValueError(f"history_tokens must be 'flat' or 'item', got {self.history_tokens!r}")
 
@@ -388,7 +391,8 @@ def train_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=N
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
     n = s_tgt.size
     start = time.perf_counter()
-    out_of_time = False
+    out_of_time = False  # the time cap or the step budget ended training inside an epoch
+    steps = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=gen).numpy()
@@ -406,13 +410,17 @@ def train_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=N
             opt.step()
             tot += float(loss.detach()) * idx.size
             cnt += idx.size
+            steps += 1
             if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
+                out_of_time = True
+                break
+            if cfg.max_steps is not None and steps >= cfg.max_steps:
                 out_of_time = True
                 break
         topv, _ = _rank_users(model, tk, v_hist, v_users, v_mask, cfg, cfg.k)
         m = topk_metrics(topv, v_tgt)
         rec = {"epoch": epoch, "loss": tot / cnt, "valid_ndcg@10": m["ndcg@10"], "valid_hit@10": m["hit@10"],
-               "epoch_seconds": time.perf_counter() - t0}
+               "epoch_seconds": time.perf_counter() - t0, "steps": steps}
         rec["partial_epoch"] = out_of_time
         history.append(rec)
         if log:
