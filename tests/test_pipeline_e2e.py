@@ -111,7 +111,8 @@ def test_incremental_refresh_keeps_embeddings_and_sids(pipeline):
 def test_recommender_evaluations_and_serving_cache(pipeline):
     defs, inst, home = pipeline["defs"], pipeline["instance"], pipeline["home"]
     cfg = {"ops": {"recommender_evaluations": {"config": {
-        "seeds": [0, 1], "tiger_epochs": 2, "tiger_d_model": 32, "tiger_max_seconds": 8, "din_epochs": 1,
+        "seeds": [0, 1], "tiger_epochs": 2, "tiger_d_model": 32, "tiger_max_seconds": None, "tiger_max_steps": 6,
+        "din_epochs": 1,
         "min_core": 2, "methods": ["lgsid", "res_kmeans"]}}}}
     sel = {dg.AssetKey("recommender_evaluations"), dg.AssetKey("user_topk_cache")}
     materialize_graph(defs, inst, pipeline["cities"], sel, run_config=cfg, echo=lambda *a, **k: None)
@@ -119,6 +120,8 @@ def test_recommender_evaluations_and_serving_cache(pipeline):
     for key in ("TIGER.lgsid.test_hit@10", "TIGER.res_kmeans.test_ndcg@10", "DIN.Origin.auc", "DIN.lgsid.gauc"):
         assert 0.0 <= meta[key].value <= 1.0, key
     assert "table1_din" in meta and "table2_tiger" in meta and "seed_stats" in meta and "results_plot" in meta
+    assert "| lgsid |" in meta["user_paired"].value and "res_kmeans" in meta["user_paired"].value
+    assert meta["config"].value["tiger_max_steps"] == 6
     cache = home.read("user_topk_cache")
     assert cache.height > 0 and set(cache["city_key"].unique()) <= set(pipeline["cities"])
     per_user = cache.group_by("user_id").agg(pl.col("item_id").n_unique(), pl.len())
