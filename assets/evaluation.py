@@ -96,7 +96,8 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
                               reach_last_n=config.reach_last_n, ours=config.ours,
                               split_kwargs={"min_core": config.min_core}, log=log)
     out = home.artifact_dir("recommender_evaluations", "runs", context.run.run_id)
-    for name in ("runs", "table1", "table2", "seed_stats", "user_paired", "reachability", "per_city"):
+    for name in ("runs", "table1", "table2", "seed_stats", "user_paired", "user_scores", "reachability",
+                 "per_city"):
         getattr(result, name).write_parquet(out / f"{name}.parquet")
     (out / "report.md").write_text(result.markdown())
     with timer("serving_cache"):

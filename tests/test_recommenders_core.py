@@ -270,23 +270,38 @@ def test_paired_over_users_detects_a_real_gain_and_not_noise():
     rng = np.random.default_rng(0)
     base = (rng.random(2000) < 0.2).astype(float)  # per-user Hit@10 of a baseline
     better = np.maximum(base, (rng.random(2000) < 0.1).astype(float))  # the same users, plus ~8% more hits
-    r = paired_over_users(better, base, n_boot=500, seed=1)
+    r = paired_over_users(better, base, n_boot=500, n_perm=2000, seed=1)
     assert r["users"] == 2000 and r["mean_diff"] == pytest.approx(better.mean() - base.mean())
-    assert r["significant"] and r["wilcoxon_p"] < 1e-6 and 0 < r["ci_low"] < r["mean_diff"] < r["ci_high"]
+    assert r["significant"] and r["p"] == pytest.approx(1 / 2001)  # no sign flip reaches the observed mean
+    assert r["wilcoxon_p"] < 1e-6 and 0 < r["ci_low"] < r["mean_diff"] < r["ci_high"]
     assert r["rel_diff"] == pytest.approx(r["mean_diff"] / base.mean())
     assert r["wilcoxon_p"] == pytest.approx(st.wilcoxon(better - base, zero_method="wilcox").pvalue)
-    assert paired_over_users(better, base, n_boot=500, seed=1) == r  # seeded bootstrap
+    assert paired_over_users(better, base, n_boot=500, n_perm=2000, seed=1) == r  # seeded
     # a relabelled copy of the same distribution: no significant difference, CI covers 0
     noise = rng.permutation(base)
-    q = paired_over_users(noise, base, n_boot=500, seed=1)
-    assert not q["significant"] and q["ci_low"] < 0 < q["ci_high"]
-    same = paired_over_users(base, base, n_boot=10)
-    assert same["differing_users"] == 0 and np.isnan(same["wilcoxon_p"]) and not same["significant"]
-    assert same["ci_low"] == same["ci_high"] == 0.0
+    q = paired_over_users(noise, base, n_boot=500, n_perm=2000, seed=1)
+    assert not q["significant"] and q["p"] > 0.05 and q["ci_low"] < 0 < q["ci_high"]
+    # the permutation p tracks the normal approximation of a paired t-test on the mean
+    d = noise - base
+    t_p = st.ttest_1samp(d, 0.0).pvalue
+    assert abs(q["p"] - t_p) < 0.05
+    # the mean and the Wilcoxon test can disagree: few large gains against many small losses
+    few_big = np.zeros(1000)
+    few_big[:100] = 1.0  # 100 users gain a top-1 hit...
+    many_small = np.zeros(1000)
+    many_small[100:500] = 0.25  # ...400 others lose a small NDCG: the means are level
+    k = paired_over_users(few_big, many_small, n_boot=500, n_perm=2000)
+    assert k["mean_diff"] == pytest.approx(0.0) and k["p"] > 0.5 and k["ci_low"] < 0 < k["ci_high"]
+    assert k["wilcoxon_p"] < 0.05  # ranks: most differing users lose
+    same = paired_over_users(base, base, n_boot=10, n_perm=10)
+    assert same["differing_users"] == 0 and np.isnan(same["wilcoxon_p"]) and same["p"] == 1.0
+    assert not same["significant"] and same["ci_low"] == same["ci_high"] == 0.0
     with pytest.raises(ValueError, match="paired"):
         paired_over_users(base, base[:-1])
     with pytest.raises(ValueError, match="n_boot"):
         paired_over_users(base, base, n_boot=0)
+    with pytest.raises(ValueError, match="n_perm"):
+        paired_over_users(base, base, n_perm=0)
 
 
 def test_reachability_counts_items_within_radius_of_recent_items():

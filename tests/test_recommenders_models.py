@@ -178,6 +178,11 @@ def test_evaluate_all_tables_and_cache(planted, tmp_path):
     assert (up["variant"] == "hgit").all() and (up["users"] == res.split.n_users).all()
     vs_rq = up.filter((pl.col("baseline") == "rqvae") & (pl.col("metric") == "test_ndcg@10"))
     assert vs_rq["mean_variant"][0] == pytest.approx(mine) and vs_rq["mean_baseline"][0] == pytest.approx(best_other)
+    assert up["p"].is_between(0, 1).all() and (up["significant"] == (up["p"] < 0.05)).all()
+    us = res.user_scores  # the per-user scores behind the comparison, seeds averaged
+    assert us.height == res.split.n_users * 5 and set(us["runs"]) == {1, 2}  # 3 heuristics once, 2 TIGER methods per seed
+    hg = us.filter((pl.col("model") == "TIGER") & (pl.col("variant") == "hgit"))
+    assert hg["ndcg@10"].mean() == pytest.approx(mine) and hg["user_id"].n_unique() == res.split.n_users
     md = res.markdown()
     assert "Table 1" in md and "Table 2" in md and "wilcoxon_p" in md and "Per city" in md and "over test users" in md
     p = plot_results(res, tmp_path / "r.png")

@@ -58,6 +58,9 @@ class EvaluationResult:
     # ``ours`` vs every other TIGER method and heuristic over the test users (per-user Hit@10 /
     # NDCG@10 averaged over seeds): model, variant, baseline, metric, users, means, diff, CI, p
     user_paired: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # the per-user test scores behind it, so any other test can be run from the artefacts:
+    # user_id, model, variant, runs (seeds averaged), hit@10, ndcg@10
+    user_scores: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     def markdown(self) -> str:
         parts = [
@@ -77,7 +80,8 @@ class EvaluationResult:
         ]
         if self.user_paired.height:
             parts.insert(-1, f"### `{self.ours}` against each other method over test users (per-user metric "
-                         "averaged over seeds; Wilcoxon signed-rank, paired bootstrap 95% CI)\n\n"
+                         "averaged over seeds; paired bootstrap 95% CI and sign-flip permutation p of the mean "
+                         "difference; Wilcoxon signed-rank p for reference)\n\n"
                          + _md(self.user_paired))
         if self.per_city.height:
             wide = self.per_city.pivot(on="metric", index=["model", "variant", "city", "users"], values="value")
@@ -298,6 +302,7 @@ def evaluate_all(
     user_means = {k: v / user_runs[k] for k, v in user_sums.items()}
     return EvaluationResult(
         user_paired=_user_paired(user_means, ours),
+        user_scores=_user_scores(user_means, user_runs, split.user_ids),
         runs=runs_df,
         table1=table1,
         table2=table2,
@@ -317,7 +322,7 @@ def _user_paired(user_means: dict[tuple[str, str], np.ndarray], ours: str | None
     schema = {"model": pl.Utf8, "variant": pl.Utf8, "baseline_model": pl.Utf8, "baseline": pl.Utf8, "metric": pl.Utf8,
               "users": pl.Int64, "mean_variant": pl.Float64, "mean_baseline": pl.Float64, "mean_diff": pl.Float64,
               "rel_diff": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "differing_users": pl.Int64,
-              "wilcoxon_p": pl.Float64, "significant": pl.Boolean}
+              "p": pl.Float64, "significant": pl.Boolean, "wilcoxon_p": pl.Float64}
     mine = user_means.get(("TIGER", ours)) if ours is not None else None
     rows = []
     if mine is not None:
@@ -328,6 +333,16 @@ def _user_paired(user_means: dict[tuple[str, str], np.ndarray], ours: str | None
                 rows.append({"model": "TIGER", "variant": ours, "baseline_model": model, "baseline": variant,
                              "metric": metric, **paired_over_users(mine[i], theirs[i])})
     return pl.DataFrame(rows, schema=schema)
+
+
+def _user_scores(user_means: dict[tuple[str, str], np.ndarray], user_runs: dict[tuple[str, str], int],
+                 user_ids) -> pl.DataFrame:
+    schema = {"user_id": pl.Utf8, "model": pl.Utf8, "variant": pl.Utf8, "runs": pl.Int64,
+              "hit@10": pl.Float64, "ndcg@10": pl.Float64}
+    frames = [pl.DataFrame({"user_id": [str(u) for u in user_ids], "model": model, "variant": variant,
+                            "runs": user_runs[(model, variant)], "hit@10": v[0], "ndcg@10": v[1]}, schema=schema)
+              for (model, variant), v in user_means.items()]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
 def _with_seed(cfg, seed):
