@@ -120,9 +120,8 @@ def _item_city(split: SplitData, items: pl.DataFrame) -> np.ndarray | None:
     return None
 
 
-def _per_city_rows(model, variant, seed, split, topk_test, city_of_target) -> list[dict]:
-    ranks = target_ranks(topk_test, split.test_target)
-    hit, ndcg = per_user_hit_ndcg(ranks, 10)
+def _per_city_rows(model, variant, seed, hit, ndcg, city_of_target) -> list[dict]:
+    """Per-city Hit@10 / NDCG@10 rows from the per-user test scores ``hit`` and ``ndcg``."""
     df = pl.DataFrame({"city": [str(c) for c in city_of_target], "hit@10": hit, "ndcg@10": ndcg})
     agg = df.group_by("city").agg(pl.len().alias("users"), pl.col("hit@10").mean(), pl.col("ndcg@10").mean())
     out = []
@@ -218,14 +217,13 @@ def evaluate_all(
     reach_rows: list[dict] = []
     city_rows: list[dict] = []
     tiger_results: dict[str, GenResult] = {}
-    user_sums: dict[tuple[str, str], np.ndarray] = {}  # (model, variant) -> per-user [hit@10, ndcg@10] summed
-    user_runs: dict[tuple[str, str], int] = {}
+    user_runs: dict[tuple[str, str], list[np.ndarray]] = {}  # (model, variant) -> per run: [hit@10, ndcg@10] per user
 
     def per_user(model, variant, topk_test):
+        """Per-user test Hit@10 / NDCG@10 of one run, kept for the over-users comparison."""
         hit, ndcg = per_user_hit_ndcg(target_ranks(topk_test, split.test_target), 10)
-        key = (model, variant)
-        user_sums[key] = user_sums.get(key, 0.0) + np.stack([hit, ndcg])
-        user_runs[key] = user_runs.get(key, 0) + 1
+        user_runs.setdefault((model, variant), []).append(np.stack([hit, ndcg]))
+        return hit, ndcg
 
     def record(model, variant, seed, metrics, seconds):
         for k, v in metrics.items():
@@ -245,9 +243,9 @@ def evaluate_all(
         for seed in seeds:  # deterministic: the same numbers pair with every seed
             record("heuristic", h, seed, r.metrics, r.seconds)
         reach("heuristic", h, seeds[0], r.topk["test"])
-        per_user("heuristic", h, r.topk["test"])
+        hit, ndcg = per_user("heuristic", h, r.topk["test"])
         if city_of_target is not None:
-            city_rows += _per_city_rows("heuristic", h, seeds[0], split, r.topk["test"], city_of_target)
+            city_rows += _per_city_rows("heuristic", h, seeds[0], hit, ndcg, city_of_target)
         if log:
             log({"model": "heuristic", "variant": h, **r.metrics})
 
@@ -258,9 +256,9 @@ def evaluate_all(
                 res = train_and_evaluate_tiger(split, sids[m], cfg, log=_tagged(log, "TIGER", m, seed))
                 record("TIGER", m, seed, res.metrics, res.cpu_seconds)
                 reach("TIGER", m, seed, res.topk_idx["test"])
-                per_user("TIGER", m, res.topk_idx["test"])
+                hit, ndcg = per_user("TIGER", m, res.topk_idx["test"])
                 if city_of_target is not None:
-                    city_rows += _per_city_rows("TIGER", m, seed, split, res.topk_idx["test"], city_of_target)
+                    city_rows += _per_city_rows("TIGER", m, seed, hit, ndcg, city_of_target)
                 if m not in tiger_results:
                     tiger_results[m] = res
                 if log:
@@ -299,10 +297,10 @@ def evaluate_all(
             .select("model", "variant", "city", "users", "metric", "value")
             .sort("model", "variant", "city", "metric")
         )
-    user_means = {k: v / user_runs[k] for k, v in user_sums.items()}
+    user_means = {k: np.mean(v, axis=0) for k, v in user_runs.items()}
     return EvaluationResult(
         user_paired=_user_paired(user_means, ours),
-        user_scores=_user_scores(user_means, user_runs, split.user_ids),
+        user_scores=_user_scores(user_means, {k: len(v) for k, v in user_runs.items()}, split.user_ids),
         runs=runs_df,
         table1=table1,
         table2=table2,

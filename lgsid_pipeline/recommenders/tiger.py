@@ -391,7 +391,7 @@ def train_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=N
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
     n = s_tgt.size
     start = time.perf_counter()
-    out_of_time = False  # the time cap or the step budget ended training inside an epoch
+    cut_short = False  # the time cap or the step budget ended training inside an epoch
     steps = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -412,16 +412,16 @@ def train_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=N
             cnt += idx.size
             steps += 1
             if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
-                out_of_time = True
+                cut_short = True
                 break
             if cfg.max_steps is not None and steps >= cfg.max_steps:
-                out_of_time = True
+                cut_short = True
                 break
         topv, _ = _rank_users(model, tk, v_hist, v_users, v_mask, cfg, cfg.k)
         m = topk_metrics(topv, v_tgt)
         rec = {"epoch": epoch, "loss": tot / cnt, "valid_ndcg@10": m["ndcg@10"], "valid_hit@10": m["hit@10"],
                "epoch_seconds": time.perf_counter() - t0, "steps": steps}
-        rec["partial_epoch"] = out_of_time
+        rec["partial_epoch"] = cut_short
         history.append(rec)
         if log:
             log(rec)
@@ -432,7 +432,7 @@ def train_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=N
             bad += 1
             if bad >= cfg.patience:
                 break
-        if out_of_time:
+        if cut_short:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
