@@ -67,7 +67,9 @@ class EvaluationConfig(dg.Config):
                 "optionally DIEN, GRU + AUGRU interest evolution, on the same samples: config disc_models) with "
                 "each tokenizer's SIDs (LGSID, HGIT-origin, Res-KMeans, RQ-VAE) and ID-only Origin, plus "
                 "popularity / transition / geo-nearest baselines. Mean +- SD, 95% CI, Wilcoxon vs the best "
-                "baseline, reachability and per-city metrics. Core: lgsid_pipeline/recommenders/",
+                "baseline over seeds, the paired comparison of `ours` with every other method over test users "
+                "(bootstrap CI, permutation p), reachability and per-city metrics. TIGER trains to a step "
+                "budget (tiger_max_steps) or a time cap. Core: lgsid_pipeline/recommenders/",
 )
 def recommender_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfig,
                             home: LgsidHome) -> dg.MaterializeResult:
