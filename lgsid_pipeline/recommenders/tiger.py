@@ -86,6 +86,11 @@ class SIDCodec:
     ``N_SPECIAL + offsets[l] + c``. The trie for level ``l`` is the sorted array of keys
     ``parent_prefix * sizes[l] + code`` with the child prefix id of each key (item index at the
     last level).
+
+    ``item_prefix[l]`` is each item's prefix-node id after its level-``l`` code (the value
+    ``trie_child[l]`` yields for that item's key; at the last level the item index itself), and
+    ``n_nodes[l]`` the number of such nodes. They let a caller restrict beam search per user
+    (``beam_search(..., allowed=...)``) by scattering allowed items onto prefix nodes.
     """
 
     def __init__(self, codes: np.ndarray):
@@ -109,6 +114,8 @@ class SIDCodec:
         # trie: prefix ids per level
         self.trie_keys: list[np.ndarray] = []
         self.trie_child: list[np.ndarray] = []
+        self.item_prefix: list[np.ndarray] = []
+        self.n_nodes: list[int] = []
         parent = np.zeros(codes.shape[0], dtype=np.int64)
         for lvl in range(self.levels):
             key = parent * self.sizes[lvl] + codes[:, lvl]
@@ -116,11 +123,15 @@ class SIDCodec:
                 order = np.argsort(key)
                 self.trie_keys.append(key[order])
                 self.trie_child.append(order)  # item index
+                self.item_prefix.append(np.arange(codes.shape[0], dtype=np.int64))
+                self.n_nodes.append(int(codes.shape[0]))
             else:
                 uk, child = np.unique(key, return_inverse=True)
                 self.trie_keys.append(uk)
                 self.trie_child.append(np.arange(uk.size))
                 parent = child.reshape(-1)
+                self.item_prefix.append(parent.astype(np.int64))
+                self.n_nodes.append(int(uk.size))
 
     def lookup(self, lvl: int, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For parent prefix ids (any shape), return (valid, child) over every level-``lvl`` code."""
@@ -282,8 +293,14 @@ def beam_search(
     codec: SIDCodec,
     src: torch.Tensor,
     beams: int,
+    allowed: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Constrained beam search for a batch of encoder inputs.
+
+    ``allowed`` (optional, one bool tensor (B, codec.n_nodes[l]) per level) narrows the trie per
+    row: a level-``l`` code is valid only if the trie has it and ``allowed[l][b, child]`` holds
+    for the prefix node it leads to (local-life ranking: only nodes above a candidate item).
+    ``None`` leaves the search exactly as without it.
 
     Returns (items (B, beams) int64, -1 for dead beams; scores (B, beams) summed log-probs,
     -inf for dead beams), best first.
@@ -304,6 +321,9 @@ def beam_search(
         logits = logits.reshape(b, w, n, -1)[:, :, -1, off : off + size]
         logp = torch.log_softmax(logits.float(), dim=-1).cpu()
         valid, child = codec.lookup(lvl, prefix)
+        if allowed is not None:
+            ok = torch.gather(allowed[lvl].cpu(), 1, child.reshape(b, -1)).reshape(valid.shape)
+            valid = valid & ok
         cand = torch.where(valid, score.unsqueeze(-1) + logp, torch.full_like(logp, float("-inf")))
         nw = min(beams, w * size)
         top_s, top_i = cand.reshape(b, -1).topk(nw, dim=1)
@@ -326,14 +346,20 @@ def _rank_users(
     masked: np.ndarray,
     cfg: TigerConfig,
     k: int,
+    allowed=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` items and scores per user after dropping the masked last item."""
+    """Top-``k`` items and scores per user after dropping the masked last item.
+
+    ``allowed`` (optional) is a callable ``slice -> list of per-level bool masks`` for the rows
+    ``hist[slice]`` (see :func:`beam_search`); it is called once per eval batch.
+    """
     out_i = np.full((hist.shape[0], k), -1, dtype=np.int64)
     out_s = np.full((hist.shape[0], k), -np.inf)
     for s in range(0, hist.shape[0], cfg.eval_batch):
-        sl = slice(s, s + cfg.eval_batch)
+        sl = slice(s, min(s + cfg.eval_batch, hist.shape[0]))
         src = tk.encoder_input(hist[sl], users[sl]).to(cfg.device)
-        items, scores = beam_search(model, tk.codec, src, cfg.beams)
+        masks = allowed(sl) if allowed is not None else None
+        items, scores = beam_search(model, tk.codec, src, cfg.beams, allowed=masks)
         items, scores = items.numpy(), scores.numpy()
         keep = (items != masked[sl, None]) & (items >= 0)
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]

@@ -11,16 +11,21 @@ from __future__ import annotations
 from typing import Any
 
 from lgsid_pipeline.tokenizers.base import SemanticIdTokenizer, default_codebook_sizes
-from lgsid_pipeline.tokenizers.hgit import HGITTokenizer
+from lgsid_pipeline.tokenizers.geo_prefix import GeoPrefixTokenizer
+from lgsid_pipeline.tokenizers.hgit import HGITGeoLastTokenizer, HGITTokenizer
+from lgsid_pipeline.tokenizers.random_id import RandomIdTokenizer
 from lgsid_pipeline.tokenizers.res_kmeans import ResKMeansTokenizer
 from lgsid_pipeline.tokenizers.rqvae import RQVAETokenizer
 
-METHODS: tuple[str, ...] = ("hgit", "res_kmeans", "rqvae")
+METHODS: tuple[str, ...] = ("hgit", "hgit_geo_last", "res_kmeans", "rqvae", "geo_prefix", "random_id")
 
 _CLASSES: dict[str, type[SemanticIdTokenizer]] = {
     "hgit": HGITTokenizer,
+    "hgit_geo_last": HGITGeoLastTokenizer,
     "res_kmeans": ResKMeansTokenizer,
     "rqvae": RQVAETokenizer,
+    "geo_prefix": GeoPrefixTokenizer,
+    "random_id": RandomIdTokenizer,
 }
 
 
@@ -41,7 +46,10 @@ def load_tokenizer(directory) -> SemanticIdTokenizer:
 
 __all__ = [
     "METHODS",
+    "GeoPrefixTokenizer",
+    "HGITGeoLastTokenizer",
     "HGITTokenizer",
+    "RandomIdTokenizer",
     "RQVAETokenizer",
     "ResKMeansTokenizer",
     "SemanticIdTokenizer",

@@ -2,8 +2,13 @@
 
 Two strategies:
 
-* ``append_dedup_level(codes)``: a trailing digit counts the items that share the same raw
-  code tuple (0 for the first in row order), as in TIGER / GRID.
+* ``append_dedup_level(codes, order_key)``: a trailing digit counts the items that share the
+  same raw code tuple, as in TIGER / GRID: 0 for the first by ``order_key`` (row order when
+  None). ``dedup_order_key`` gives the orders: ``"item_id"`` (row order: the assets sort by
+  item_id, so the digit is an arbitrary rank; kept as the ablation), ``"spatial"`` (the rank
+  along a Hilbert curve over (lat, lon), so digit d is the d-th place along one global curve
+  and items close in the bucket's area get close digits) and ``"popularity"`` (most visited
+  first, so digit 0 is the bucket's head item in every bucket).
 * ``greedy_reassign(tokenizer, X, items, codes)``: the second and later items of a colliding
   tuple move to the nearest free code at the last level (ranked by distance from the item's
   last-level residual to the alternative centres); if every last-level code under that prefix
@@ -55,12 +60,98 @@ def n_duplicates(codes: np.ndarray) -> int:
     return int(df.height - df.unique().height)
 
 
-def append_dedup_level(codes: np.ndarray) -> np.ndarray:
+DEDUP_ORDERS = ("item_id", "spatial", "popularity")
+HILBERT_BITS = 16  # per axis: about 300 m of latitude per step
+
+
+def hilbert_index(lat: np.ndarray, lon: np.ndarray, bits: int = HILBERT_BITS) -> np.ndarray:
+    """Position of each (lat, lon) along a Hilbert curve over the whole globe, int64.
+
+    The classic ``xy2d`` rotation loop, vectorised over points (no library does it over
+    numpy arrays). Points close on the curve are close on the map."""
+    n = 1 << bits
+    x = np.clip(((np.asarray(lon, dtype=np.float64) + 180.0) / 360.0 * n).astype(np.int64), 0, n - 1)
+    y = np.clip(((np.asarray(lat, dtype=np.float64) + 90.0) / 180.0 * n).astype(np.int64), 0, n - 1)
+    d = np.zeros(x.shape, dtype=np.int64)
+    s = n >> 1
+    while s > 0:
+        rx = ((x & s) > 0).astype(np.int64)
+        ry = ((y & s) > 0).astype(np.int64)
+        d += s * s * ((3 * rx) ^ ry)
+        flip = ry == 0
+        swap_x = np.where(flip & (rx == 1), s - 1 - x, x)
+        swap_y = np.where(flip & (rx == 1), s - 1 - y, y)
+        x, y = np.where(flip, swap_y, swap_x), np.where(flip, swap_x, swap_y)
+        s >>= 1
+    return d
+
+
+def dedup_order_key(items: pl.DataFrame | None, order: str, popularity: np.ndarray | None = None) -> np.ndarray | None:
+    """Sort key (ascending) for the dedup digit; None for row order (``"item_id"``).
+
+    ``"spatial"``: Hilbert index of (lat, lon); items without coordinates sort last.
+    ``"popularity"``: minus ``popularity`` (visit counts aligned with the items' rows, e.g.
+    training interactions per item), so the most visited item gets digit 0."""
+    if order not in DEDUP_ORDERS:
+        raise ValueError(f"unknown dedup order {order!r}; choose one of {DEDUP_ORDERS}")
+    if order == "item_id":
+        return None
+    if order == "popularity":
+        if popularity is None:
+            raise ValueError("dedup order 'popularity' needs per-item visit counts")
+        pop = np.asarray(popularity, dtype=np.float64)
+        if items is not None and pop.shape[0] != items.height:
+            raise ValueError(f"popularity has {pop.shape[0]} entries but items has {items.height} rows")
+        return -pop
+    if items is None or "lat" not in items.columns or "lon" not in items.columns:
+        raise ValueError("dedup order 'spatial' needs the items' lat and lon columns")
+    lat = items["lat"].cast(pl.Float64, strict=False).to_numpy()
+    lon = items["lon"].cast(pl.Float64, strict=False).to_numpy()
+    ok = np.isfinite(lat) & np.isfinite(lon)
+    key = hilbert_index(np.where(ok, lat, 0.0), np.where(ok, lon, 0.0)).astype(np.float64)
+    return np.where(ok, key, np.inf)
+
+
+def append_dedup_level(codes: np.ndarray, order_key: np.ndarray | None = None) -> np.ndarray:
     """``(N, L) -> (N, L+1)``: trailing digit = rank of the item among those with the same
-    tuple, in row order (0 for the first). The result is unique."""
+    tuple, by ``order_key`` ascending (row order when None; ties keep row order). The result is
+    unique."""
     df = _frame(codes)
-    digit = df.select(pl.int_range(pl.len()).over(df.columns).alias("d"))["d"].to_numpy()
+    if order_key is not None:
+        key = np.asarray(order_key, dtype=np.float64)
+        if key.shape != (df.height,):
+            raise ValueError(f"order_key must have one entry per row ({df.height}), got shape {key.shape}")
+        df = df.with_columns(pl.Series("_k", key), pl.int_range(pl.len()).alias("_r"))
+        digit = df.select(pl.struct("_k", "_r").rank("ordinal").over([c for c in df.columns
+                                                                     if c.startswith("c")]).alias("d"))["d"]
+        digit = digit.to_numpy().astype(np.int64) - 1
+    else:
+        digit = df.select(pl.int_range(pl.len()).over(df.columns).alias("d"))["d"].to_numpy()
     return np.concatenate([np.asarray(codes, dtype=np.int32), digit.astype(np.int32)[:, None]], axis=1)
+
+
+def collision_figures(codes: np.ndarray, sids: np.ndarray | None = None, prompts: list[str] | None = None) -> dict[str, Any]:
+    """What the dedup digit has to carry, per method: the collision rate before dedup, the
+    largest digit, bucket-size quantiles (items per raw code tuple, over items: the q50 is the
+    bucket size of the median item) and, with ``prompts``, the share of items whose prompt is
+    byte-identical to another item's: the floor no text tokenizer can get under."""
+    df = _frame(codes)
+    size = df.select(pl.len().over(df.columns).alias("n"))["n"].to_numpy()
+    out: dict[str, Any] = {
+        "collision_rate_before": float((size > 1).mean()) if size.size else 0.0,
+        "buckets": int(df.unique().height),
+        "bucket_size_q50": float(np.quantile(size, 0.5)) if size.size else 0.0,
+        "bucket_size_q90": float(np.quantile(size, 0.9)) if size.size else 0.0,
+        "bucket_size_q99": float(np.quantile(size, 0.99)) if size.size else 0.0,
+        "bucket_size_max": int(size.max()) if size.size else 0,
+    }
+    if sids is not None:
+        out["max_digit"] = int(np.asarray(sids)[:, -1].max()) if len(sids) else 0
+    if prompts is not None:
+        if len(prompts) != df.height:
+            raise ValueError(f"prompts has {len(prompts)} entries but codes has {df.height} rows")
+        out["identical_prompt_share"] = float(pl.Series(prompts, dtype=pl.Utf8).is_duplicated().mean()) if prompts else 0.0
+    return out
 
 
 def assign_unique(new_codes: np.ndarray, existing_codes: np.ndarray) -> np.ndarray:
@@ -191,8 +282,10 @@ def unique_sids(
     tokenizer: Any = None,
     X: np.ndarray | None = None,
     items: pl.DataFrame | None = None,
+    order_key: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Make every SID unique; returns ``(sids (N, L+1) int32, info)``.
+    """Make every SID unique; returns ``(sids (N, L+1) int32, info)``. ``order_key`` orders
+    the dedup digit within each bucket (``dedup_order_key``; row order when None).
 
     ``strategy="append"``: raw codes + dedup digit. ``strategy="greedy"``: ``greedy_reassign``
     first, then the dedup digit (all zeros when greedy resolved every collision), so both
@@ -215,6 +308,6 @@ def unique_sids(
         raise ValueError(f"unknown dedup strategy {strategy!r}; choose 'append' or 'greedy'")
     info["n_unresolved"] = n_duplicates(moved)
     info["n_reassigned"] = int((np.asarray(moved) != codes).any(1).sum())
-    sids = append_dedup_level(moved)
+    sids = append_dedup_level(moved, order_key)
     info["max_digit"] = int(sids[:, -1].max()) if sids.size else 0
     return sids, info
