@@ -14,7 +14,9 @@ from assets.metadata import Timer, config_json, image
 from assets.partitions import DELTA, city_partitions
 from lgsid_pipeline.partitions import validate_city_key
 from lgsid_pipeline.tokenizers import default_codebook_sizes, load_tokenizer, make_tokenizer
-from lgsid_pipeline.tokenizers.dedup import assign_unique, collision_rate, unique_sids
+from lgsid_pipeline.prompts import build_prompts
+from lgsid_pipeline.tokenizers.dedup import (DEDUP_ORDERS, assign_unique, collision_figures, collision_rate,
+                                             dedup_order_key, unique_sids)
 from lgsid_pipeline.tokenizers.diagnostics import (diagnostics_markdown, plot_codebook_usage, plot_coverage,
                                                    tokenizer_diagnostics)
 from resources import LgsidHome
@@ -23,21 +25,49 @@ GROUP = "tokenization"
 OWNERS = ["team:lgsid-ml"]
 
 # Variant name -> (tokenizer method, embedding variant). "lgsid" is HGIT on G-DPO-aligned
-# embeddings, the paper's method; the baselines use the same (aligned) embeddings when present.
-DEFAULT_VARIANTS = {
+# embeddings, the paper's method. The names without a suffix fit on the aligned embeddings
+# when present; "_origin" names fit on the encoder's own (origin) embeddings, so every
+# baseline can be compared on either. The manifest records which embeddings each used.
+VARIANTS = {
     "lgsid": ("hgit", "aligned"),
     "hgit_origin": ("hgit", "origin"),
+    "lgsid_geo_last": ("hgit_geo_last", "aligned"),
+    "hgit_geo_last_origin": ("hgit_geo_last", "origin"),
     "res_kmeans": ("res_kmeans", "aligned"),
+    "res_kmeans_origin": ("res_kmeans", "origin"),
     "rqvae": ("rqvae", "aligned"),
+    "rqvae_origin": ("rqvae", "origin"),
+    "geo_prefix": ("geo_prefix", "origin"),
+    "random_id": ("random_id", "origin"),
 }
+DEFAULT_VARIANTS = ["lgsid", "hgit_origin", "res_kmeans", "rqvae"]  # what the demo fits and evaluates
+# The method a serving system should read from sid_table (recorded in the manifest). Not yet
+# chosen by a validation shootout on real data (benchmarks/sid_shootout.py); until then the
+# paper's method.
+DEFAULT_SID_VARIANT = "lgsid"
+HGIT_METHODS = ("hgit", "hgit_geo_last")
 
 
 class CodebookConfig(dg.Config):
     variants: list[str] = Field(default=list(DEFAULT_VARIANTS),
-                                description=f"Which tokenizers to fit: {list(DEFAULT_VARIANTS)}")
+                                description=f"Which tokenizers to fit, of {list(VARIANTS)}")
+    default_variant: str = Field(default=DEFAULT_SID_VARIANT,
+                                 description="The variant sid_table ships as its default (recorded in the manifest).")
     levels: int = Field(default=3, description="Code length L before the dedup digit.")
-    codebook_sizes: list[int] | None = Field(default=None, description="Per-level sizes; None scales with N.")
+    codebook_sizes: list[int] | None = Field(default=None, description="Per-level sizes; None: 256 per level, "
+                                                                      "capped at N/8 for small catalogues.")
     dedup: str = Field(default="append", description="append (dedup digit) | greedy (next-best code, then digit)")
+    dedup_order: str = Field(default="item_id", description=f"Order of the dedup digit inside a bucket, of "
+                                                            f"{list(DEDUP_ORDERS)} (popularity: visits in "
+                                                            "user_interactions).")
+    w_admin: float = Field(default=1.0, description="Eq. 9 weight of the admin block (HGIT variants).")
+    w_geo: float = Field(default=1.0, description="Eq. 9 weight of the geographic block (HGIT variants).")
+    w_cat: float = Field(default=0.5, description="Eq. 9 weight of the category block (HGIT).")
+    w_brand: float = Field(default=0.25, description="Eq. 9 weight of the brand block (HGIT).")
+    lambda_reg: float = Field(default=0.1, description="Eq. 16 weight of the usage regulariser (HGIT).")
+    usage_temperature: float = Field(default=0.3, description="Soft-usage temperature of Eq. 14 (HGIT).")
+    admin_columns: list[str] = Field(default=["province", "city", "district", "town"],
+                                     description="The admin hierarchy of Eq. 9, coarse to fine (HGIT variants).")
     refit: bool = Field(default=False, description="Refit even if a codebook exists (bumps the version). The "
                                                    "weekly global_refit_job sets this.")
     seed: int = 0
@@ -87,25 +117,47 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
     available = set(home.read("item_embeddings")["variant"].unique().to_list())
     n = catalog.height
     sizes = config.codebook_sizes or default_codebook_sizes(n, config.levels)
+    for name in config.variants:
+        if name not in VARIANTS:
+            raise dg.Failure(f"unknown tokenizer variant {name!r}; choose from {list(VARIANTS)}")
+    if config.default_variant not in config.variants:
+        raise dg.Failure(f"default_variant {config.default_variant!r} is not among the fitted variants {config.variants}")
+    if config.dedup_order not in DEDUP_ORDERS:
+        raise dg.Failure(f"unknown dedup_order {config.dedup_order!r}; choose from {list(DEDUP_ORDERS)}")
+    popularity = None
+    if config.dedup_order == "popularity":
+        visits = home.read("user_interactions").group_by("item_id").agg(pl.len().alias("n"))
+        popularity = catalog.select("item_id").join(visits, on="item_id", how="left", maintain_order="left")["n"] \
+            .fill_null(0).to_numpy()
+    order_key = dedup_order_key(catalog, config.dedup_order, popularity)
+    prompt_floor = collision_figures(np.zeros((n, 1), dtype=np.int64), prompts=build_prompts(catalog))
+    hgit_params = {"w_admin": config.w_admin, "w_geo": config.w_geo, "lambda_reg": config.lambda_reg,
+                   "usage_temperature": config.usage_temperature, "admin_columns": list(config.admin_columns)}
     number = (previous["number"] + 1) if previous else 1
     version = f"v{number}-{datetime.datetime.now(datetime.UTC).strftime('%Y%m%dT%H%M%S')}"
     out_dir = home.artifact_dir("sid_codebook", version)
     diags, variants, assignments = {}, {}, []
     for name in config.variants:
-        if name not in DEFAULT_VARIANTS:
-            raise dg.Failure(f"unknown tokenizer variant {name!r}; choose from {list(DEFAULT_VARIANTS)}")
-        method, emb_variant = DEFAULT_VARIANTS[name]
+        method, emb_variant = VARIANTS[name]
         if emb_variant not in available:
             context.log.warning(f"{name}: no {emb_variant!r} embeddings, using origin")
             emb_variant = "origin"
         X = load_embeddings(home, emb_variant, catalog)
-        tok = make_tokenizer(method, codebook_sizes=list(sizes), levels=config.levels, seed=config.seed)
+        params = {}
+        if method in HGIT_METHODS:
+            params = dict(hgit_params)
+            if method == "hgit":
+                params.update(w_cat=config.w_cat, w_brand=config.w_brand)
+        tok = make_tokenizer(method, codebook_sizes=list(sizes), levels=config.levels, seed=config.seed, **params)
         with timer(f"fit_{name}"):
             codes = tok.fit(X, catalog).transform(X, catalog)
-        sids, info = unique_sids(codes, config.dedup, tokenizer=tok, X=X, items=catalog)
+        sids, info = unique_sids(codes, config.dedup, tokenizer=tok, X=X, items=catalog, order_key=order_key)
         tok.save(out_dir / name)
         diags[name] = tokenizer_diagnostics(tok, X, catalog, codes, dedup_codes=sids)
-        variants[name] = {"method": method, "embedding_variant": emb_variant, **{k: v for k, v in info.items()}}
+        figures = collision_figures(codes, sids)
+        diags[name]["collisions"] = figures
+        variants[name] = {"method": method, "embedding_variant": emb_variant, **{k: v for k, v in info.items()},
+                          **figures}
         assignments.append(pl.DataFrame({
             "item_id": catalog["item_id"], "city_key": catalog["city_key"], "method": name,
             "sid": pl.Series(sids.tolist(), dtype=pl.List(pl.Int32)),
@@ -113,7 +165,10 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
         }))
     pl.concat(assignments).write_parquet(out_dir / "assignments.parquet")
     manifest = {"version": version, "number": number, "variants": variants, "codebook_sizes": list(sizes),
-                "levels": config.levels, "n_items": n, "dedup": config.dedup, "seed": config.seed,
+                "levels": config.levels, "n_items": n, "dedup": config.dedup, "dedup_order": config.dedup_order,
+                "seed": config.seed, "default_variant": config.default_variant,
+                "fitted_on": "every item of the catalogue (all cities)",
+                "identical_prompt_share": prompt_floor["identical_prompt_share"],
                 "coverage_q90": {m: [lv["coverage"]["q90"] for lv in d["per_level"]] for m, d in diags.items()},
                 "dead_codes": {m: [lv["dead"] for lv in d["per_level"]] for m, d in diags.items()},
                 "collision_rate_before": {m: d["collision_rate_before"] for m, d in diags.items()}}
@@ -124,6 +179,10 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
     use = plot_codebook_usage(diags, plots / "codebook_usage.png")
     meta = {f"{m}.recon_rel": float(d["recon_rel"]) for m, d in diags.items()}
     meta.update({f"{m}.collision_rate_before": float(d["collision_rate_before"]) for m, d in diags.items()})
+    meta.update({f"{m}.{k}": v for m, d in diags.items() for k, v in d["collisions"].items()
+                 if k in ("max_digit", "bucket_size_q50", "bucket_size_q90", "bucket_size_q99")})
+    meta["identical_prompt_share"] = float(prompt_floor["identical_prompt_share"])
+    meta["default_variant"] = config.default_variant
     return dg.MaterializeResult(metadata={
         "version": version, "refit": True, "config": config_json(config), "items": n,
         "codebook_sizes": "x".join(map(str, sizes)), "diagnostics": dg.MetadataValue.md(diagnostics_markdown(diags)),

@@ -1,0 +1,83 @@
+"""The SID shootout command end to end on a tiny dataset (tiny BERT, a few TIGER steps)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from lgsid_pipeline.encoder import build_tiny_bert
+
+_spec = importlib.util.spec_from_file_location(
+    "sid_shootout", Path(__file__).resolve().parents[1] / "benchmarks" / "sid_shootout.py")
+sid_shootout = importlib.util.module_from_spec(_spec)
+sys.modules["sid_shootout"] = sid_shootout  # dataclasses look their module up
+_spec.loader.exec_module(sid_shootout)
+
+
+def tiny_dataset(path, n_items=120, n_users=80, seed=0):
+    """Items in 4 areas; users walk inside one area, 8 timestamped check-ins each."""
+    rng = np.random.default_rng(seed)
+    area = np.arange(n_items) % 4
+    lat = 40.0 + area * 0.5 + rng.normal(0, 0.01, n_items)
+    lon = -74.0 + area * 0.5 + rng.normal(0, 0.01, n_items)
+    items = pl.DataFrame({"item_id": [f"i{j}" for j in range(n_items)], "name": [f"shop {j}" for j in range(n_items)],
+                          "cat1": [f"c{j % 5}" for j in range(n_items)], "province": "NY",
+                          "city": [f"city{a}" for a in area], "town": [f"town{a}" for a in area],
+                          "lat": lat, "lon": lon})
+    rows = []
+    for u in range(n_users):
+        pool = np.flatnonzero(area == u % 4)
+        for t, j in enumerate(rng.choice(pool, 8, replace=False)):
+            rows.append({"user_id": f"u{u}", "item_id": f"i{j}", "hours": int(u * 100 + t)})
+    inter = pl.DataFrame(rows).with_columns(
+        (pl.datetime(2010, 1, 1, time_zone="UTC") + pl.duration(hours=pl.col("hours"))).alias("timestamp")).drop("hours")
+    path.mkdir()
+    items.write_parquet(path / "items.parquet")
+    inter.write_parquet(path / "interactions.parquet")
+    return path
+
+
+def test_shootout_writes_every_figure(tmp_path):
+    data = tiny_dataset(tmp_path / "tiny")
+    bert = build_tiny_bert(tmp_path / "bert")
+    out = tmp_path / "out.json"
+    methods = "hgit:origin,hgit_geo_last:origin@spatial,res_kmeans:origin,geo_prefix:origin,gnpr_rqvae,random_id"
+    res = sid_shootout.main(["--data", str(data), "--out", str(out), "--seeds", "0,1", "--tiger-steps", "6",
+                             "--din-epochs", "1", "--methods", methods, "--encoder", str(bert),
+                             "--cache", str(tmp_path / "cache"), "--threads", "1", "--codebook-size", "8"])
+    saved = json.loads(out.read_text())
+    assert saved["best_baseline"] in ("res_kmeans:origin", "geo_prefix:origin", "gnpr_rqvae")
+    assert saved["default_method"] != "random_id"
+    assert (tmp_path / "out.md").read_text().startswith("### tiny")
+    for name in methods.split(","):
+        m = saved["methods"][name]
+        for view in ("valid", "test", "test_no_airports", "local"):
+            assert 0.0 <= m[view]["hit@10"] <= 1.0
+        assert len(m["tiger"]) == 2 and len(m["din"]) == 2
+        assert set(m["strata"]) == {"airport_or_popular", "near_recent", "revisit", "long_jump"}
+        assert 0.0 <= m["collisions"]["collision_rate_before"] <= 1.0
+        if name != saved["best_baseline"]:
+            p = m["paired"]["valid"]["hit@10"]
+            assert p["ci_low"] <= p["mean_diff"] <= p["ci_high"]
+    # the default method is the best by validation, never by test
+    best_valid = max((n for n in methods.split(",") if n != "random_id"),
+                     key=lambda n: saved["methods"][n]["valid"]["hit@10"])
+    assert saved["default_method"] == best_valid
+    assert res["targets_reachability"] == pytest.approx(saved["targets_reachability"])
+    # every test target lies in its user's area (0.5 degrees apart), so local mode keeps them all
+    assert saved["methods"]["res_kmeans:origin"]["local"]["eligible_share"] == pytest.approx(1.0)
+
+
+def test_bad_method_names_are_clear_errors(tmp_path):
+    with pytest.raises(SystemExit, match="unknown tokenizer 'nope'"):
+        sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "nope"])
+    with pytest.raises(SystemExit, match="unknown dedup order"):
+        sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "hgit@zz"])
+    with pytest.raises(SystemExit, match="has no items.parquet"):
+        sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "hgit"])
