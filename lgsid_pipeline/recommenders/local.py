@@ -23,17 +23,8 @@ from lgsid_pipeline.geo import GeoIndex, haversine_km
 from .data import SplitData
 from .heuristics import item_counts
 from .metrics import KS, hit_ndcg, per_user_hit_ndcg, target_ranks
+from .strata import item_coords
 from .tiger import SIDCodec, TigerConfig, TigerModel, _history_matrix, _rank_users, _Tokens
-
-
-def _coords(split: SplitData, item_lat, item_lon) -> tuple[np.ndarray, np.ndarray]:
-    lat = np.asarray(item_lat, dtype=np.float64)
-    lon = np.asarray(item_lon, dtype=np.float64)
-    if lat.shape != (split.n_items,) or lon.shape != (split.n_items,):
-        raise ValueError(
-            f"item_lat / item_lon must be aligned to the split's {split.n_items} items; got {lat.shape}, {lon.shape}"
-        )
-    return lat, lon
 
 
 def local_candidates(split: SplitData, item_lat, item_lon, stage: str, km: float = 5.0) -> sp.csr_matrix:
@@ -46,7 +37,7 @@ def local_candidates(split: SplitData, item_lat, item_lon, stage: str, km: float
     """
     if km <= 0:
         raise ValueError(f"km must be positive, got {km}")
-    lat, lon = _coords(split, item_lat, item_lon)
+    lat, lon = item_coords(split, item_lat, item_lon)
     n_users, n_items = split.n_users, split.n_items
     located = np.flatnonzero(np.isfinite(lat) & np.isfinite(lon))
     last = split.last_item(stage)
@@ -108,7 +99,7 @@ def local_nearest_topk(split: SplitData, cands: sp.csr_matrix, stage: str, item_
                        k: int = 10) -> np.ndarray:
     """Each user's ``k`` candidates nearest to the last history item (ties: lower index), -1
     padded: the geo-nearest baseline of the local mode (distances only over stored pairs)."""
-    lat, lon = _coords(split, item_lat, item_lon)
+    lat, lon = item_coords(split, item_lat, item_lon)
     cands = sp.csr_matrix(cands)
     rows = np.repeat(np.arange(cands.shape[0]), np.diff(cands.indptr))
     last = split.last_item(stage)[rows]

@@ -32,7 +32,8 @@ from .reachability import reachable_share_per_user
 STRATA = ("airport_or_popular", "near_recent", "revisit", "long_jump")
 
 
-def _coords(split: SplitData, item_lat, item_lon) -> tuple[np.ndarray, np.ndarray]:
+def item_coords(split: SplitData, item_lat, item_lon) -> tuple[np.ndarray, np.ndarray]:
+    """``item_lat`` / ``item_lon`` as float64 arrays, checked to be aligned to the split's items."""
     lat = np.asarray(item_lat, dtype=np.float64)
     lon = np.asarray(item_lon, dtype=np.float64)
     if lat.shape != (split.n_items,) or lon.shape != (split.n_items,):
@@ -90,7 +91,7 @@ def target_strata(
     """
     if near_km <= 0 or jump_km <= 0 or last_n <= 0:
         raise ValueError("near_km, jump_km and last_n must be positive")
-    lat, lon = _coords(split, item_lat, item_lon)
+    lat, lon = item_coords(split, item_lat, item_lon)
     target = split.target(stage).astype(np.int64)
     hist = split.history(stage)
 
@@ -119,7 +120,7 @@ def target_reachability(split: SplitData, item_lat, item_lon, km: float = 3.0, l
     :func:`reachable_share` applied to a one-item list holding the target (users whose target
     or recent items have no coordinates are left out; NaN when none is located).
     """
-    lat, lon = _coords(split, item_lat, item_lon)
+    lat, lon = item_coords(split, item_lat, item_lon)
     target = split.target(stage).astype(np.int64)
     share = reachable_share_per_user(target[:, None], split.history(stage), lat, lon, km=km, last_n=last_n)
     return float(np.nanmean(share)) if np.isfinite(share).any() else float("nan")

@@ -213,15 +213,19 @@ class HGITTokenizer(SemanticIdTokenizer):
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     # --- fit ----------------------------------------------------------------------------------
-    def fit(self, X: np.ndarray, items: pl.DataFrame | None = None) -> "HGITTokenizer":
+    def _start_fit(self, X, items, who: str):
+        """Checked inputs, start time, resolved sizes and the geo normaliser; fixes the admin
+        columns this fit uses."""
         X = check_embeddings(X)
-        items = check_items(items, X.shape[0], True, "HGIT")
+        items = check_items(items, X.shape[0], True, who)
         t0 = time.perf_counter()
-        n, d = X.shape
-        sizes = self._resolve_sizes(n)
         self.admin_columns_ = None
         self.admin_columns_ = list(self._admin())
-        geo_mean, geo_scale = geo_normaliser(items)
+        return X, items, t0, self._resolve_sizes(X.shape[0]), geo_normaliser(items)
+
+    def fit(self, X: np.ndarray, items: pl.DataFrame | None = None) -> "HGITTokenizer":
+        X, items, t0, sizes, (geo_mean, geo_scale) = self._start_fit(X, items, "HGIT")
+        n, d = X.shape
         F = self._features(items, geo_mean, geo_scale)
         if not np.any(F):
             raise ValueError(
@@ -401,14 +405,8 @@ class HGITGeoLastTokenizer(HGITTokenizer):
     method = "hgit_geo_last"
 
     def fit(self, X: np.ndarray, items: pl.DataFrame | None = None) -> "HGITGeoLastTokenizer":
-        X = check_embeddings(X)
-        items = check_items(items, X.shape[0], True, "HGIT (geo last)")
-        t0 = time.perf_counter()
+        X, items, t0, sizes, (geo_mean, geo_scale) = self._start_fit(X, items, "HGIT (geo last)")
         n, d = X.shape
-        sizes = self._resolve_sizes(n)
-        self.admin_columns_ = None
-        self.admin_columns_ = list(self._admin())
-        geo_mean, geo_scale = geo_normaliser(items)
         G = self._features(items, geo_mean, geo_scale, content=False)
         if not np.any(G):
             raise ValueError("HGIT (geo last) needs lat/lon or admin columns (province/city/district/town); "
