@@ -109,19 +109,32 @@ QUARANTINE_RATE_LIMIT = 0.2
 
 
 @dg.asset_check(asset="catalog_quarantine", blocking=True,
-                description=f"Fails when more than {QUARANTINE_RATE_LIMIT:.0%} of a city's item rows are "
-                            "rejected (the 'unassigned' partition, which only holds rows without a city, "
-                            "is exempt).")
+                description=f"Fails when more than {QUARANTINE_RATE_LIMIT:.0%} of a city's item rows or "
+                            "of its interaction rows are rejected (the 'unassigned' partition, which "
+                            "only holds rows without a city or on unknown items, is exempt).")
 def quarantine_rate(context: dg.AssetCheckExecutionContext, home: LgsidHome) -> dg.AssetCheckResult:
     quarantine = _partition_slice(context, home, "catalog_quarantine")
     catalog = _partition_slice(context, home, "item_catalog")
+    try:
+        interactions = _partition_slice(context, home, "user_interactions")
+    except FileNotFoundError:  # no interaction was ever written (a dataset without any)
+        interactions = schema.empty_frame(schema.INTERACTIONS_TABLE_SCHEMA)
     rejected = quarantine.filter(pl.col("source").str.ends_with("items")).height
+    rejected_inter = quarantine.filter(pl.col("source").str.ends_with("interactions")).height
     total = rejected + catalog.height
+    total_inter = rejected_inter + interactions.height
     rate = rejected / total if total else 0.0
-    if context.run.tags.get("dagster/partition") == UNASSIGNED:
-        rate = 0.0
+    rate_inter = rejected_inter / total_inter if total_inter else 0.0
+    exempt = context.run.tags.get("dagster/partition") == UNASSIGNED
+    failing = [] if exempt else [
+        f"{what} quarantine rate {r:.1%} exceeds {QUARANTINE_RATE_LIMIT:.0%}"
+        for what, r in (("item", rate), ("interaction", rate_inter)) if r > QUARANTINE_RATE_LIMIT]
     return dg.AssetCheckResult(
-        passed=rate <= QUARANTINE_RATE_LIMIT,
+        passed=not failing,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"item_quarantine_rate": rate, "rejected_items": rejected, "limit": QUARANTINE_RATE_LIMIT},
+        description="; ".join(failing) or None,
+        metadata={"item_quarantine_rate": rate, "rejected_items": rejected, "items_in": total,
+                  "interaction_quarantine_rate": rate_inter, "rejected_interactions": rejected_inter,
+                  "interactions_in": total_inter, "limit": QUARANTINE_RATE_LIMIT,
+                  "exempt_partition": exempt},
     )

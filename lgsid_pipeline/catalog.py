@@ -69,25 +69,43 @@ def _coerce(raw: pl.DataFrame, target: dict[str, pl.DataType]) -> tuple[pl.DataF
     invalid UTF-8 shows up as U+FFFD and is caught by the text checks.
     """
     exprs = []
+    texts: dict[str, str] = {}
     for col, dtype in target.items():
         if col not in raw.columns:
             exprs.append(pl.lit(None, dtype=dtype).alias(col))
             continue
         src = raw.schema[col]
         expr = pl.col(col)
+        if _is_nested(src) and not _is_nested(dtype):
+            # A list / struct / object value is never a scalar of the schema (a list-typed
+            # ``lat``): every such row is quarantined as wrong_type naming the column and the
+            # expected type, instead of a raw polars cast error for the whole file.
+            exprs.append(pl.lit(None, dtype=dtype).alias(col))
+            texts[col] = f"{col} holds {src} values; expected a single {dtype} value"
+            continue
         if src == pl.Binary:
             expr = expr.map_elements(lambda b: b.decode("utf-8", "replace"), return_dtype=pl.Utf8)
         elif dtype == pl.Utf8 and not (src in (pl.Utf8, pl.Null, pl.Categorical) or src.is_numeric()):
             expr = pl.lit(None, dtype=pl.Utf8)  # nested / object values are not text
         if isinstance(dtype, pl.Datetime):
             if src == pl.Utf8:
-                expr = expr.str.to_datetime(strict=False, time_zone="UTC")
+                # ISO-like text first; a string of digits only is an epoch number (CSV files
+                # are read as text), converted like an integer column below.
+                digits = pl.when(expr.str.strip_chars().str.contains(r"^-?\d{1,19}$")).then(
+                    expr.str.strip_chars().cast(pl.Int64, strict=False))
+                expr = pl.coalesce(expr.str.to_datetime(strict=False, time_zone="UTC"),
+                                   _epoch_to_utc(digits))
+            elif src.is_integer():
+                expr = _epoch_to_utc(expr)
             elif isinstance(src, pl.Datetime) and src.time_zone is None:
                 expr = expr.dt.replace_time_zone("UTC")
             elif isinstance(src, pl.Datetime):
                 expr = expr.dt.convert_time_zone("UTC")
             elif src != pl.Null:
-                expr = pl.lit(None, dtype=dtype)  # numbers etc. are not timestamps
+                expr = pl.lit(None, dtype=dtype)  # floats, booleans etc. are not timestamps
+            if src.is_integer() or src == pl.Utf8:
+                texts[col] = (f"{col} is not a valid {dtype}: expected an ISO date/time or integer "
+                              f"epoch seconds/milliseconds (|value| < {_EPOCH_MS_LIMIT:.0e})")
         exprs.append(expr.cast(dtype, strict=False).alias(col))
     coerced = raw.select(exprs)
     checks = []
@@ -97,8 +115,34 @@ def _coerce(raw: pl.DataFrame, target: dict[str, pl.DataType]) -> tuple[pl.DataF
         failed = raw[col].is_not_null() & coerced[col].is_null()
         if raw.schema[col] in (pl.Float32, pl.Float64):
             failed = failed & ~raw[col].is_nan()
-        checks.append(("wrong_type", col, failed, f"{col} is not a valid {dtype}"))
+        checks.append(("wrong_type", col, failed, texts.get(col, f"{col} is not a valid {dtype}")))
     return coerced, checks
+
+
+_EPOCH_S_LIMIT = 1e11
+"""Integer timestamps below this magnitude are epoch *seconds* (1e11 s is the year 5138)."""
+_EPOCH_MS_LIMIT = 1e14
+"""From ``_EPOCH_S_LIMIT`` up to this magnitude they are epoch *milliseconds* (1e11 ms is March
+1973, 1e14 ms the year 5138); anything larger is not a plausible timestamp (wrong_type)."""
+
+
+def _epoch_to_utc(ints: pl.Expr) -> pl.Expr:
+    """Integer epoch timestamps (since 1970-01-01 UTC) -> ``Datetime("us", "UTC")``.
+
+    Each value's unit is read from its magnitude: seconds when ``|v| < 1e11``, milliseconds
+    when ``|v| < 1e14``, otherwise null (so the row is quarantined as wrong_type). The
+    ranges do not overlap for any date between 1973 and 5138.
+    """
+    v = ints.cast(pl.Int64, strict=False)
+    a = v.abs()
+    micros = (pl.when(a < _EPOCH_S_LIMIT).then(v * 1_000_000)
+              .when(a < _EPOCH_MS_LIMIT).then(v * 1_000)
+              .otherwise(None))
+    return micros.cast(pl.Datetime("us", "UTC"))
+
+
+def _is_nested(dtype: pl.DataType) -> bool:
+    return dtype.is_nested() or dtype == pl.Object
 
 
 def _records(raw: pl.DataFrame, rows: np.ndarray) -> list[str]:

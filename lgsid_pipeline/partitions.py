@@ -9,6 +9,8 @@ is kept in the ``city`` column. Keys are stable: the same dataset always yields 
   ``springfield-illinois`` and ``springfield-massachusetts``.
 - A name with nothing usable left (only punctuation or non-Latin script) becomes
   ``city-<hash>`` of the display name.
+- ``UNASSIGNED`` (``unassigned``) is reserved for rows without a city; a real city whose name
+  sanitises to it (``Unassigned``, ``UNASSIGNED!``) becomes ``unassigned-<hash>``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ def sanitize_city_key(name: str | None) -> str:
     slug = slugify(text)
     if not slug:
         return f"city-{_digest(text)}"
+    if slug == UNASSIGNED:
+        # A real city named "Unassigned" must never merge into the exempt partition of rows
+        # without a city: it gets its own key (``unassigned-<hash>``).
+        return f"{UNASSIGNED}-{_digest(text)}"
     if len(slug) > MAX_KEY_LEN:
         slug = slug[: MAX_KEY_LEN - 9].rstrip("-") + "-" + _digest(text)
     return slug

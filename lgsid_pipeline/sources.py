@@ -16,8 +16,10 @@ with the same ``item_id`` (the newest file wins).
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +77,7 @@ def _read_table(path: Path, what: str) -> pl.DataFrame:
         if suffix in (".csv", ".tsv", ".txt"):
             if path.stat().st_size == 0:
                 raise DataValidationError(f"{path}: {what} file is empty")
+            _refuse_duplicate_header(path, "\t" if suffix == ".tsv" else ",", what)
             return pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",",
                                infer_schema_length=0, encoding="utf8-lossy",
                                truncate_ragged_lines=True)
@@ -92,6 +95,22 @@ def _read_table(path: Path, what: str) -> pl.DataFrame:
         raise DataValidationError(
             f"{path}: cannot read {what} file{where} ({type(exc).__name__}: {str(exc)[:500]})") from exc
     raise DataValidationError(f"{path}: unsupported {what} file type {path.suffix!r}")
+
+
+def _refuse_duplicate_header(path: Path, separator: str, what: str) -> None:
+    """A CSV header naming one column twice is refused: polars would silently rename the second
+    one (``lat_duplicated_0``) and the pipeline would use whichever came first."""
+    with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+        header = next(csv.reader(fh, delimiter=separator), [])
+    if header:
+        header[0] = header[0].lstrip("\ufeff")
+    counts = Counter(header)
+    dups = [name for name, n in counts.items() if n > 1]
+    if dups:
+        cols = ", ".join(repr(d) for d in dups)
+        raise DataValidationError(
+            f"{path}: {what} file has duplicate column(s) {cols} in its header (line 1); "
+            "each column name must appear once")
 
 
 def _reject_constant(name: str):

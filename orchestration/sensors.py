@@ -3,7 +3,10 @@
 The cursor maps each landed file name to its fingerprint (mtime, size). A file is processed
 when its name is new or its fingerprint changed; the cursor is stored by the daemon, so a
 restart neither misses nor repeats a file, and each run request also carries a ``run_key``
-(file + fingerprint + city) so Dagster itself refuses duplicates.
+(file + fingerprint + city) so Dagster itself refuses duplicates. Landed files are read with
+the configured source's ``column_map``; a file that cannot be planned (unreadable, or no
+``item_id`` after the mapping) stays out of the cursor, so it is retried on every tick until it
+can be, and each tick names it and the problem in its log / skip message.
 """
 
 
@@ -25,32 +28,44 @@ def _fingerprint(path) -> str:
 
 
 def plan_landing(landing_dir: str | None, cursor: str | None, source: DataSource):
-    """Pure sensor logic: (new files, {city_key: ["name@fingerprint"]}, new cursor, errors)."""
+    """Pure sensor logic: (new files, {city_key: ["name@fingerprint"]}, new cursor, errors).
+
+    Landed files are read with the configured source's ``column_map`` (as ``load_source`` reads
+    them). A file that cannot be planned (unreadable, or no ``item_id`` column after the
+    mapping) is *not* recorded in the cursor: it is retried on the next tick, and its error,
+    naming the file and the problem, is returned in ``errors``.
+    """
     seen: dict[str, str] = json.loads(cursor) if cursor else {}
     files = sources.landing_files(landing_dir)
     new = [p for p in files if seen.get(p.name) != _fingerprint(p)]
     if not new:
         return [], {}, cursor, []
+    column_map = dict(source.spec().column_map)
     items, _, _ = source.validated()  # includes every landed file
     id_to_city = items.valid.select("item_id", "city_key")
     by_city: dict[str, list[str]] = {}
     errors = []
+    planned = []
     for path in new:
         try:
-            df = sources.read_landing_items([path])
+            df = sources.read_landing_items([path], column_map)
         except DataValidationError as exc:
-            errors.append(str(exc))
+            errors.append(f"{path.name}: not planned, retried next tick: {exc}")
             continue
         if df is None or "item_id" not in df.columns:
-            errors.append(f"{path}: landed file has no item_id column")
+            found = [c for c in (df.columns if df is not None else []) if not c.startswith("__")]
+            mapped = f" (column_map maps item_id from {column_map['item_id']!r})" if "item_id" in column_map else ""
+            errors.append(f"{path.name}: not planned, retried next tick: {path}: landed file has no "
+                          f"item_id column{mapped}; found columns {found}")
             continue
+        planned.append(path)
         ids = df.select(pl.col("item_id").cast(pl.Utf8)).unique()
         for key in ids.join(id_to_city, on="item_id")["city_key"].unique().sort().to_list():
             by_city.setdefault(key, []).append(f"{path.name}@{_fingerprint(path)}")
     new_cursor = dict(seen)
-    for path in new:
+    for path in planned:
         new_cursor[path.name] = _fingerprint(path)
-    return new, by_city, json.dumps(new_cursor, sort_keys=True), errors
+    return planned, by_city, json.dumps(new_cursor, sort_keys=True), errors
 
 
 @dg.sensor(job=city_refresh_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
@@ -63,6 +78,9 @@ def new_items_sensor(context: dg.SensorEvaluationContext, source: DataSource):
     for err in errors:
         context.log.warning(err)
     if not new:
+        if errors:
+            return dg.SkipReason(f"{len(errors)} landed file(s) could not be planned and will be "
+                                 "retried on the next tick: " + " | ".join(errors)[:4000])
         return dg.SkipReason("no new or changed files in the landing folder")
     existing = set(context.instance.get_dynamic_partitions(city_partitions.name))
     added = sorted(set(by_city) - existing)

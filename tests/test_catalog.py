@@ -115,3 +115,57 @@ def test_nothing_is_lost(test_world):
     res = validate_items(broken)
     assert res.valid.height + res.quarantine.height == broken.height
     assert res.quarantine["reason"].to_list() == ["duplicate_item_id"] * 5
+
+
+# -- format mismatches (issue tracker: integer epochs, list-typed lat, "Unassigned" city) --------
+
+def _inter(timestamps, dtype=pl.Int64):
+    n = len(timestamps)
+    return pl.DataFrame({"user_id": ["u1"] * n, "item_id": [f"i{i}" for i in range(n)],
+                         "timestamp": pl.Series(timestamps, dtype=dtype)})
+
+
+def test_integer_epoch_seconds_and_milliseconds_are_timestamps():
+    import datetime as dt
+
+    catalog = validate_items(_items()).valid
+    res = validate_interactions(_inter([1_700_000_000, 1_700_000_001, 1_700_000_000_123]), catalog)
+    assert res.quarantine.height == 0, res.quarantine
+    utc = dt.timezone.utc
+    ts = res.valid.sort("item_id")["timestamp"].to_list()
+    assert ts[0] == dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=utc)  # seconds
+    assert ts[2] == dt.datetime(2023, 11, 14, 22, 13, 20, 123_000, tzinfo=utc)  # milliseconds
+    # A CSV column (read as text) of epoch digits is accepted the same way.
+    text = validate_interactions(_inter(["1700000000", " 1700000001 "], dtype=pl.Utf8), catalog)
+    assert text.quarantine.height == 0 and text.valid["timestamp"].null_count() == 0
+
+
+def test_implausible_integer_timestamp_is_quarantined_with_reason():
+    catalog = validate_items(_items()).valid
+    res = validate_interactions(_inter([1_700_000_000, 10**17]), catalog)
+    assert res.valid.height == 1
+    row = res.quarantine.row(0, named=True)
+    assert (row["reason"], row["field"]) == ("wrong_type", "timestamp")
+    assert "epoch" in row["detail"]
+
+
+def test_list_typed_lat_is_quarantined_naming_column_and_type():
+    items = pl.DataFrame({"item_id": ["a", "b"], "name": ["A", "B"], "lat": [[40.7], [40.71]],
+                          "lon": [-74.0, -74.01], "city": ["New York"] * 2, "province": ["NY"] * 2})
+    res = validate_items(items)  # no raw polars InvalidOperationError
+    assert res.valid.height == 0 and res.quarantine.height == 2
+    assert set(res.quarantine["reason"]) == {"wrong_type"} and set(res.quarantine["field"]) == {"lat"}
+    detail = res.quarantine["detail"][0]
+    assert "lat" in detail and "List" in detail and "Float64" in detail
+
+
+def test_real_city_named_unassigned_is_not_the_exempt_partition():
+    from lgsid_pipeline.partitions import UNASSIGNED
+
+    items = _items(city=(0, None)).with_columns(
+        pl.when(pl.col("item_id").is_in(["i1", "i2", "i3"])).then(pl.lit("Unassigned"))
+        .otherwise(pl.col("city")).alias("city"))
+    res = validate_items(items)
+    keys = dict(res.valid.select("item_id", "city_key").iter_rows())
+    assert keys["i1"] == keys["i2"] == keys["i3"] != UNASSIGNED
+    assert res.quarantine.filter(pl.col("reason") == "missing_city")["city_key"].to_list() == [UNASSIGNED]

@@ -207,3 +207,26 @@ def test_dagster_definitions_validate_cli(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "All code locations passed validation" in proc.stderr + proc.stdout
+
+
+def test_quarantine_rate_check_blocks_a_city_whose_interactions_are_all_rejected(tmp_path, home, test_world):
+    """The blocking check covers interactions too: 100% of a city's interactions quarantined
+    (here: timestamps that are no date at all) fails it, with metadata for items and interactions."""
+    data = tmp_path / "data"
+    data.mkdir()
+    test_world.items.write_parquet(data / "items.parquet")
+    portland_ids = test_world.items.filter(pl.col("city") == "Portland")["item_id"]
+    inter = test_world.interactions.with_columns(pl.col("timestamp").cast(pl.Utf8)).with_columns(
+        pl.when(pl.col("item_id").is_in(portland_ids.implode())).then(pl.lit("not a date"))
+        .otherwise(pl.col("timestamp")).alias("timestamp"))
+    inter.write_parquet(data / "interactions.parquet")
+    source = DataSource(kind="folder", path=str(data))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("city", ["portland"])
+    result = dg.materialize(ASSETS, partition_key="portland", instance=instance,
+                            resources=build_resources(str(home), source), raise_on_error=False)
+    check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "quarantine_rate")
+    assert not check.passed
+    meta = {k: v.value for k, v in check.metadata.items()}
+    assert meta["interaction_quarantine_rate"] == 1.0 and meta["rejected_interactions"] > 0
+    assert meta["item_quarantine_rate"] == 0.0 and "rejected_items" in meta

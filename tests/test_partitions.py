@@ -60,3 +60,15 @@ def test_validate_city_key_rejects_unsafe(bad):
 def test_confine_refuses_escapes(tmp_path, parts):
     with pytest.raises(ValueError):
         confine(tmp_path / "root", *parts)
+
+
+@pytest.mark.parametrize("name", ["Unassigned", "UNASSIGNED", " unassigned! "])
+def test_real_city_never_gets_the_unassigned_key(name):
+    key = sanitize_city_key(name)
+    assert key != UNASSIGNED and key.startswith("unassigned-") and is_valid_city_key(key)
+    assert sanitize_city_key(name) == key  # stable
+    table = city_key_table(pl.DataFrame({"province": [None, "A", "B"], "city": [None, name, name]}))
+    keys = {(r["province"], r["city"]): r["city_key"] for r in table.iter_rows(named=True)}
+    assert keys[(None, None)] == UNASSIGNED
+    assert UNASSIGNED not in (keys[("A", name)], keys[("B", name)])
+    assert keys[("A", name)] != keys[("B", name)]

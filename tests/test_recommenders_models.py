@@ -170,7 +170,13 @@ def test_evaluate_all_tables_and_cache(planted, tmp_path):
     assert st["n"][0] == 2 and st["baseline"][0] == "Origin" and not st["can_reach_significance"][0]
     assert set(res.per_city["city"]) <= set(d.items["city_key"])
     assert res.per_city.filter(pl.col("model") == "TIGER")["users"].unique().sum() <= 80
-    assert res.reachability.height == 5 and res.reachability["share"].is_between(0, 1).all()
+    assert res.reachability.height == 6 and res.reachability["share"].is_between(0, 1).all()
+    # the reference row: the test targets' own reachability, as strata.target_reachability
+    ref = res.reachability.filter(pl.col("model") == "targets")["share"][0]
+    from lgsid_pipeline.recommenders.data import item_attribute
+    from lgsid_pipeline.recommenders.strata import target_reachability
+    lat, lon = (item_attribute(res.split, d.items, c).astype(float) for c in ("lat", "lon"))
+    assert ref == pytest.approx(target_reachability(res.split, lat, lon))
     # ours (hgit) against the other tokenizer and each heuristic, over the same test users
     up = res.user_paired
     assert set(zip(up["baseline_model"], up["baseline"])) == {("TIGER", "rqvae"), ("heuristic", "popularity"),

@@ -134,3 +134,19 @@ def test_shared_datasets_load_with_one_config_line(name):
     if name == "gowalla_nyc":  # about 19% of check-ins name unknown items
         share = inter.counts.get("reason:unknown_item", 0) / ds.interactions.height
         assert 0.15 < share < 0.25
+
+
+def test_duplicate_csv_header_is_refused_naming_the_column(tmp_path):
+    (tmp_path / "items.csv").write_text(
+        "item_id,name,lat,lon,lat,city\ns1,A,51.5,-0.12,0.0,London\n")
+    (tmp_path / "interactions.csv").write_text("user_id,item_id\nu1,s1\n")
+    with pytest.raises(DataValidationError, match=r"items\.csv.*duplicate column.*'lat'"):
+        load_source(SourceSpec(kind="folder", path=str(tmp_path)))
+    # A landed CSV with a duplicate header is reported by name (not silently merged).
+    (tmp_path / "items.csv").write_text("item_id,name,lat,lon,city\ns1,A,51.5,-0.12,London\n")
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "new.csv").write_text("item_id,lat,lat,lon,city\ns2,51.5,1.0,-0.12,London\n")
+    ds = load_source(SourceSpec(kind="folder", path=str(tmp_path), landing_dir=str(landing)))
+    assert len(ds.landing_errors) == 1 and "new.csv" in ds.landing_errors[0]
+    assert "'lat'" in ds.landing_errors[0]

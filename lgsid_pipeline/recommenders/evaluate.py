@@ -30,6 +30,7 @@ from .heuristics import HEURISTICS, run_heuristic
 from .metrics import per_user_hit_ndcg, target_ranks
 from .reachability import reachable_share
 from .stats import paired_over_users, summarize, wilcoxon_paired
+from .strata import target_reachability
 from .tiger import GenResult, TigerConfig, rank_stage, topk_frame, train_and_evaluate_tiger
 
 TIGER_METRICS = ("test_hit@5", "test_hit@10", "test_ndcg@5", "test_ndcg@10")
@@ -236,6 +237,9 @@ def evaluate_all(
         share = reachable_share(topk, test_hist, lat, lon, km=reach_km, last_n=reach_last_n)
         reach_rows.append({"model": model, "variant": variant, "seed": seed, "share": share})
 
+    if lat is not None:  # the reference: how local the real test targets are
+        share = target_reachability(split, lat, lon, km=reach_km, last_n=reach_last_n)
+        reach_rows.append({"model": "targets", "variant": "test_target", "seed": seeds[0], "share": share})
     for h in heuristics:
         if h == "geo_nearest" and lat is None:
             continue

@@ -8,6 +8,7 @@ instance is closed ("daemon stopped"), files land, and a fresh instance on the s
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -130,12 +131,56 @@ def test_corrupt_landed_file_does_not_block_other_files(tmp_path, test_world, fi
         ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"source": source})
         result = new_items_sensor(ctx)
         assert [r.partition_key for r in result.run_requests] == ["portland"]  # the good file
-        assert "broken.parquet" in result.cursor  # reported once, not retried every tick
+        # Not marked processed: it is retried (and named) on the next tick, never forgotten.
+        assert "broken.parquet" not in json.loads(result.cursor)
+        assert "good.parquet" in json.loads(result.cursor)
         ctx = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"source": source})
-        assert isinstance(new_items_sensor(ctx), dg.SkipReason)
+        again = new_items_sensor(ctx)
+        assert isinstance(again, dg.SkipReason) and "broken.parquet" in again.skip_message
     from lgsid_pipeline.sources import load_source
 
     ds = load_source(source.spec())
     assert len(ds.landing_errors) == 1 and "broken.parquet" in ds.landing_errors[0]
     assert ds.items.filter(pl.col("item_id").str.ends_with("-g")).height == 2
     figures.add("corrupt landed files skipped with a named error", 1)
+
+
+def test_sensor_applies_the_sources_column_map_and_retries_unplannable_files(tmp_path, test_world):
+    """A files source with a column_map ({"item_id": "shop"}): landed files in the source's own
+    column names are planned with that mapping; a file that cannot be planned stays out of the
+    cursor (retried next tick) and is named with the missing column."""
+    base = tmp_path / "base"
+    base.mkdir()
+    test_world.items.rename({"item_id": "shop"}).write_parquet(base / "shops.parquet")
+    test_world.interactions.rename({"item_id": "shop"}).write_parquet(base / "visits.parquet")
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    source = DataSource(kind="files", items_file=str(base / "shops.parquet"),
+                        interactions_file=str(base / "visits.parquet"),
+                        column_map={"item_id": "shop"}, landing_dir=str(landing))
+    portland = test_world.items.filter(pl.col("city") == "Portland").head(2)
+    time.sleep(0.01)
+    portland.with_columns((pl.col("item_id") + "-m").alias("item_id")).rename(
+        {"item_id": "shop"}).write_parquet(landing / "mapped.parquet")
+    time.sleep(0.01)
+    portland.drop("item_id").write_parquet(landing / "no-id.parquet")  # neither shop nor item_id
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"source": source})
+        result = new_items_sensor(ctx)
+        assert isinstance(result, dg.SensorResult)
+        assert [r.partition_key for r in result.run_requests] == ["portland"]
+        assert "mapped.parquet" in result.run_requests[0].tags["lgsid/files"]
+        cursor = json.loads(result.cursor)
+        assert "mapped.parquet" in cursor and "no-id.parquet" not in cursor
+        ctx = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"source": source})
+        again = new_items_sensor(ctx)  # retried, and named with the missing column
+        assert isinstance(again, dg.SkipReason)
+        assert "no-id.parquet" in again.skip_message and "shop" in again.skip_message
+        # Once the file is fixed it is planned and processed.
+        time.sleep(0.01)
+        portland.with_columns((pl.col("item_id") + "-n").alias("item_id")).rename(
+            {"item_id": "shop"}).write_parquet(landing / "no-id.parquet")
+        ctx = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"source": source})
+        fixed = new_items_sensor(ctx)
+        assert [r.partition_key for r in fixed.run_requests] == ["portland"]
+        assert "no-id.parquet" in json.loads(fixed.cursor)
