@@ -50,6 +50,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_recommenders import airport_items  # noqa: E402
 from lgsid_pipeline.prompts import build_prompts  # noqa: E402
 from lgsid_pipeline.recommenders.data import SplitData, item_attribute, next_item_split  # noqa: E402
 from lgsid_pipeline.recommenders.din import DINConfig, train_and_evaluate_din  # noqa: E402
@@ -69,7 +70,6 @@ DEFAULT_METHODS = ("hgit:origin", "hgit_geo_last:origin", "res_kmeans:origin", "
                    "gnpr_rqvae", "random_id")
 LGSID_FAMILY = ("hgit", "hgit_geo_last")  # the paper's HGIT and its variants, on any embeddings
 CONTROLS = ("random_id",)
-AIRPORT_PATTERN = r"^(LGA LaGuardia Airport|JFK John F\. Kennedy International|EWR Newark Liberty International)$"
 
 
 @dataclass(frozen=True)
@@ -191,9 +191,7 @@ def run(args: argparse.Namespace) -> dict:
     popularity = item_counts(split, "valid")  # training visits only
     lat = item_attribute(split, ranked, "lat").astype(np.float64)
     lon = item_attribute(split, ranked, "lon").astype(np.float64)
-    names = item_attribute(split, ranked, "name") if "name" in ranked.columns else np.array([None] * split.n_items)
-    airports = np.flatnonzero(pl.Series([n if isinstance(n, str) else "" for n in names]).str.contains(AIRPORT_PATTERN)
-                              .to_numpy())
+    airports = airport_items(split, ranked) if "name" in ranked.columns else np.array([], dtype=np.int64)
     no_airport = ~np.isin(split.test_target, airports)
     strata = target_strata(split, lat, lon, airports=airports)
     cands = local_candidates(split, lat, lon, "test", km=args.local_km)
@@ -305,13 +303,10 @@ def markdown(result: dict) -> str:
         p = e.get("paired", {}).get("valid", {}).get("hit@10")
         pv = f"{p['mean_diff']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]" if p else "-"
         c = e.get("collisions", {})
+        local = f"{e['local']['hit@10']:.4f}" if "local" in e else "-"
         rows.append(f"| {name} | {e['family']} | {e.get('embeddings', '-')} | {e.get('dedup_order', '-')} | "
                     f"{e['valid']['hit@10']:.4f} | {e['valid']['ndcg@10']:.4f} | {e['test']['hit@10']:.4f} | "
-                    f"{e['test']['ndcg@10']:.4f} | {e['test_no_airports']['hit@10']:.4f} | "
-                    f"{e['local']['hit@10']:.4f} | " if "local" in e else
-                    f"| {name} | {e['family']} | {e.get('embeddings', '-')} | {e.get('dedup_order', '-')} | "
-                    f"{e['valid']['hit@10']:.4f} | {e['valid']['ndcg@10']:.4f} | {e['test']['hit@10']:.4f} | "
-                    f"{e['test']['ndcg@10']:.4f} | {e['test_no_airports']['hit@10']:.4f} | - | ")
+                    f"{e['test']['ndcg@10']:.4f} | {e['test_no_airports']['hit@10']:.4f} | {local} | ")
         rows[-1] += (f"{e.get('reachability', float('nan')):.3f} | {c.get('collision_rate_before', float('nan')):.3f} | "
                      f"{c.get('max_digit', '-')} | {pv} |")
     head = (f"### {result['dataset']}: best baseline `{result['best_baseline']}`, default method "
