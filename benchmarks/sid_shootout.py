@@ -4,7 +4,7 @@ Usage:
     .venv/bin/python -m benchmarks.sid_shootout --data ../shared/data/gowalla_nyc --out FILE.json
         [--seeds 0,1,2] [--tiger-steps N] [--methods M,M,...] [--aligned PARQUET]
         [--dedup-order item_id|spatial|popularity] [--local-km 5] [--din-epochs 3]
-        [--cache DIR] [--encoder DIR] [--codebook-size K]
+        [--cache DIR] [--encoder DIR] [--codebook-size K] [--threads 2] [--jobs 2]
 
 What it does, in order:
 
@@ -172,6 +172,58 @@ def _summary(arr: np.ndarray, mask: np.ndarray | None = None) -> dict:
             "ndcg@10": float(a[1].mean()) if a.shape[1] else float("nan"), "users": int(a.shape[1])}
 
 
+_CTX: dict = {}
+
+
+def _init_worker(ctx: dict) -> None:
+    _CTX.clear()
+    _CTX.update(ctx)
+    torch.set_num_threads(ctx["threads"])
+
+
+def _one_run(task: tuple) -> tuple[tuple[str, int], dict]:
+    """TIGER (and DIN) for one method and seed: per-user arrays of every view, and the records."""
+    name, sids, seed = task
+    c = _CTX
+    split = c["split"]
+    sid_map = dict(zip(split.item_ids, sids.tolist()))
+    cfg = replace(c["tiger_cfg"], seed=seed)
+    res = train_and_evaluate_tiger(split, sid_map, cfg)
+    loc, _ = tiger_local_topk(res.model, _Tokens(res.codec, cfg, split), split, "test", cfg, c["cands"])
+    lm = local_metrics(loc, split, "test", c["eligible"])
+    out = {
+        "valid": _per_user(res.topk_idx["valid"], split.valid_target),
+        "test": _per_user(res.topk_idx["test"], split.test_target),
+        "local": np.stack([lm["hit@10_per_user"], lm["ndcg@10_per_user"]]),
+        "reach": reachable_share(res.topk_idx["test"], split.history("test"), c["lat"], c["lon"]),
+        "tiger": {"seed": seed, "best_epoch": res.best_epoch, "cpu_seconds": res.cpu_seconds, "seconds": res.seconds,
+                  **{k: float(v) for k, v in res.metrics.items()}},
+        "din": None,
+    }
+    if c["din_epochs"] > 0:
+        d = train_and_evaluate_din(split, sid_map, replace(c["din_cfg"], seed=seed))
+        out["din"] = {"seed": seed, "cpu_seconds": d.cpu_seconds, **{k: float(v) for k, v in d.metrics.items()}}
+    return (name, seed), out
+
+
+def _run_all(tasks: list[tuple], ctx: dict, jobs: int):
+    """Yield ``_one_run`` results; ``jobs > 1`` runs them in that many spawned processes, each
+    with ``ctx["threads"]`` torch threads (on 2 cores two 1-thread runs finish more steps per
+    second than one 2-thread run). Every run is seeded, so the results do not depend on jobs."""
+    if jobs <= 1:
+        _init_worker(ctx)
+        for t in tasks:
+            yield _one_run(t)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(ctx,)) as pool:
+        for f in as_completed([pool.submit(_one_run, t) for t in tasks]):
+            yield f.result()
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -216,28 +268,29 @@ def run(args: argparse.Namespace) -> dict:
         lm = local_metrics(topk, split, "test", eligible)
         keep(name, "local", np.stack([lm["hit@10_per_user"], lm["ndcg@10_per_user"]]))
 
+    ctx = {"split": split, "lat": lat, "lon": lon, "cands": cands, "eligible": eligible, "tiger_cfg": tiger_cfg,
+           "din_cfg": din_cfg, "din_epochs": args.din_epochs, "threads": max(1, args.threads // max(1, args.jobs))}
+    tasks, entries = [], {}
     for spec in specs:
         sids, figures = build_sids(spec, X, ranked, sizes, args.levels, popularity, args.codebook_seed)
-        sid_map = dict(zip(split.item_ids, sids.tolist()))
-        entry = {"family": spec.family, "tokenizer": spec.tokenizer, "embeddings": spec.embeddings,
-                 "dedup_order": spec.order, "collisions": figures, "tiger": [], "din": []}
-        reach = []
+        entries[spec.name] = {"family": spec.family, "tokenizer": spec.tokenizer, "embeddings": spec.embeddings,
+                              "dedup_order": spec.order, "collisions": figures, "tiger": [], "din": []}
+        tasks.extend((spec.name, sids, seed) for seed in args.seeds)
+    done = {}
+    for key, r in _run_all(tasks, ctx, args.jobs):
+        done[key] = r
+        print(f"[{time.perf_counter() - t_start:7.0f}s] {key[0]} seed {key[1]}: "
+              f"valid hit@10 {r['tiger']['valid_hit@10']:.4f} ({r['tiger']['seconds']:.0f} s)", flush=True)
+    for spec in specs:
+        entry, reach = entries[spec.name], []
         for seed in args.seeds:
-            cfg = replace(tiger_cfg, seed=seed)
-            res = train_and_evaluate_tiger(split, sid_map, cfg)
-            keep(spec.name, "valid", _per_user(res.topk_idx["valid"], split.valid_target))
-            keep(spec.name, "test", _per_user(res.topk_idx["test"], split.test_target))
-            reach.append(reachable_share(res.topk_idx["test"], split.history("test"), lat, lon))
-            loc, _ = tiger_local_topk(res.model, _Tokens(res.codec, cfg, split), split, "test", cfg, cands)
-            lm = local_metrics(loc, split, "test", eligible)
-            keep(spec.name, "local", np.stack([lm["hit@10_per_user"], lm["ndcg@10_per_user"]]))
-            entry["tiger"].append({"seed": seed, "best_epoch": res.best_epoch, "cpu_seconds": res.cpu_seconds,
-                                   **{k: float(v) for k, v in res.metrics.items()}})
-            if args.din_epochs > 0:
-                d = train_and_evaluate_din(split, sid_map, replace(din_cfg, seed=seed))
-                entry["din"].append({"seed": seed, "cpu_seconds": d.cpu_seconds, **{k: float(v) for k, v in d.metrics.items()}})
-            print(f"[{time.perf_counter() - t_start:7.0f}s] {spec.name} seed {seed}: "
-                  f"valid hit@10 {res.metrics.get('valid_hit@10', float('nan')):.4f}", flush=True)
+            r = done[(spec.name, seed)]
+            for stage in ("valid", "test", "local"):
+                keep(spec.name, stage, r[stage])
+            reach.append(r["reach"])
+            entry["tiger"].append(r["tiger"])
+            if r["din"] is not None:
+                entry["din"].append(r["din"])
         entry["reachability"] = float(np.nanmean(reach))
         out_methods[spec.name] = entry
 
@@ -284,7 +337,8 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {"seeds": args.seeds, "tiger_steps": args.tiger_steps, "din_epochs": args.din_epochs,
                      "codebook_sizes": sizes, "levels": args.levels, "codebook_seed": args.codebook_seed,
                      "local_km": args.local_km, "dedup": "append", "fitted_on": "the ranked (5-core) items",
-                     "tiger": {k: v for k, v in tiger_cfg.__dict__.items()}, "threads": args.threads},
+                     "tiger": {k: v for k, v in tiger_cfg.__dict__.items()}, "threads": args.threads,
+                     "jobs": args.jobs},
         "identical_prompt_share": identical,
         "targets_reachability": target_reachability(split, lat, lon),
         "airport_target_share": float(1 - no_airport.mean()),
@@ -334,7 +388,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--codebook-seed", type=int, default=0)
     ap.add_argument("--cache", default=str(ROOT / ".lgsid" / "shootout-cache"))
     ap.add_argument("--encoder", default=None, help="model directory (default: the bundled all-MiniLM-L6-v2)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads in all (split across --jobs)")
+    ap.add_argument("--jobs", type=int, default=2, help="TIGER/DIN runs in parallel processes")
     return ap.parse_args(argv)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,11 +12,8 @@ import pytest
 
 from lgsid_pipeline.encoder import build_tiny_bert
 
-_spec = importlib.util.spec_from_file_location(
-    "sid_shootout", Path(__file__).resolve().parents[1] / "benchmarks" / "sid_shootout.py")
-sid_shootout = importlib.util.module_from_spec(_spec)
-sys.modules["sid_shootout"] = sid_shootout  # dataclasses look their module up
-_spec.loader.exec_module(sid_shootout)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import sid_shootout  # noqa: E402  (a package import, so spawned workers can unpickle its functions)
 
 
 def tiny_dataset(path, n_items=120, n_users=80, seed=0):
@@ -50,7 +46,8 @@ def test_shootout_writes_every_figure(tmp_path):
     methods = "hgit:origin,hgit_geo_last:origin@spatial,res_kmeans:origin,geo_prefix:origin,gnpr_rqvae,random_id"
     res = sid_shootout.main(["--data", str(data), "--out", str(out), "--seeds", "0,1", "--tiger-steps", "6",
                              "--din-epochs", "1", "--methods", methods, "--encoder", str(bert),
-                             "--cache", str(tmp_path / "cache"), "--threads", "1", "--codebook-size", "8"])
+                             "--cache", str(tmp_path / "cache"), "--threads", "1", "--codebook-size", "8",
+                             "--jobs", "2"])
     saved = json.loads(out.read_text())
     assert saved["best_baseline"] in ("res_kmeans:origin", "geo_prefix:origin", "gnpr_rqvae")
     assert saved["default_method"] != "random_id"
@@ -72,6 +69,15 @@ def test_shootout_writes_every_figure(tmp_path):
     assert res["targets_reachability"] == pytest.approx(saved["targets_reachability"])
     # every test target lies in its user's area (0.5 degrees apart), so local mode keeps them all
     assert saved["methods"]["res_kmeans:origin"]["local"]["eligible_share"] == pytest.approx(1.0)
+    # the parallel runs are the serial runs: one process gives the same per-seed figures
+    serial = sid_shootout.main(["--data", str(data), "--out", str(tmp_path / "serial.json"), "--seeds", "0,1",
+                                "--tiger-steps", "6", "--din-epochs", "1", "--methods", "random_id,res_kmeans:origin",
+                                "--encoder", str(bert), "--cache", str(tmp_path / "cache"), "--threads", "1",
+                                "--codebook-size", "8", "--jobs", "1"])
+    for name in ("random_id", "res_kmeans:origin"):
+        for a, b in zip(serial["methods"][name]["tiger"], saved["methods"][name]["tiger"]):
+            assert {k: v for k, v in a.items() if "seconds" not in k} == {k: v for k, v in b.items() if "seconds" not in k}
+        assert serial["methods"][name]["valid"] == saved["methods"][name]["valid"]
 
 
 def test_bad_method_names_are_clear_errors(tmp_path):

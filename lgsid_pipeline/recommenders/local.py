@@ -136,8 +136,8 @@ def tiger_local_topk(model: TigerModel, tk: _Tokens, split: SplitData, stage: st
     hist = _history_matrix(split.history(stage), cfg.max_history)
     users = np.arange(split.n_users)
 
-    def allowed(sl: slice) -> list[torch.Tensor]:
-        return allowed_masks(tk.codec, cands[sl])
+    def allowed(rows: np.ndarray) -> list[torch.Tensor]:
+        return allowed_masks(tk.codec, cands[rows])
 
     return _rank_users(model, tk, hist, users, split.last_item(stage), cfg, k, allowed=allowed)
 

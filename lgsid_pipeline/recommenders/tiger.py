@@ -40,6 +40,7 @@ from .heuristics import stage_metrics
 from .metrics import topk_metrics
 
 PAD, BOS, N_SPECIAL = 0, 1, 2
+DENSE_TABLE_LIMIT = 1 << 24  # entries (int64: 128 MiB) of one level's valid-next-token table
 
 
 @dataclass
@@ -67,6 +68,8 @@ class TigerConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
+    fast: bool = True  # lean forward + level-sliced head + KV-cached beam search; False = nn.Transformer reference
+    length_buckets: int = 16  # sort each run of this many batches by history length (less padding); 0 = plain shuffle
 
     def __post_init__(self) -> None:
         if self.beams < self.k + 1:
@@ -75,6 +78,8 @@ class TigerConfig:
             raise ValueError("d_model must be divisible by heads")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.length_buckets < 0:
+            raise ValueError(f"length_buckets must be >= 0, got {self.length_buckets}")
         if self.history_tokens not in ("flat", "item"):
             raise ValueError(f"history_tokens must be 'flat' or 'item', got {self.history_tokens!r}")
 
@@ -133,8 +138,28 @@ class SIDCodec:
                 self.item_prefix.append(parent.astype(np.int64))
                 self.n_nodes.append(int(uk.size))
 
+        # valid-next-token tables: level l's (parent nodes, codes) child ids, -1 where the trie
+        # has no such child; one gather per level instead of a binary search. Levels whose
+        # table would exceed DENSE_TABLE_LIMIT entries keep the sorted-key search.
+        self.next_table: list[torch.Tensor | None] = []
+        n_parents = 1
+        for lvl in range(self.levels):
+            size = int(self.sizes[lvl])
+            if n_parents * size <= DENSE_TABLE_LIMIT:
+                table = np.full(n_parents * size, -1, dtype=np.int64)
+                table[self.trie_keys[lvl]] = self.trie_child[lvl]
+                self.next_table.append(torch.from_numpy(table.reshape(n_parents, size)))
+            else:
+                self.next_table.append(None)
+            n_parents = self.n_nodes[lvl]
+
     def lookup(self, lvl: int, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For parent prefix ids (any shape), return (valid, child) over every level-``lvl`` code."""
+        table = self.next_table[lvl]
+        if table is not None:
+            c = table[parent]
+            valid = c >= 0
+            return valid, torch.where(valid, c, torch.zeros_like(c))
         size = int(self.sizes[lvl])
         keys = torch.from_numpy(self.trie_keys[lvl])
         child = torch.from_numpy(self.trie_child[lvl])
@@ -168,6 +193,21 @@ def sid_codes_for(split: SplitData, sids) -> np.ndarray:
 
 
 class TigerModel(nn.Module):
+    """The encoder-decoder. Parameters live in standard ``nn.Transformer*`` modules (so saved
+    weights load either way); ``cfg.fast`` picks how they are run:
+
+    - ``fast=True`` (default): a lean functional forward over the same parameters, with
+      ``scaled_dot_product_attention``, a head evaluated only on each level's own code slice
+      (the masked full-vocabulary softmax it replaces gives exactly the same loss and
+      log-probs), and a key/value-cached decoder for beam search;
+    - ``fast=False``: the modules' own forward (the reference path the speed benchmark and
+      the equivalence tests compare against).
+
+    Encoder positions are right-aligned (the most recent item always has the last position
+    id), so a batch whose histories are all shorter than ``max_history`` can drop its leading
+    padding columns without changing any output.
+    """
+
     def __init__(self, cfg: TigerConfig, n_codes: int, levels: int):
         super().__init__()
         self.cfg = cfg
@@ -177,6 +217,9 @@ class TigerModel(nn.Module):
         self.embed = nn.Embedding(vocab, cfg.d_model, padding_idx=PAD)
         n_pos = cfg.max_history * (levels if cfg.history_tokens == "flat" else 1) + 1
         self.enc_pos = nn.Embedding(n_pos, cfg.d_model)
+        # an untrimmed input's length (the window, plus the user token when there is one): its
+        # positions are 0 .. full_len - 1, and a trimmed input keeps the last ones
+        self.full_len = n_pos - 1 + (1 if cfg.user_buckets else 0)
         self.dec_pos = nn.Embedding(levels + 1, cfg.d_model)
         enc_layer = nn.TransformerEncoderLayer(
             cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, batch_first=True, norm_first=True
@@ -190,22 +233,73 @@ class TigerModel(nn.Module):
         self.decoder = nn.TransformerDecoder(dec_layer, cfg.dec_layers, norm=nn.LayerNorm(cfg.d_model))
         self.head = nn.Linear(cfg.d_model, n_codes)
 
-    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``src`` is (B, T) flat tokens or (B, H, L) per-item tokens (summed per item)."""
+    # ------------------------------------------------------------------ shared pieces
+    def _p(self) -> float:
+        return self.cfg.dropout if self.training else 0.0
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, heads, T, D / heads)."""
+        b, n, d = t.shape
+        return t.reshape(b, n, self.cfg.heads, d // self.cfg.heads).transpose(1, 2)
+
+    def _attend(self, m: nn.MultiheadAttention, q, k, v, mask) -> torch.Tensor:
+        """Attention of already projected (B, T, D) q/k/v through ``m``'s output projection."""
+        b, n, d = q.shape
+        o = nn.functional.scaled_dot_product_attention(
+            self._heads(q), self._heads(k), self._heads(v), attn_mask=mask, dropout_p=self._p()
+        )
+        return m.out_proj(o.transpose(1, 2).reshape(b, n, d))
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverted dropout whose keep mask comes from 16-bit draws of the seeded global
+        generator (keep probability ``1 - p`` to 1/65536). On CPU, ``torch.bernoulli`` draws
+        a float per element and was a fifth of a training step; the int16 draw is under half
+        of that. Same expectation and variance as ``F.dropout``."""
+        p = self._p()
+        if p == 0.0:
+            return x
+        keep = torch.randint(-32768, 32768, x.shape, dtype=torch.int16, device=x.device) >= round(p * 65536) - 32768
+        return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
+
+    def _ff(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return self._drop(layer.linear2(self._drop(nn.functional.relu(layer.linear1(h)))))
+
+    def _embed_src(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if src.dim() == 3:
             pad = (src == PAD).all(-1)
             h = self.embed(src).sum(2)
         else:
             pad = src == PAD
             h = self.embed(src)
-        pos = torch.arange(h.shape[1], device=src.device)
-        h = h + self.enc_pos(pos)[None]
-        return self.encoder(h, src_key_padding_mask=pad), pad
+        n = h.shape[1]
+        if n > self.full_len:
+            raise ValueError(f"encoder input has {n} positions, more than the model's {self.full_len}")
+        pos = torch.arange(self.full_len - n, self.full_len, device=src.device)  # right-aligned
+        return h + self.enc_pos(pos)[None], pad
 
-    def decode(
-        self, tgt_in: torch.Tensor, memory: torch.Tensor, mem_pad: torch.Tensor, beams: int = 1
-    ) -> torch.Tensor:
-        """Decoder logits over all codes for ``tgt_in`` (B, beams * n): ``beams`` independent
+    # ------------------------------------------------------------------ encoder
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``src`` is (B, T) flat tokens or (B, H, L) per-item tokens (summed per item).
+        Returns (memory (B, T, D), padding mask (B, T), True at padding)."""
+        h, pad = self._embed_src(src)
+        if not self.cfg.fast:
+            return self.encoder(h, src_key_padding_mask=pad), pad
+        mask = (~pad)[:, None, None, :]
+        for layer in self.encoder.layers:
+            a = layer.norm1(h)
+            q, k, v = nn.functional.linear(a, layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, -1)
+            h = h + self._drop(self._attend(layer.self_attn, q, k, v, mask))
+            h = h + self._ff(layer, layer.norm2(h))
+        return self.encoder.norm(h), pad
+
+    # ------------------------------------------------------------------ decoder
+    def _cross_kv(self, layer: nn.Module, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = layer.multihead_attn
+        d = memory.shape[-1]
+        return nn.functional.linear(memory, m.in_proj_weight[d:], m.in_proj_bias[d:]).chunk(2, -1)
+
+    def decode_hidden(self, tgt_in: torch.Tensor, memory: torch.Tensor, mem_pad: torch.Tensor, beams: int = 1):
+        """Final decoder states (B, t, D) for ``tgt_in`` (B, beams * n): ``beams`` independent
         sequences of length ``n`` side by side (block-diagonal causal mask)."""
         t = tgt_in.shape[1]
         n = t // beams
@@ -214,9 +308,50 @@ class TigerModel(nn.Module):
         h = self.embed(tgt_in) + self.dec_pos(pos)[None]
         blk = torch.arange(t, device=dev) // n
         allowed = (blk[:, None] == blk[None, :]) & (pos[None, :] <= pos[:, None])
-        mask = torch.zeros(t, t, device=dev).masked_fill(~allowed, float("-inf"))
-        out = self.decoder(h, memory, tgt_mask=mask, memory_key_padding_mask=mem_pad)
-        return self.head(out)  # (B, t, n_codes)
+        if not self.cfg.fast:
+            mask = torch.zeros(t, t, device=dev).masked_fill(~allowed, float("-inf"))
+            return self.decoder(h, memory, tgt_mask=mask, memory_key_padding_mask=mem_pad)
+        mmask = (~mem_pad)[:, None, None, :]
+        d = h.shape[-1]
+        for layer in self.decoder.layers:
+            a = layer.norm1(h)
+            sa = layer.self_attn
+            q, k, v = nn.functional.linear(a, sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
+            h = h + self._drop(self._attend(sa, q, k, v, allowed))
+            ca = layer.multihead_attn
+            q = nn.functional.linear(layer.norm2(h), ca.in_proj_weight[:d], ca.in_proj_bias[:d])
+            k, v = self._cross_kv(layer, memory)
+            h = h + self._drop(self._attend(ca, q, k, v, mmask))
+            h = h + self._ff(layer, layer.norm3(h))
+        return self.decoder.norm(h)
+
+    def decode(
+        self, tgt_in: torch.Tensor, memory: torch.Tensor, mem_pad: torch.Tensor, beams: int = 1
+    ) -> torch.Tensor:
+        """Decoder logits over all codes for ``tgt_in`` (B, beams * n) (see :meth:`decode_hidden`)."""
+        return self.head(self.decode_hidden(tgt_in, memory, mem_pad, beams))  # (B, t, n_codes)
+
+    def level_logits(self, h: torch.Tensor, offset: int, size: int) -> torch.Tensor:
+        """Head logits of one level's codes only: the same numbers as ``head(h)[..., offset:offset + size]``."""
+        return nn.functional.linear(h, self.head.weight[offset : offset + size], self.head.bias[offset : offset + size])
+
+    def train_loss(self, src: torch.Tensor, tgt: torch.Tensor, codec: "SIDCodec") -> torch.Tensor:
+        """Mean cross-entropy of the target SIDs ``tgt`` (B, L, code-space ids), each level a
+        softmax over its own codes (teacher forcing)."""
+        b = tgt.shape[0]
+        tgt_in = torch.cat([torch.full((b, 1), BOS, device=tgt.device, dtype=tgt.dtype), tgt[:, :-1] + N_SPECIAL], 1)
+        memory, mem_pad = self.encode(src)
+        h = self.decode_hidden(tgt_in, memory, mem_pad)
+        if not self.cfg.fast:
+            logits = self.head(h) + _level_mask(codec).to(h.device)[None]
+            return nn.functional.cross_entropy(logits.reshape(-1, codec.n_codes), tgt.reshape(-1))
+        total = h.new_zeros(())
+        for lvl in range(codec.levels):
+            off, size = int(codec.offsets[lvl]), int(codec.sizes[lvl])
+            total = total + nn.functional.cross_entropy(
+                self.level_logits(h[:, lvl], off, size), tgt[:, lvl] - off, reduction="sum"
+            )
+        return total / tgt.numel()
 
 
 def _user_token(user_ids: list[str], buckets: int, base: int) -> np.ndarray:
@@ -287,6 +422,60 @@ def _level_mask(codec: SIDCodec) -> torch.Tensor:
     return m
 
 
+class _CachedDecoder:
+    """Incremental decoding for beam search: one new token per beam and level.
+
+    Each layer keeps its self-attention keys and values per beam (reordered when beams are
+    re-ranked), and the cross-attention keys and values of the encoder memory once per user:
+    the ``w`` beams of a user are that user's ``w`` query rows against one memory. Same
+    numbers as re-running :meth:`TigerModel.decode` on the whole prefix (tested), at one
+    token's cost per step instead of the prefix's.
+    """
+
+    def __init__(self, model: TigerModel, memory: torch.Tensor, mem_pad: torch.Tensor):
+        self.model = model
+        self.mask = (~mem_pad)[:, None, None, :]  # (B, 1, 1, S)
+        self.cross = [tuple(model._heads(t) for t in model._cross_kv(layer, memory)) for layer in model.decoder.layers]
+        self.cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(model.decoder.layers)
+
+    def step(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        """``tokens`` (B, w): each beam's newest token at decoder position ``pos``; returns the
+        final decoder state of that position (B, w, D)."""
+        m = self.model
+        b, w = tokens.shape
+        h = m.embed(tokens) + m.dec_pos.weight[pos]
+        d = h.shape[-1]
+        nh, dh = m.cfg.heads, d // m.cfg.heads
+        sdpa = nn.functional.scaled_dot_product_attention
+        for i, layer in enumerate(m.decoder.layers):
+            sa = layer.self_attn
+            q, k, v = nn.functional.linear(layer.norm1(h), sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
+            k = k.reshape(b, w, nh, 1, dh)
+            v = v.reshape(b, w, nh, 1, dh)
+            if self.cache[i] is not None:
+                k = torch.cat([self.cache[i][0], k], 3)
+                v = torch.cat([self.cache[i][1], v], 3)
+            self.cache[i] = (k, v)
+            n = k.shape[3]
+            o = sdpa(q.reshape(b * w, nh, 1, dh), k.reshape(b * w, nh, n, dh), v.reshape(b * w, nh, n, dh))
+            h = h + sa.out_proj(o.reshape(b, w, d))
+            ca = layer.multihead_attn
+            q = nn.functional.linear(layer.norm2(h), ca.in_proj_weight[:d], ca.in_proj_bias[:d])
+            ck, cv = self.cross[i]
+            o = sdpa(q.reshape(b, w, nh, dh).transpose(1, 2), ck, cv, attn_mask=self.mask)  # (B, nh, w, dh)
+            h = h + ca.out_proj(o.transpose(1, 2).reshape(b, w, d))
+            h = h + layer.linear2(nn.functional.relu(layer.linear1(layer.norm3(h))))
+        return m.decoder.norm(h)
+
+    def reorder(self, src_beam: torch.Tensor) -> None:
+        """Keep, per user, the caches of beams ``src_beam`` (B, w_new) in that order."""
+        for i, kv in enumerate(self.cache):
+            if kv is None:
+                continue
+            idx = src_beam[:, :, None, None, None].expand(-1, -1, *kv[0].shape[2:])
+            self.cache[i] = (torch.gather(kv[0], 1, idx), torch.gather(kv[1], 1, idx))
+
+
 @torch.no_grad()
 def beam_search(
     model: TigerModel,
@@ -302,6 +491,10 @@ def beam_search(
     for the prefix node it leads to (local-life ranking: only nodes above a candidate item).
     ``None`` leaves the search exactly as without it.
 
+    With ``model.cfg.fast`` the decoder runs incrementally (:class:`_CachedDecoder`) and the
+    head only over the level's codes; otherwise every level re-decodes the whole prefix of
+    every beam through the reference modules. Both give the same beams (tested).
+
     Returns (items (B, beams) int64, -1 for dead beams; scores (B, beams) summed log-probs,
     -inf for dead beams), best first.
     """
@@ -312,13 +505,19 @@ def beam_search(
     w = 1
     prefix = torch.zeros(b, 1, dtype=torch.long)
     score = torch.zeros(b, 1)
+    fast = model.cfg.fast
+    cached = _CachedDecoder(model, memory, mem_pad) if fast else None
     tokens = torch.full((b, 1, 1), BOS, dtype=torch.long)
     for lvl in range(codec.levels):
         size = int(codec.sizes[lvl])
         off = int(codec.offsets[lvl])
         n = lvl + 1
-        logits = model.decode(tokens.reshape(b, w * n).to(dev), memory, mem_pad, beams=w)
-        logits = logits.reshape(b, w, n, -1)[:, :, -1, off : off + size]
+        if fast:
+            h = cached.step(tokens[:, :, -1].to(dev), lvl)
+            logits = model.level_logits(h, off, size)
+        else:
+            logits = model.decode(tokens.reshape(b, w * n).to(dev), memory, mem_pad, beams=w)
+            logits = logits.reshape(b, w, n, -1)[:, :, -1, off : off + size]
         logp = torch.log_softmax(logits.float(), dim=-1).cpu()
         valid, child = codec.lookup(lvl, prefix)
         if allowed is not None:
@@ -333,9 +532,22 @@ def beam_search(
         score = top_s
         prev = torch.gather(tokens, 1, src_beam.unsqueeze(-1).expand(b, nw, tokens.shape[2]))
         tokens = torch.cat([prev, (code + off + N_SPECIAL).unsqueeze(-1)], dim=2)
+        if fast and lvl < codec.levels - 1:
+            cached.reorder(src_beam.to(dev))
         w = nw
     items = torch.where(torch.isfinite(score), prefix, torch.full_like(prefix, -1))
     return items, score
+
+
+def _trim(hist: np.ndarray, cfg: TigerConfig) -> np.ndarray:
+    """Drop the leading columns that are padding in every row (left-padded histories).
+
+    Outputs do not change (positions are right-aligned and padding is masked). Not applied with
+    a user token, whose position is fixed at the window's start."""
+    if cfg.user_buckets or not cfg.fast or hist.shape[0] == 0:
+        return hist
+    filled = (hist >= 0).any(0)
+    return hist[:, int(filled.argmax()) :] if filled.any() else hist[:, -1:]
 
 
 def _rank_users(
@@ -350,25 +562,50 @@ def _rank_users(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` items and scores per user after dropping the masked last item.
 
-    ``allowed`` (optional) is a callable ``slice -> list of per-level bool masks`` for the rows
-    ``hist[slice]`` (see :func:`beam_search`); it is called once per eval batch.
+    ``allowed`` (optional) is a callable ``rows -> list of per-level bool masks`` for the rows
+    ``hist[rows]`` (an index array; see :func:`beam_search`); it is called once per eval batch.
+    On the fast path users are batched by history length (each batch drops its all-padding
+    columns); results come back in the input order and do not depend on the batching.
     """
     out_i = np.full((hist.shape[0], k), -1, dtype=np.int64)
     out_s = np.full((hist.shape[0], k), -np.inf)
+    order = np.arange(hist.shape[0])
+    if cfg.fast:
+        order = np.argsort(-(hist >= 0).sum(1), kind="stable")
     for s in range(0, hist.shape[0], cfg.eval_batch):
-        sl = slice(s, min(s + cfg.eval_batch, hist.shape[0]))
-        src = tk.encoder_input(hist[sl], users[sl]).to(cfg.device)
-        masks = allowed(sl) if allowed is not None else None
+        rows = order[s : s + cfg.eval_batch]
+        src = tk.encoder_input(_trim(hist[rows], cfg), users[rows]).to(cfg.device)
+        masks = allowed(rows) if allowed is not None else None
         items, scores = beam_search(model, tk.codec, src, cfg.beams, allowed=masks)
         items, scores = items.numpy(), scores.numpy()
-        keep = (items != masked[sl, None]) & (items >= 0)
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-        ii = np.take_along_axis(items, order, 1)
-        ss = np.take_along_axis(scores, order, 1)
-        kk = np.take_along_axis(keep, order, 1)
-        out_i[sl] = np.where(kk, ii, -1)
-        out_s[sl] = np.where(kk, ss, -np.inf)
+        keep = (items != masked[rows, None]) & (items >= 0)
+        top = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        ii = np.take_along_axis(items, top, 1)
+        ss = np.take_along_axis(scores, top, 1)
+        kk = np.take_along_axis(keep, top, 1)
+        out_i[rows] = np.where(kk, ii, -1)
+        out_s[rows] = np.where(kk, ss, -np.inf)
     return out_i, out_s
+
+
+def _epoch_batches(perm: np.ndarray, lengths: np.ndarray, cfg: TigerConfig, gen: torch.Generator) -> list[np.ndarray]:
+    """One epoch's batches from the shuffled sample order ``perm``.
+
+    ``length_buckets = 0``: consecutive slices of ``perm``. Otherwise each run of
+    ``length_buckets`` batches is sorted by history length before slicing, and the batch
+    order is shuffled again, so a batch holds histories of similar length (less padding
+    after :func:`_trim`) while every sample is still seen once per epoch, in the same number
+    of batches of the same size."""
+    bs = cfg.batch_size
+    if not cfg.length_buckets or not cfg.fast:
+        return [perm[s : s + bs] for s in range(0, perm.size, bs)]
+    chunk = bs * cfg.length_buckets
+    out: list[np.ndarray] = []
+    for c in range(0, perm.size, chunk):
+        p = perm[c : c + chunk]
+        p = p[np.argsort(lengths[p], kind="stable")]
+        out.extend(p[s : s + bs] for s in range(0, p.size, bs))
+    return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
 
 
 @dataclass
@@ -402,8 +639,8 @@ def train_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=N
     tk = _Tokens(codec, cfg, split)
     model = TigerModel(cfg, codec.n_codes, codec.levels).to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lvl_mask = _level_mask(codec).to(cfg.device)
     s_users, s_hist, s_tgt = _training_prefixes(split, cfg.max_history)
+    s_len = (s_hist >= 0).sum(1)
 
     rng = np.random.default_rng(cfg.seed)
     v_users = np.arange(split.n_users)
@@ -423,14 +660,10 @@ def train_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=N
         model.train()
         perm = torch.randperm(n, generator=gen).numpy()
         tot, cnt, t0 = 0.0, 0, time.perf_counter()
-        for s in range(0, n, cfg.batch_size):
-            idx = perm[s : s + cfg.batch_size]
-            src = tk.encoder_input(s_hist[idx], s_users[idx]).to(cfg.device)
+        for idx in _epoch_batches(perm, s_len, cfg, gen):
+            src = tk.encoder_input(_trim(s_hist[idx], cfg), s_users[idx]).to(cfg.device)
             tgt = tk.decoder_target(s_tgt[idx]).to(cfg.device)
-            tgt_in = torch.cat([torch.full((idx.size, 1), BOS, device=cfg.device), tgt[:, :-1] + N_SPECIAL], 1)
-            memory, mem_pad = model.encode(src)
-            logits = model.decode(tgt_in, memory, mem_pad) + lvl_mask[None]
-            loss = nn.functional.cross_entropy(logits.reshape(-1, codec.n_codes), tgt.reshape(-1))
+            loss = model.train_loss(src, tgt, codec)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
