@@ -16,6 +16,7 @@ from lgsid_pipeline.recommenders.data import last_value_per_user
 from lgsid_pipeline.recommenders.dien import DIENConfig
 from lgsid_pipeline.recommenders.din import DINConfig
 from lgsid_pipeline.recommenders.evaluate import DISC_MODELS, evaluate_all, plot_results, user_topk
+from lgsid_pipeline.recommenders.stats import metric_regressions
 from lgsid_pipeline.recommenders.tiger import TigerConfig, save_tiger
 from resources import LgsidHome
 
@@ -80,6 +81,10 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
     items = home.read("item_catalog")
     interactions = home.read("user_interactions")
     sids = home.read("sid_table").filter(pl.col("codebook_version") == manifest["version"])
+    if sids.is_empty():
+        raise dg.Failure(f"sid_table has no rows for codebook version {manifest['version']}: rebuild sid_table "
+                         "for every city after a codebook refit (`lgsid materialize --refit` and the refit "
+                         "chain sensor do, in order) before evaluating")
     tiger = TigerConfig(epochs=config.tiger_epochs, d_model=config.tiger_d_model,
                         ff_dim=2 * config.tiger_d_model, max_seconds=config.tiger_max_seconds,
                         max_steps=config.tiger_max_steps)
@@ -139,14 +144,11 @@ def evaluation_regression(context: dg.AssetCheckExecutionContext) -> dg.AssetChe
     if len(records) < 2:
         return dg.AssetCheckResult(passed=True, metadata={"note": "no previous run to compare"})
     new, old = (r.asset_materialization.metadata for r in records)
-    drops = {}
-    for key, value in new.items():
-        if key.split(".")[-1] in HEADLINE and key in old:
-            before, after = float(old[key].value), float(value.value)
-            if before > 0 and (before - after) / before > REGRESSION_TOLERANCE:
-                drops[key] = f"{before:.4f} -> {after:.4f}"
-    return dg.AssetCheckResult(passed=not drops, severity=dg.AssetCheckSeverity.WARN,
-                               metadata={"regressions": json.dumps(drops) if drops else "none"})
+    headline = lambda meta: {k: float(v.value) for k, v in meta.items() if k.split(".")[-1] in HEADLINE}  # noqa: E731
+    drops, vanished = metric_regressions(headline(new), headline(old), REGRESSION_TOLERANCE)
+    return dg.AssetCheckResult(passed=not drops and not vanished, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"regressions": json.dumps(drops) if drops else "none",
+                                         "vanished": json.dumps(vanished) if vanished else "none"})
 
 
 @dg.asset(

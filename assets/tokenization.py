@@ -69,7 +69,7 @@ class CodebookConfig(dg.Config):
     admin_columns: list[str] = Field(default=["province", "city", "district", "town"],
                                      description="The admin hierarchy of Eq. 9, coarse to fine (HGIT variants).")
     refit: bool = Field(default=False, description="Refit even if a codebook exists (bumps the version). The "
-                                                   "weekly global_refit_job sets this.")
+                                                   "refit (lgsid materialize --refit, the refit chain) sets this.")
     seed: int = 0
 
 

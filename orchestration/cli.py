@@ -1,6 +1,6 @@
 """``lgsid``: run the pipeline headless, and read its results, from the shell.
 
-    lgsid materialize [--data DIR] --home DIR [--select KEY,...] [--cities CITY,...]
+    lgsid materialize [--data DIR] --home DIR [--select KEY,...] [--cities CITY,...] [--refit]
                       [--tables-uri s3://bucket/prefix] [--storage-options JSON]
     lgsid report --home DIR [--json]
 
@@ -72,29 +72,9 @@ def _source_from_args(args):
 
 def stages(defs, selection: set | None):
     """Topologically ordered stages [(is_city_stage, [asset keys])] of the selected assets."""
-    graph = defs.resolve_asset_graph()
-    order = graph.toposorted_asset_keys
-    out: list[tuple[bool, list]] = []
-    for key in order:
-        node = graph.get(key)
-        if not node.is_materializable or (selection is not None and key not in selection):
-            continue
-        is_city = node.partitions_def is not None
-        # Put each asset in the earliest stage after all of its selected parents' stages.
-        deps = [p for p in node.parent_keys if selection is None or p in selection]
-        earliest = 0
-        for i, (_, keys) in enumerate(out):
-            if any(d in keys for d in deps):
-                earliest = i + 1
-        placed = False
-        for i in range(earliest, len(out)):
-            if out[i][0] == is_city:
-                out[i][1].append(key)
-                placed = True
-                break
-        if not placed:
-            out.append((is_city, [key]))
-    return out
+    from orchestration.refit import plan_stages
+
+    return plan_stages(defs.resolve_asset_graph(), selection)
 
 
 class StageFailed(RuntimeError):
@@ -183,6 +163,13 @@ def cmd_materialize(args) -> int:
         raise SystemExit("lgsid: the dataset has no cities")
     instance.add_dynamic_partitions("city", cities)
     selection = None
+    if args.refit and args.select:
+        raise SystemExit("lgsid: --refit selects its own assets (the trained models and their dependants); "
+                         "drop --select")
+    if args.refit:
+        from orchestration.refit import refit_selection
+
+        selection = refit_selection(defs.resolve_asset_graph())
     if args.select:
         selection = {dg.AssetKey(k.strip()) for k in args.select.split(",") if k.strip()}
         known = set(defs.resolve_asset_graph().get_all_asset_keys())
@@ -196,6 +183,12 @@ def cmd_materialize(args) -> int:
     if args.run_config:
         text = Path(args.run_config).read_text() if Path(args.run_config).is_file() else args.run_config
         run_config["ops"] = json.loads(text).get("ops", {})
+    if args.refit:
+        from orchestration.refit import REFIT_RUN_CONFIG
+
+        for op, cfg in REFIT_RUN_CONFIG["ops"].items():
+            merged = run_config.setdefault("ops", {}).setdefault(op, {}).setdefault("config", {})
+            merged.update(cfg["config"])
     try:
         plan = materialize_graph(defs, instance, cities, selection, run_config=run_config)
     except StageFailed as exc:
@@ -278,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--seed", type=int, default=0, help="embedded world seed")
     m.add_argument("--landing", help="landing folder of new item files")
     m.add_argument("--select", help="comma-separated asset keys (default: all)")
+    m.add_argument("--refit", action="store_true",
+                   help="refit the trained models and rebuild everything that depends on them, in order "
+                        "(reward model, G-DPO encoder, every city's embeddings, a new codebook version, "
+                        "every city's SIDs, evaluations, serving cache); --select is not allowed with it")
     m.add_argument("--cities", help="comma-separated city names or keys (default: all)")
     m.add_argument("--encoder-json", help="EncoderResource config as JSON (e.g. a model_path)")
     m.add_argument("--tables-uri", help="where the Delta tables live: a local path or s3://bucket/prefix "

@@ -23,7 +23,9 @@ from pathlib import Path
 import dagster as dg
 
 from assets import ALL_ASSETS, ALL_CHECKS
-from orchestration.jobs import city_refresh_job, executor_from_env, global_refit_job
+from orchestration.jobs import city_refresh_job, executor_from_env
+from orchestration.refit import (global_refit_job, refit_chain_sensor, refit_city_stage_job,
+                                  refit_global_stage_job, weekly_refit_schedule)
 from orchestration.schedules import weekly_refresh_schedule
 from orchestration.sensors import new_items_sensor
 from resources import DataSource, EncoderResource, LgsidHome, default_home, delta_io_manager
@@ -64,9 +66,9 @@ def build_defs(home: str | None = None, source: DataSource | None = None,
     return dg.Definitions(
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
-        jobs=[city_refresh_job, global_refit_job],
-        sensors=[new_items_sensor],
-        schedules=[weekly_refresh_schedule],
+        jobs=[city_refresh_job, global_refit_job, refit_global_stage_job, refit_city_stage_job],
+        sensors=[new_items_sensor, refit_chain_sensor],
+        schedules=[weekly_refresh_schedule, weekly_refit_schedule],
         resources=build_resources(home or default_home(), source or source_from_env(), encoder,
                                   tables_uri=tables_uri, storage_options=storage_options),
         executor=executor_from_env(executor),

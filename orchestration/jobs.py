@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import CITY_ASSET_KEYS, GLOBAL_ASSET_KEYS
+from assets import CITY_ASSET_KEYS
 
 city_refresh_job = dg.define_asset_job(
     "city_refresh_job",
@@ -13,14 +13,7 @@ city_refresh_job = dg.define_asset_job(
     tags={"lgsid/kind": "city"},
 )
 
-global_refit_job = dg.define_asset_job(
-    "global_refit_job",
-    selection=dg.AssetSelection.assets(*GLOBAL_ASSET_KEYS),
-    description="Retrain the cross-city models: reward model, G-DPO encoder, SID codebooks "
-                "(version bump) and the evaluations. Training runs are limited to one at a time.",
-    tags={"lgsid/kind": "training"},
-    config={"ops": {"sid_codebook": {"config": {"refit": True}}}},
-)
+# The refit jobs (global_refit_job and its stage jobs) live in orchestration/refit.py.
 
 
 # -- Kubernetes: one pod per step, GPU nodes only for the encoder-bound steps ---------------------

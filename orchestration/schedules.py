@@ -9,7 +9,7 @@ from orchestration.jobs import city_refresh_job
 @dg.schedule(job=city_refresh_job, cron_schedule="0 2 * * 1", execution_timezone="UTC",
              default_status=dg.DefaultScheduleStatus.STOPPED,
              description="Every Monday 02:00 UTC: refresh every city. The trained models refit on "
-                         "the same cron once their inputs are updated (see global_refit_job).")
+                         "Mondays 04:00 UTC (weekly_refit_schedule, see orchestration/refit.py).")
 def weekly_refresh_schedule(context: dg.ScheduleEvaluationContext):
     cities = sorted(context.instance.get_dynamic_partitions(city_partitions.name))
     if not cities:

@@ -128,3 +128,35 @@ def test_recommender_evaluations_and_serving_cache(pipeline):
     assert (per_user["item_id"] == per_user["len"]).all()  # distinct items per user
     sid_items = set(home.read("sid_table")["item_id"].to_list())
     assert set(cache["item_id"].to_list()) <= sid_items
+
+
+def test_refit_rebuilds_embeddings_sids_and_evaluation_on_the_new_version(pipeline):
+    """A refit retrains the models, re-encodes every city with the new adapter, fits a new codebook
+    version on those embeddings, gives every item a SID under it, and evaluates that version."""
+    from assets.tokenization import read_manifest
+    from orchestration.refit import REFIT_RUN_CONFIG, refit_selection
+
+    defs, inst, home = pipeline["defs"], pipeline["instance"], pipeline["home"]
+    before = read_manifest(home)
+    aligned_before = home.read("item_embeddings").filter(pl.col("variant") == "aligned").sort("item_id")
+    cfg = {"ops": {**FAST["ops"],  # smaller budgets than the first fit: this checks the wiring, not quality
+           "reward_model": {"config": {"anchors_per_city": 10, "epochs": 2, "seed": 1}},
+           "aligned_encoder": {"config": {"max_pairs": 16, "batch_size": 16}},
+           "alignment_report": {"config": {"max_queries": 30}},
+           "sid_codebook": {"config": {"variants": ["lgsid", "res_kmeans"],
+                                       **REFIT_RUN_CONFIG["ops"]["sid_codebook"]["config"]}},
+           "recommender_evaluations": {"config": {"seeds": [0], "tiger_epochs": 1, "tiger_d_model": 32,
+                                                  "tiger_max_seconds": None, "tiger_max_steps": 4, "din_epochs": 1,
+                                                  "min_core": 2, "methods": ["lgsid"]}}}}
+    plan = materialize_graph(defs, inst, pipeline["cities"], refit_selection(defs.resolve_asset_graph()),
+                             run_config=cfg, echo=lambda *a, **k: None)
+    assert len(plan) == 7
+    after = read_manifest(home)
+    assert after["number"] == before["number"] + 1
+    aligned_after = home.read("item_embeddings").filter(pl.col("variant") == "aligned").sort("item_id")
+    assert aligned_after.height == aligned_before.height
+    assert aligned_after["embedding"].to_list() != aligned_before["embedding"].to_list()  # the new adapter
+    sids = home.read("sid_table").filter(pl.col("codebook_version") == after["version"])
+    n_items = home.read("item_catalog").height
+    assert sids.group_by("method").agg(pl.col("item_id").n_unique())["item_id"].to_list() == [n_items] * 2
+    assert _latest(inst, "recommender_evaluations")["codebook_version"].value == after["version"]

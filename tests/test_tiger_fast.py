@@ -198,3 +198,18 @@ def test_fast_training_stays_within_noise_of_the_reference(planted):
     assert fast.metrics["test_hit@10"] > 0.8 and ref.metrics["test_hit@10"] > 0.8
     assert abs(fast.metrics["test_hit@10"] - ref.metrics["test_hit@10"]) <= 0.1
     assert abs(fast.metrics["test_ndcg@10"] - ref.metrics["test_ndcg@10"]) <= 0.1
+
+
+def test_unconstrained_search_marks_beams_that_leave_the_catalogue():
+    codec = SIDCodec(_codes(60, seed=9))  # sparse: most code triples are no item
+    fast, _ = _pair(SMALL, codec, seed=2)
+    _, src = _random_src(codec, 10, 6, seed=3)
+    ci, cs = beam_search(fast, codec, src, 12)
+    ui, us = beam_search(fast, codec, src, 12, constrained=False)
+    assert (ci >= 0).all()  # the trie keeps every beam a real item
+    assert (ui < 0).any()  # without it some beams are no item
+    assert (us[:, 0] >= cs[:, 0] - 1e-6).all()  # a superset of paths: the best score can only rise
+    for r in range(10):  # an unconstrained beam that is an item has that item's constrained score
+        for it, sc in zip(ui[r].tolist(), us[r].tolist()):
+            if it >= 0 and it in ci[r].tolist():
+                assert sc == pytest.approx(cs[r][ci[r].tolist().index(it)].item(), abs=1e-5)

@@ -138,3 +138,19 @@ def paired_over_users(variant, baseline, *, n_boot: int = 2000, n_perm: int = 10
         "significant": bool(p < alpha),
         "wilcoxon_p": w,
     }
+
+
+def metric_regressions(new: dict[str, float], old: dict[str, float], tolerance: float):
+    """Compare two runs' headline metrics: (drops, vanished).
+
+    ``drops`` maps each metric that fell by more than ``tolerance`` relative to its previous
+    value to ``"before -> after"``; ``vanished`` lists the metrics of the previous run that the
+    new run no longer reports (a method or model that silently stopped being evaluated is a
+    regression too, not a pass)."""
+    drops = {}
+    for key, after in new.items():
+        before = old.get(key)
+        if before is not None and before > 0 and (before - after) / before > tolerance:
+            drops[key] = f"{before:.4f} -> {after:.4f}"
+    vanished = sorted(set(old) - set(new))
+    return drops, vanished

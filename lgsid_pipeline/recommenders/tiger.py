@@ -483,8 +483,13 @@ def beam_search(
     src: torch.Tensor,
     beams: int,
     allowed: list[torch.Tensor] | None = None,
+    constrained: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Constrained beam search for a batch of encoder inputs.
+
+    ``constrained=False`` searches every code of every level with no trie (the serving
+    question: how often would the model emit a SID that is no item?); a beam whose codes leave
+    the catalogue keeps its score but comes back as item -1.
 
     ``allowed`` (optional, one bool tensor (B, codec.n_nodes[l]) per level) narrows the trie per
     row: a level-``l`` code is valid only if the trie has it and ``allowed[l][b, child]`` holds
@@ -507,6 +512,7 @@ def beam_search(
     score = torch.zeros(b, 1)
     fast = model.cfg.fast
     cached = _CachedDecoder(model, memory, mem_pad) if fast else None
+    alive = torch.ones(b, 1, dtype=torch.bool)  # the beam's codes so far are a catalogue prefix
     tokens = torch.full((b, 1, 1), BOS, dtype=torch.long)
     for lvl in range(codec.levels):
         size = int(codec.sizes[lvl])
@@ -523,11 +529,15 @@ def beam_search(
         if allowed is not None:
             ok = torch.gather(allowed[lvl].cpu(), 1, child.reshape(b, -1)).reshape(valid.shape)
             valid = valid & ok
-        cand = torch.where(valid, score.unsqueeze(-1) + logp, torch.full_like(logp, float("-inf")))
+        if constrained:
+            cand = torch.where(valid, score.unsqueeze(-1) + logp, torch.full_like(logp, float("-inf")))
+        else:
+            cand = score.unsqueeze(-1) + logp
         nw = min(beams, w * size)
         top_s, top_i = cand.reshape(b, -1).topk(nw, dim=1)
         src_beam = top_i // size
         code = top_i % size
+        alive = torch.gather(alive, 1, src_beam) & torch.gather((valid & alive.unsqueeze(-1)).reshape(b, -1), 1, top_i)
         prefix = torch.gather(child.reshape(b, -1), 1, top_i)
         score = top_s
         prev = torch.gather(tokens, 1, src_beam.unsqueeze(-1).expand(b, nw, tokens.shape[2]))
@@ -535,7 +545,7 @@ def beam_search(
         if fast and lvl < codec.levels - 1:
             cached.reorder(src_beam.to(dev))
         w = nw
-    items = torch.where(torch.isfinite(score), prefix, torch.full_like(prefix, -1))
+    items = torch.where(torch.isfinite(score) & alive, prefix, torch.full_like(prefix, -1))
     return items, score
 
 
@@ -676,10 +686,11 @@ def train_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=N
             if cfg.max_steps is not None and steps >= cfg.max_steps:
                 cut_short = True
                 break
+        train_seconds = time.perf_counter() - t0
         topv, _ = _rank_users(model, tk, v_hist, v_users, v_mask, cfg, cfg.k)
         m = topk_metrics(topv, v_tgt)
         rec = {"epoch": epoch, "loss": tot / cnt, "valid_ndcg@10": m["ndcg@10"], "valid_hit@10": m["hit@10"],
-               "epoch_seconds": time.perf_counter() - t0, "steps": steps}
+               "epoch_seconds": time.perf_counter() - t0, "train_seconds": train_seconds, "steps": steps}
         rec["partial_epoch"] = cut_short
         history.append(rec)
         if log:

@@ -406,7 +406,7 @@ def _launch_step(k8s_defs, instance_yaml, tmp_path, monkeypatch, job_name: str, 
     ("city_refresh_job", "item_embeddings", True),
     ("city_refresh_job", "catalog_assets", False),       # item_catalog, user_interactions, quarantine
     ("city_refresh_job", "cooccurrence_pairs", False),
-    ("global_refit_job", "sid_codebook", False),
+    ("refit_global_stage_job", "sid_codebook", False),
 ])
 def test_k8s_step_pods_put_only_the_encoder_steps_on_gpu_nodes(k8s_defs, instance_yaml, tmp_path, monkeypatch,
                                                                job_name, step_key, gpu):
