@@ -300,6 +300,12 @@ def load_embeddings(home: LgsidHome, variant: str, catalog: pl.DataFrame) -> np.
     return np.asarray(joined["embedding"].to_list(), dtype=np.float32)
 
 
+def embedding_versions(home: LgsidHome, variant: str) -> list[str]:
+    """The distinct encoder versions of one embedding variant's rows, over every city."""
+    emb = home.read("item_embeddings").filter(pl.col("variant") == variant)
+    return sorted(emb["encoder_version"].unique().drop_nulls().to_list())
+
+
 class AlignmentReportConfig(dg.Config):
     max_queries: int | None = Field(default=2000, description="Seeded sample of query items per scope.")
     seed: int = 0

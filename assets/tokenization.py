@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from assets.alignment import load_embeddings
+from assets.alignment import embedding_versions, load_embeddings
 from assets.metadata import Timer, config_json, image
 from assets.partitions import DELTA, city_partitions
 from lgsid_pipeline.partitions import validate_city_key
@@ -71,6 +71,25 @@ class CodebookConfig(dg.Config):
     refit: bool = Field(default=False, description="Refit even if a codebook exists (bumps the version). The "
                                                    "refit (lgsid materialize --refit, the refit chain) sets this.")
     seed: int = 0
+
+
+def check_embedding_space(name: str, spec: dict, version: str, city: str, encoder_versions: pl.Series) -> None:
+    """New items are coded with the frozen codebook only in the embedding space it was fitted
+    in: their embeddings' encoder version must be the one the manifest records (manifests
+    written before that field existed are not checked)."""
+    fitted = spec.get("encoder_version")
+    if fitted is None:
+        return
+    if encoder_versions.null_count():
+        raise dg.Failure(f"city {city}: {encoder_versions.null_count()} new items have no "
+                         f"{spec['embedding_variant']!r} embedding: materialize item_embeddings for {city} first")
+    other = sorted(set(encoder_versions.to_list()) - {fitted})
+    if other:
+        raise dg.Failure(
+            f"city {city}, method {name}: new items' {spec['embedding_variant']!r} embeddings come from encoder "
+            f"{other}, but codebook {version} was fitted on embeddings from encoder {fitted!r}; coding them with "
+            "the frozen codebook would mix two embedding spaces. Refit the codebook on the current embeddings "
+            "(`lgsid materialize --refit`, or let the refit chain finish)")
 
 
 def _manifest_path(home: LgsidHome):
@@ -143,6 +162,12 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
             context.log.warning(f"{name}: no {emb_variant!r} embeddings, using origin")
             emb_variant = "origin"
         X = load_embeddings(home, emb_variant, catalog)
+        enc_versions = embedding_versions(home, emb_variant)
+        if len(enc_versions) > 1:
+            raise dg.Failure(f"{name}: the {emb_variant!r} item embeddings come from {len(enc_versions)} encoder "
+                             f"versions {enc_versions} (some cities still hold embeddings from an older adapter); "
+                             "re-materialize item_embeddings for every city before fitting a codebook "
+                             "(`lgsid materialize --refit` does, in order)")
         params = {}
         if method in HGIT_METHODS:
             params = dict(hgit_params)
@@ -156,8 +181,9 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
         diags[name] = tokenizer_diagnostics(tok, X, catalog, codes, dedup_codes=sids)
         figures = collision_figures(codes, sids)
         diags[name]["collisions"] = figures
-        variants[name] = {"method": method, "embedding_variant": emb_variant, **{k: v for k, v in info.items()},
-                          **figures}
+        variants[name] = {"method": method, "embedding_variant": emb_variant,
+                          "encoder_version": enc_versions[0] if enc_versions else None,
+                          **{k: v for k, v in info.items()}, **figures}
         assignments.append(pl.DataFrame({
             "item_id": catalog["item_id"], "city_key": catalog["city_key"], "method": name,
             "sid": pl.Series(sids.tolist(), dtype=pl.List(pl.Int32)),
@@ -260,6 +286,8 @@ def sid_table(context: dg.AssetExecutionContext, item_catalog: pl.DataFrame, hom
         new = catalog.filter(pl.col("item_id").is_in(mine.filter(pl.col("sid").is_null())["item_id"].to_list()))
         if new.height:
             emb = home.read("item_embeddings", [city]).filter(pl.col("variant") == spec["embedding_variant"])
+            check_embedding_space(name, spec, version, city,
+                                  new.select("item_id").join(emb, on="item_id", how="left")["encoder_version"])
             X = np.asarray(new.select("item_id").join(emb, on="item_id", how="left", maintain_order="left")
                            ["embedding"].to_list(), dtype=np.float32)
             tok = load_tokenizer(cb_dir / name)

@@ -3,6 +3,8 @@
     lgsid materialize [--data DIR] --home DIR [--select KEY,...] [--cities CITY,...] [--refit]
                       [--tables-uri s3://bucket/prefix] [--storage-options JSON]
     lgsid report --home DIR [--json]
+    lgsid sid --home DIR ITEM_ID [--method M] [--k 5] [--json]
+    lgsid sid --home DIR --prefix 12/7 [--method M] [--json]
 
 ``materialize`` runs the asset graph in-process against a persistent Dagster instance at
 ``HOME/dagster`` (so ``dagster dev`` with the same DAGSTER_HOME shows every run) and writes
@@ -259,6 +261,74 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sid(args) -> int:
+    """``lgsid sid``: one item's SIDs and neighbours, or the items behind a SID prefix."""
+    from lgsid_pipeline.lookup import SIDLookupError, item_report, parse_prefix, prefix_report
+    from resources import LgsidHome
+
+    if bool(args.item_id) == bool(args.prefix):
+        raise SystemExit("lgsid sid: give either an ITEM_ID or --prefix CODES (e.g. --prefix 12/7)")
+    root = Path(args.home).resolve()
+    if not root.is_dir():
+        raise SystemExit(f"lgsid sid: home {root} does not exist; run `lgsid materialize --home {args.home}` first")
+    home = LgsidHome(home=str(root), tables_uri=args.tables_uri or None)
+    for table in ("sid_table", "item_catalog"):
+        if not home.table_exists(table):
+            raise SystemExit(f"lgsid sid: {root} has no {table} table yet; materialize sid_table first")
+    sids, items = home.read("sid_table"), home.read("item_catalog")
+    manifest_path = (home.current("sid_codebook") or root / "missing") / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"variants": {}}
+    if manifest.get("version"):
+        import polars as pl
+
+        sids = sids.filter(pl.col("codebook_version") == manifest["version"])
+    try:
+        if args.prefix:
+            report = prefix_report(parse_prefix(args.prefix), sids, items, method=args.method, limit=args.limit)
+        else:
+            emb = home.read("item_embeddings") if home.table_exists("item_embeddings") else None
+            report = item_report(args.item_id, sids, items, emb, manifest.get("variants", {}), method=args.method,
+                                 k=args.k)
+    except SIDLookupError as exc:
+        raise SystemExit(f"lgsid sid: {exc}") from None
+    report["codebook_version"] = manifest.get("version")
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    print(_sid_text(report))
+    return 0
+
+
+def _sid_text(report: dict) -> str:
+    lines = []
+    if "prefix" in report:
+        lines.append(f"prefix {'/'.join(map(str, report['prefix']))} (codebook {report.get('codebook_version')})")
+        for m, e in report["methods"].items():
+            cities = ", ".join(f"{c} {n}" for c, n in e["cities"].items())
+            lines.append(f"  {m}: {e['items']} item(s){' in ' + cities if cities else ''}")
+            for r in e["shown"]:
+                lines.append(f"    {'/'.join(map(str, r['sid'])):>16}  {r['item_id']}  {r.get('name') or ''}"
+                             f"  ({r.get('city') or r.get('city_key') or '?'})")
+        return "\n".join(lines)
+    head = f"{report['item_id']}  {report.get('name') or ''}  ({report.get('city') or report.get('city_key') or '?'})"
+    lines.append(f"{head}  codebook {report.get('codebook_version')}")
+    for m, e in report["methods"].items():
+        if e.get("sid") is None:
+            lines.append(f"  {m}: {e.get('note')}")
+            continue
+        lines.append(f"  {m}: SID {'/'.join(map(str, e['sid']))}")
+        lines.append("    nearest in SID space (shared prefix, km):")
+        for n in e["sid_neighbours"]:
+            lines.append(f"      {'/'.join(map(str, n['sid'])):>16}  {n['item_id']}  {n.get('name') or ''}"
+                         f"  prefix {n['shared_prefix']}  {n['km']:.2f} km")
+        if e.get("embedding_neighbours"):
+            lines.append(f"    nearest in {e['embedding_variant']} embedding space (cosine, km):")
+            for n in e["embedding_neighbours"]:
+                lines.append(f"      {n['item_id']}  {n.get('name') or ''}  cos {n['cosine']:.3f}  {n['km']:.2f} km")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lgsid", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -291,6 +361,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--home", required=True)
     r.add_argument("--json", action="store_true", help="machine-readable JSON")
     r.set_defaults(func=cmd_report)
+    q = sub.add_parser("sid", help="look up an item's SIDs and neighbours, or the items behind a SID prefix")
+    q.add_argument("item_id", nargs="?", help="the item to look up")
+    q.add_argument("--home", required=True)
+    q.add_argument("--prefix", help="list the items whose SID starts with these codes, e.g. 12/7")
+    q.add_argument("--method", help="one tokenizer variant (default: every method in the SID table)")
+    q.add_argument("--k", type=int, default=5, help="neighbours to show per space")
+    q.add_argument("--limit", type=int, default=50, help="items to show under a prefix")
+    q.add_argument("--tables-uri", help="where the Delta tables live (default: $LGSID_TABLES_URI, else HOME/delta)")
+    q.add_argument("--json", action="store_true", help="machine-readable JSON")
+    q.set_defaults(func=cmd_sid)
     args = parser.parse_args(argv)
     return args.func(args)
 

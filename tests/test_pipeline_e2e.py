@@ -160,3 +160,61 @@ def test_refit_rebuilds_embeddings_sids_and_evaluation_on_the_new_version(pipeli
     n_items = home.read("item_catalog").height
     assert sids.group_by("method").agg(pl.col("item_id").n_unique())["item_id"].to_list() == [n_items] * 2
     assert _latest(inst, "recommender_evaluations")["codebook_version"].value == after["version"]
+
+
+def test_sid_table_refuses_new_items_from_another_embedding_space(pipeline):
+    """The manifest records each variant's encoder version; new items whose embeddings come from
+    another encoder (a re-alignment without a codebook refit) are refused, not silently coded."""
+    from assets.tokenization import read_manifest
+    from orchestration.cli import StageFailed
+
+    defs, inst, home = pipeline["defs"], pipeline["instance"], pipeline["home"]
+    manifest = read_manifest(home)
+    emb = home.read("item_embeddings")
+    for name, spec in manifest["variants"].items():
+        versions = emb.filter(pl.col("variant") == spec["embedding_variant"])["encoder_version"].unique().to_list()
+        assert versions == [spec["encoder_version"]], name
+    path = home.current("sid_codebook") / "manifest.json"
+    original = path.read_text()
+    tampered = json.loads(original)
+    tampered["variants"]["lgsid"]["encoder_version"] = "an-older-adapter"
+    path.write_text(json.dumps(tampered))
+    new = pipeline["world"].items.filter(pl.col("city") == "Portland").tail(1).with_columns(
+        (pl.col("item_id") + "-space").alias("item_id"))
+    new.write_parquet(pipeline["landing"] / "space-check.parquet")
+    sel = {dg.AssetKey(k) for k in ["item_catalog", "user_interactions", "catalog_quarantine", "item_embeddings",
+                                    "sid_table"]}
+    try:
+        with pytest.raises(StageFailed, match="sid_table"):
+            materialize_graph(defs, inst, ["portland"], sel, echo=lambda *a, **k: None)
+        failed = inst.get_runs(limit=1)[0]
+        text = " ".join(str(e.dagster_event.event_specific_data) for e in inst.all_logs(failed.run_id)
+                        if e.dagster_event is not None and e.dagster_event.is_step_failure)
+        assert "mix two embedding spaces" in text and "an-older-adapter" in text
+    finally:
+        path.write_text(original)
+        (pipeline["landing"] / "space-check.parquet").unlink()
+
+
+def test_lgsid_sid_looks_up_items_and_prefixes(pipeline, capsys):
+    from orchestration.cli import main
+
+    home = pipeline["home"]
+    root = home.home
+    sids = home.read("sid_table")
+    item = sids["item_id"][0]
+    assert main(["sid", "--home", root, item, "--json", "--k", "3"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["item_id"] == item and rep["codebook_version"]
+    for method, entry in rep["methods"].items():
+        assert len(entry["sid"]) >= 2 and len(entry["sid_neighbours"]) == 3
+        assert all(n["km"] >= 0 for n in entry["sid_neighbours"])
+        assert entry["embedding_variant"] in ("origin", "aligned") and len(entry["embedding_neighbours"]) == 3
+    first = rep["methods"]["lgsid"]["sid"][0]
+    assert main(["sid", "--home", root, "--prefix", str(first), "--method", "lgsid"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"prefix {first}") and item in text
+    with pytest.raises(SystemExit, match="not in the item catalogue"):
+        main(["sid", "--home", root, "no-such-item"])
+    with pytest.raises(SystemExit, match="either an ITEM_ID or --prefix"):
+        main(["sid", "--home", root])
