@@ -13,6 +13,7 @@ from assets.alignment import embedding_versions, load_embeddings
 from assets.metadata import Timer, config_json, image
 from assets.partitions import DELTA, city_partitions
 from lgsid_pipeline.partitions import validate_city_key
+from lgsid_pipeline.train_state import load_json
 from lgsid_pipeline.tokenizers import default_codebook_sizes, load_tokenizer, make_tokenizer
 from lgsid_pipeline.prompts import build_prompts
 from lgsid_pipeline.tokenizers.dedup import (DEDUP_ORDERS, assign_unique, collision_figures, collision_rate,
@@ -101,12 +102,16 @@ def read_manifest(home: LgsidHome) -> dict | None:
     path = _manifest_path(home)
     if path is None or not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        return load_json(path, "the SID codebook manifest")
+    except ValueError as exc:
+        raise dg.Failure(f"{exc}; the codebook version folder is damaged: re-materialize sid_codebook with "
+                         "refit=True (a new version) or restore the file") from None
 
 
 def manifest_history(home: LgsidHome) -> list[dict]:
     """Every codebook version's manifest under this home, oldest first (each file parsed once)."""
-    manifests = [json.loads((p / "manifest.json").read_text())
+    manifests = [load_json(p / "manifest.json", "a SID codebook manifest")
                  for p in home.artifact_dir("sid_codebook").iterdir() if (p / "manifest.json").exists()]
     return sorted(manifests, key=lambda m: m["number"])
 

@@ -140,7 +140,7 @@ class TextEncoder:
         if self.tokenizer.padding_side != "right":
             self.tokenizer.padding_side = "right"
         if model is None:
-            model = AutoModel.from_pretrained(str(self.model_path), local_files_only=True)
+            model = AutoModel.from_pretrained(str(self.model_path), local_files_only=True, use_safetensors=True)
         self.model = model.to(device=self.device, dtype=_DTYPES[self.config.dtype]).eval()
         self._weights_hash = hash_files(model_files(self.model_path))
         self._extra_identity = dict(extra_identity or {})

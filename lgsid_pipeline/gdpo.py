@@ -409,7 +409,7 @@ def load_aligned_encoder(base_config: EncoderConfig, adapter_dir: Path | str) ->
         if recorded is not None and recorded != hash_files([weights]):
             raise ValueError(f"adapter {weights} fails its sha256 check (the file is corrupted); delete "
                              f"{adapter_dir} and re-materialize aligned_encoder")
-    base = AutoModel.from_pretrained(str(base_path), local_files_only=True)
+    base = AutoModel.from_pretrained(str(base_path), local_files_only=True, use_safetensors=True)
     try:
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     except Exception as exc:  # safetensors / shape errors from a damaged adapter

@@ -1,8 +1,10 @@
 """Resumable training state on disk: safetensors for tensors, JSON for everything else.
 
-Used by the reward model (Eq. 2-4) and G-DPO (Eq. 6-8) trainers. Every file is written to a
-temporary name and renamed into place, so a run killed mid-write leaves the previous
-checkpoint intact. Nothing is pickled.
+Used by the reward model (Eq. 2-4) and G-DPO (Eq. 6-8) trainers and the codebook writer.
+Every file is written to a temporary name unique to the writer (pid + random suffix, so two
+writers never share one), flushed and fsynced, then renamed into place with ``os.replace``
+and the directory fsynced: a run killed mid-write leaves the previous file intact, and a
+crash right after the rename cannot leave an empty file behind it. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import hashlib
 import json
 import logging
 import os
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,57 @@ from safetensors.torch import load_file, save_file
 log = logging.getLogger(__name__)
 
 
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    """fsync ``tmp``, rename it onto ``path`` and fsync the directory (removing ``tmp`` on error)."""
+    try:
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def artefact_lock(path: Path, timeout: float = 900.0):
+    """An exclusive lock for one artefact (``<path>.lock``, via ``filelock``): two processes that
+    write the same artefact take turns; a holder that died releases it with its process."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path) + ".lock", timeout=timeout)
+    try:
+        with lock:
+            yield
+    except Timeout as exc:
+        raise RuntimeError(f"another process has held the lock on {path} for {timeout:.0f}s; "
+                           "is a second run writing the same artefact?") from exc
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path = Path(path)
+    tmp = _tmp_name(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+    _replace_durably(tmp, path)
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -43,10 +94,11 @@ DIGEST_KEY = "lgsid_sha256"
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Write safetensors atomically, with a sha256 of the tensor data in the header metadata
     (safetensors itself has no checksum, so a flipped bit would otherwise load silently)."""
-    tmp = path.with_name(path.name + ".tmp")
+    path = Path(path)
+    tmp = _tmp_name(path)
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(clean, str(tmp), metadata={DIGEST_KEY: tensors_digest(clean)})
-    os.replace(tmp, path)
+    _replace_durably(tmp, path)
 
 
 def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -105,14 +157,15 @@ def save_checkpoint(ckpt_dir: Path, model_tensors: dict[str, torch.Tensor],
     """Write model tensors, optimizer state and ``meta`` (step, history, ...) to ``ckpt_dir``."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     opt_t, opt_meta = optimizer_tensors(opt)
-    atomic_save_tensors(model_tensors, ckpt_dir / "model.safetensors")
-    atomic_save_tensors(opt_t, ckpt_dir / "optimizer.safetensors")
-    # state.json is written last: it is the marker that the checkpoint is complete, and it
-    # names the exact tensors it belongs to, so a run killed between the three writes (new
-    # weights, old state.json) is detected on load instead of resuming from a torn mixture.
-    atomic_write_text(ckpt_dir / "state.json", json.dumps({
-        **meta, "optimizer": opt_meta, "model_sha256": tensors_digest(model_tensors),
-        "optimizer_sha256": tensors_digest(opt_t)}))
+    with artefact_lock(ckpt_dir / "checkpoint"):  # two trainers of one checkpoint take turns
+        atomic_save_tensors(model_tensors, ckpt_dir / "model.safetensors")
+        atomic_save_tensors(opt_t, ckpt_dir / "optimizer.safetensors")
+        # state.json is written last: it is the marker that the checkpoint is complete, and it
+        # names the exact tensors it belongs to, so a run killed between the three writes (new
+        # weights, old state.json) is detected on load instead of resuming from a torn mixture.
+        atomic_write_text(ckpt_dir / "state.json", json.dumps({
+            **meta, "optimizer": opt_meta, "model_sha256": tensors_digest(model_tensors),
+            "optimizer_sha256": tensors_digest(opt_t)}))
 
 
 def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict] | None:

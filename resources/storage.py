@@ -34,6 +34,7 @@ from dagster_deltalake_polars import DeltaLakePolarsIOManager, DeltaLakePolarsTy
 from pydantic import Field
 
 from lgsid_pipeline.partitions import confine, validate_city_key
+from lgsid_pipeline.train_state import artefact_lock, atomic_write_text
 
 DELTA_SCHEMA = "lgsid"
 REMOTE_SCHEMES = ("s3", "s3a")
@@ -230,16 +231,20 @@ class LgsidHome(dg.ConfigurableResource):
         target = Path(path).resolve()
         confine(self.root(), str(target.relative_to(self.root())))
         pointer = self.artifact_dir(asset) / "current.json"
-        tmp = pointer.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"path": str(target.relative_to(self.root()))}))
-        os.replace(tmp, pointer)
+        with artefact_lock(pointer):  # one writer of an asset's pointer at a time
+            atomic_write_text(pointer, json.dumps({"path": str(target.relative_to(self.root()))}))
 
     def current(self, asset: str) -> Path | None:
         """The artefact last published for ``asset`` (None if never materialized)."""
         pointer = confine(self.root(), "artifacts", asset, "current.json")
         if not pointer.exists():
             return None
-        rel = json.loads(pointer.read_text())["path"]
+        try:
+            rel = json.loads(pointer.read_text())["path"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{pointer} is corrupted ({type(exc).__name__}: {exc}); re-materialize {asset!r} "
+                             "to write a new one, or point it at an existing version folder under "
+                             f"{pointer.parent}") from None
         return confine(self.root(), rel)
 
     # -- reading tables -----------------------------------------------------------------------
