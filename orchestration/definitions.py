@@ -24,6 +24,7 @@ import dagster as dg
 
 from assets import ALL_ASSETS, ALL_CHECKS
 from orchestration.jobs import city_refresh_job, executor_from_env
+from orchestration.maintenance import maintenance_job, weekly_maintenance_schedule
 from orchestration.refit import (global_refit_job, refit_chain_sensor, refit_city_stage_job,
                                   refit_global_stage_job, weekly_refit_schedule)
 from orchestration.schedules import weekly_refresh_schedule
@@ -66,9 +67,9 @@ def build_defs(home: str | None = None, source: DataSource | None = None,
     return dg.Definitions(
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
-        jobs=[city_refresh_job, global_refit_job, refit_global_stage_job, refit_city_stage_job],
+        jobs=[city_refresh_job, global_refit_job, refit_global_stage_job, refit_city_stage_job, maintenance_job],
         sensors=[new_items_sensor, refit_chain_sensor],
-        schedules=[weekly_refresh_schedule, weekly_refit_schedule],
+        schedules=[weekly_refresh_schedule, weekly_refit_schedule, weekly_maintenance_schedule],
         resources=build_resources(home or default_home(), source or source_from_env(), encoder,
                                   tables_uri=tables_uri, storage_options=storage_options),
         executor=executor_from_env(executor),

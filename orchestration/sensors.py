@@ -18,6 +18,7 @@ import polars as pl
 from assets.partitions import city_partitions
 from lgsid_pipeline import sources
 from lgsid_pipeline.catalog import DataValidationError
+from lgsid_pipeline.housekeeping import prune_cursor
 from orchestration.jobs import city_refresh_job
 from resources import DataSource
 
@@ -37,9 +38,10 @@ def plan_landing(landing_dir: str | None, cursor: str | None, source: DataSource
     """
     seen: dict[str, str] = json.loads(cursor) if cursor else {}
     files = sources.landing_files(landing_dir)
+    present = {p.name for p in files}
     new = [p for p in files if seen.get(p.name) != _fingerprint(p)]
     if not new:
-        return [], {}, cursor, []
+        return [], {}, prune_cursor(cursor, present), []
     column_map = dict(source.spec().column_map)
     items, _, _ = source.validated()  # includes every landed file
     id_to_city = items.valid.select("item_id", "city_key")
@@ -65,7 +67,8 @@ def plan_landing(landing_dir: str | None, cursor: str | None, source: DataSource
     new_cursor = dict(seen)
     for path in planned:
         new_cursor[path.name] = _fingerprint(path)
-    return planned, by_city, json.dumps(new_cursor, sort_keys=True), errors
+    # bounded: files that left the landing folder leave the cursor (a file that comes back is new)
+    return planned, by_city, prune_cursor(json.dumps(new_cursor, sort_keys=True), present), errors
 
 
 @dg.sensor(job=city_refresh_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
@@ -81,6 +84,8 @@ def new_items_sensor(context: dg.SensorEvaluationContext, source: DataSource):
         if errors:
             return dg.SkipReason(f"{len(errors)} landed file(s) could not be planned and will be "
                                  "retried on the next tick: " + " | ".join(errors)[:4000])
+        if cursor != context.cursor:  # files left the folder: store the smaller cursor
+            return dg.SensorResult(skip_reason="no new or changed files in the landing folder", cursor=cursor)
         return dg.SkipReason("no new or changed files in the landing folder")
     existing = set(context.instance.get_dynamic_partitions(city_partitions.name))
     added = sorted(set(by_city) - existing)
