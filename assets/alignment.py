@@ -11,7 +11,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from assets.metadata import Timer, config_json, flat, image, md_table
-from assets.partitions import DELTA, city_partitions
+from assets.partitions import DELTA, ENCODER_POOL, TRAINING_POOL, city_partitions
 from lgsid_pipeline import alignment_metrics, gdpo, reward
 from lgsid_pipeline.negatives import mismatched_prompts
 from lgsid_pipeline.partitions import validate_city_key
@@ -72,6 +72,7 @@ class RewardModelConfig(dg.Config):
 
 
 @dg.asset(
+    pool=TRAINING_POOL,
     group_name=GROUP, owners=OWNERS, kinds={"torch", "safetensors"},
     deps=[dg.AssetDep("distance_ranked_negatives"), dg.AssetDep("item_catalog")],
     description="Eq. 2-4: a 2-layer MLP scoring how well an item's content fits a location, trained "
@@ -175,6 +176,7 @@ class AlignedEncoderConfig(dg.Config):
 
 
 @dg.asset(
+    pool=TRAINING_POOL,
     group_name=GROUP, owners=OWNERS, kinds={"torch", "peft", "safetensors"},
     deps=[dg.AssetDep("reward_model"), dg.AssetDep("cooccurrence_pairs"), dg.AssetDep("item_catalog")],
     description="Eq. 6-8: G-DPO fine-tunes LoRA adapters (r=8, key/value projections) so the frozen reward "
@@ -225,6 +227,7 @@ def _prompt_hash(prompts: list[str]) -> list[str]:
 
 
 @dg.asset(
+    pool=ENCODER_POOL,
     partitions_def=city_partitions, group_name=GROUP, owners=OWNERS, kinds={"torch", "polars", "delta"},
     metadata=DELTA, io_manager_key="io_manager", deps=[dg.AssetDep("aligned_encoder")],
     description="One embedding per catalog item and variant (origin, aligned), keyed by item_id with the "

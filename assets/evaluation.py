@@ -9,7 +9,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from assets.metadata import Timer, config_json, image, md_table
-from assets.partitions import DELTA, city_partitions
+from assets.partitions import DELTA, TRAINING_POOL, city_partitions
 from assets.tokenization import read_manifest
 from lgsid_pipeline.partitions import validate_city_key
 from lgsid_pipeline.recommenders.data import last_value_per_user
@@ -61,6 +61,7 @@ class EvaluationConfig(dg.Config):
 
 
 @dg.asset(
+    pool=TRAINING_POOL,
     group_name=GROUP, owners=OWNERS, kinds={"torch", "polars"},
     deps=[dg.AssetDep("sid_table"), dg.AssetDep("user_interactions"), dg.AssetDep("item_catalog")],
     description="One leave-one-out split, the same seeds, every variant: TIGER-style generative retrieval "

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from assets.alignment import embedding_versions, load_embeddings
 from assets.metadata import Timer, config_json, image
-from assets.partitions import DELTA, city_partitions
+from assets.partitions import DELTA, TRAINING_POOL, city_partitions
 from lgsid_pipeline.partitions import validate_city_key
 from lgsid_pipeline.train_state import load_json
 from lgsid_pipeline.tokenizers import default_codebook_sizes, load_tokenizer, make_tokenizer
@@ -121,6 +121,7 @@ def _no_codebook() -> dg.AssetCheckResult:
 
 
 @dg.asset(
+    pool=TRAINING_POOL,
     group_name=GROUP, owners=OWNERS, kinds={"torch", "scikit-learn", "safetensors"},
     deps=[dg.AssetDep("item_embeddings"), dg.AssetDep("item_catalog")],
     description="Versioned SID codebooks fitted over all cities so a SID means the same everywhere: LGSID "

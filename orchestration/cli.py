@@ -30,6 +30,9 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+concurrency:
+  pools:
+    default_limit: 1
 """
 
 
@@ -101,8 +104,17 @@ def materialize_graph(defs, instance, cities: list[str], selection: set | None =
 def _materialize_stages(defs, instance, cities, selection, run_config, echo, tags):
     import dagster as dg
 
+    from contextlib import nullcontext
+
+    from lgsid_pipeline.partitions import validate_city_key
+    from lgsid_pipeline.train_state import artefact_lock
+
     plan = stages(defs, selection)
     all_assets = list(defs.assets or []) + list(defs.asset_checks or [])
+    home = (defs.resources or {}).get("home")
+    locks = Path(home.root()) / "locks" if home is not None else None
+    if locks is not None:
+        locks.mkdir(exist_ok=True)
     for i, (is_city, keys) in enumerate(plan, 1):
         names = ", ".join(k.to_user_string() for k in keys)
         stage_config = dict(run_config or {})
@@ -113,9 +125,13 @@ def _materialize_stages(defs, instance, cities, selection, run_config, echo, tag
             start = time.perf_counter()
             where = f"city {part}" if part else "all cities"
             echo(f"[{i}/{len(plan)}] {where}: {names} ...", flush=True)
-            result = dg.materialize(all_assets, selection=keys, partition_key=part, instance=instance,
-                                    resources=defs.resources, run_config=stage_config,
-                                    raise_on_error=False, tags={"lgsid/trigger": "cli", **(tags or {})})
+            # One writer per city and home: a second `lgsid materialize` of the same city waits for
+            # the first instead of interleaving its writes (the pools limit the trainers).
+            city_lock = artefact_lock(locks / f"city-{validate_city_key(part)}") if part and locks else nullcontext()
+            with city_lock:
+                result = dg.materialize(all_assets, selection=keys, partition_key=part, instance=instance,
+                                        resources=defs.resources, run_config=stage_config,
+                                        raise_on_error=False, tags={"lgsid/trigger": "cli", **(tags or {})})
             if not result.success:
                 raise StageFailed(f"at {where}: {names} (run {result.run_id})")
             echo(f"[{i}/{len(plan)}] {where}: done in {time.perf_counter() - start:.1f}s", flush=True)

@@ -89,6 +89,7 @@ def test_incremental_refresh_keeps_embeddings_and_sids(pipeline):
     sel = {dg.AssetKey(k) for k in ["item_catalog", "user_interactions", "catalog_quarantine",
                                     "item_embeddings", "sid_table"]}
     materialize_graph(defs, inst, [city], sel, echo=lambda *a, **k: None)
+    assert (home.root() / "locks" / f"city-{city}.lock").exists()  # the CLI path takes the city's lock
     emb_meta = _latest(inst, "item_embeddings", city)
     n_city = before_emb.filter(pl.col("variant") == "origin").height
     assert emb_meta["origin.encoded"].value == 2 and emb_meta["origin.reused"].value == n_city

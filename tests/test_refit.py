@@ -110,3 +110,16 @@ def test_metric_regressions_flag_drops_and_vanished_metrics():
     assert list(drops) == ["TIGER.lgsid.test_hit@10"]
     assert vanished == ["TIGER.rqvae.test_hit@10"]
     assert metric_regressions(old, old, 0.10) == ({}, [])
+
+
+def test_trainers_and_the_encoder_share_limited_pools(defs):
+    from assets.partitions import ENCODER_POOL, TRAINING_POOL
+    from orchestration.cli import DAGSTER_YAML
+
+    graph = defs.resolve_asset_graph()
+    pools = {k.to_user_string(): graph.get(k).pools for k in graph.get_all_asset_keys()
+             if graph.get(k).is_materializable}
+    for name in ("reward_model", "aligned_encoder", "sid_codebook", "recommender_evaluations"):
+        assert pools[name] == {TRAINING_POOL}, name
+    assert pools["item_embeddings"] == {ENCODER_POOL}
+    assert "default_limit: 1" in DAGSTER_YAML  # homes made by `lgsid materialize` enforce them
