@@ -41,19 +41,23 @@ VARIANTS = {
     "geo_prefix": ("geo_prefix", "origin"),
     "random_id": ("random_id", "origin"),
 }
-DEFAULT_VARIANTS = ["lgsid", "hgit_origin", "res_kmeans", "rqvae"]  # what the demo fits and evaluates
-# The method a serving system should read from sid_table (recorded in the manifest). Not yet
-# chosen by a validation shootout on real data (benchmarks/sid_shootout.py); until then the
-# paper's method.
-DEFAULT_SID_VARIANT = "lgsid"
+# what the demo fits and evaluates
+DEFAULT_VARIANTS = ["lgsid", "hgit_origin", "hgit_geo_last_origin", "res_kmeans", "rqvae"]
+# The method a serving system should read from sid_table (recorded in the manifest): the best
+# non-control method by validation Hit@10 in the SID shootout on gowalla_nyc (1,500 TIGER steps,
+# one seed; benchmarks/results/shootout/gowalla_nyc_1500steps_seed0.json): HGIT with content
+# levels first and a geographic last level, on origin embeddings. Its lead over the best
+# baseline (geo_prefix) is not significant there (valid Hit@10 +0.005, 95% CI -0.006..+0.017).
+DEFAULT_SID_VARIANT = "hgit_geo_last_origin"
 HGIT_METHODS = ("hgit", "hgit_geo_last")
 
 
 class CodebookConfig(dg.Config):
     variants: list[str] = Field(default=list(DEFAULT_VARIANTS),
                                 description=f"Which tokenizers to fit, of {list(VARIANTS)}")
-    default_variant: str = Field(default=DEFAULT_SID_VARIANT,
-                                 description="The variant sid_table ships as its default (recorded in the manifest).")
+    default_variant: str | None = Field(default=None, description="The variant sid_table ships as its default "
+                                        f"(recorded in the manifest). None: {DEFAULT_SID_VARIANT!r} when it is "
+                                        "fitted, else the first fitted variant.")
     levels: int = Field(default=3, description="Code length L before the dedup digit.")
     codebook_sizes: list[int] | None = Field(default=None, description="Per-level sizes; None: 256 per level, "
                                                                       "capped at N/8 for small catalogues.")
@@ -145,8 +149,10 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
     for name in config.variants:
         if name not in VARIANTS:
             raise dg.Failure(f"unknown tokenizer variant {name!r}; choose from {list(VARIANTS)}")
-    if config.default_variant not in config.variants:
-        raise dg.Failure(f"default_variant {config.default_variant!r} is not among the fitted variants {config.variants}")
+    default_variant = config.default_variant or (
+        DEFAULT_SID_VARIANT if DEFAULT_SID_VARIANT in config.variants else config.variants[0])
+    if default_variant not in config.variants:
+        raise dg.Failure(f"default_variant {default_variant!r} is not among the fitted variants {config.variants}")
     if config.dedup_order not in DEDUP_ORDERS:
         raise dg.Failure(f"unknown dedup_order {config.dedup_order!r}; choose from {list(DEDUP_ORDERS)}")
     popularity = None
@@ -198,7 +204,7 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
     pl.concat(assignments).write_parquet(out_dir / "assignments.parquet")
     manifest = {"version": version, "number": number, "variants": variants, "codebook_sizes": list(sizes),
                 "levels": config.levels, "n_items": n, "dedup": config.dedup, "dedup_order": config.dedup_order,
-                "seed": config.seed, "default_variant": config.default_variant,
+                "seed": config.seed, "default_variant": default_variant,
                 "fitted_on": "every item of the catalogue (all cities)",
                 "identical_prompt_share": prompt_floor["identical_prompt_share"],
                 "coverage_q90": {m: [lv["coverage"]["q90"] for lv in d["per_level"]] for m, d in diags.items()},
@@ -214,7 +220,7 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
     meta.update({f"{m}.{k}": v for m, d in diags.items() for k, v in d["collisions"].items()
                  if k in ("max_digit", "bucket_size_q50", "bucket_size_q90", "bucket_size_q99")})
     meta["identical_prompt_share"] = float(prompt_floor["identical_prompt_share"])
-    meta["default_variant"] = config.default_variant
+    meta["default_variant"] = default_variant
     return dg.MaterializeResult(metadata={
         "version": version, "refit": True, "config": config_json(config), "items": n,
         "codebook_sizes": "x".join(map(str, sizes)), "diagnostics": dg.MetadataValue.md(diagnostics_markdown(diags)),

@@ -69,6 +69,10 @@ def test_every_asset_materialized_with_metadata(pipeline):
     assert emb.group_by("variant").len()["len"].to_list() == [300, 300]
     sids = home.read("sid_table")
     assert sids.group_by("method").agg(pl.col("item_id").n_unique())["item_id"].to_list() == [300] * 4
+    from assets.tokenization import DEFAULT_SID_VARIANT, read_manifest
+
+    # the shipped default is fitted by default; a variant list without it ships its first variant
+    assert read_manifest(home)["default_variant"] == "lgsid" != DEFAULT_SID_VARIANT
 
 
 def test_alignment_report_has_both_variants(pipeline):
