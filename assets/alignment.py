@@ -295,18 +295,20 @@ def _aligned(encoder: EncoderResource, adapter: str):
 
 def load_embeddings(home: LgsidHome, variant: str, catalog: pl.DataFrame) -> np.ndarray:
     """The (N, d) matrix of one variant, rows aligned with ``catalog``; errors if items are missing."""
-    emb = home.read("item_embeddings").filter(pl.col("variant") == variant).select("item_id", "embedding")
-    joined = catalog.select("item_id").join(emb, on="item_id", how="left", maintain_order="left")
+    return load_embeddings_and_versions(home, variant, catalog)[0]
+
+
+def load_embeddings_and_versions(home: LgsidHome, variant: str, catalog: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """:func:`load_embeddings` plus the distinct encoder versions of the variant's rows over every
+    city (one read of the table)."""
+    rows = home.read("item_embeddings").filter(pl.col("variant") == variant)
+    versions = sorted(rows["encoder_version"].unique().drop_nulls().to_list())
+    joined = catalog.select("item_id").join(rows.select("item_id", "embedding"), on="item_id", how="left",
+                                            maintain_order="left")
     missing = joined["embedding"].null_count()
     if missing:
         raise dg.Failure(f"{missing} catalog items have no {variant!r} embedding: re-materialize item_embeddings")
-    return np.asarray(joined["embedding"].to_list(), dtype=np.float32)
-
-
-def embedding_versions(home: LgsidHome, variant: str) -> list[str]:
-    """The distinct encoder versions of one embedding variant's rows, over every city."""
-    emb = home.read("item_embeddings").filter(pl.col("variant") == variant)
-    return sorted(emb["encoder_version"].unique().drop_nulls().to_list())
+    return np.asarray(joined["embedding"].to_list(), dtype=np.float32), versions
 
 
 class AlignmentReportConfig(dg.Config):

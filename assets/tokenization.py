@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from assets.alignment import embedding_versions, load_embeddings
+from assets.alignment import load_embeddings_and_versions
 from assets.metadata import Timer, config_json, image
 from assets.partitions import DELTA, TRAINING_POOL, city_partitions
 from lgsid_pipeline.partitions import validate_city_key
@@ -173,8 +173,7 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
         if emb_variant not in available:
             context.log.warning(f"{name}: no {emb_variant!r} embeddings, using origin")
             emb_variant = "origin"
-        X = load_embeddings(home, emb_variant, catalog)
-        enc_versions = embedding_versions(home, emb_variant)
+        X, enc_versions = load_embeddings_and_versions(home, emb_variant, catalog)
         if len(enc_versions) > 1:
             raise dg.Failure(f"{name}: the {emb_variant!r} item embeddings come from {len(enc_versions)} encoder "
                              f"versions {enc_versions} (some cities still hold embeddings from an older adapter); "
