@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from assets.metadata import Timer, config_json, flat, image, md_table
 from assets.partitions import DELTA, ENCODER_POOL, TRAINING_POOL, city_partitions
 from lgsid_pipeline import alignment_metrics, gdpo, reward
-from lgsid_pipeline.negatives import mismatched_prompts
+from lgsid_pipeline.negatives import dedupe_prompt_lists, mismatched_prompts
 from lgsid_pipeline.partitions import validate_city_key
 from lgsid_pipeline.prompts import build_prompts
 from lgsid_pipeline.train_state import atomic_save_tensors, load_tensors
@@ -89,11 +89,13 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, h
         raise dg.Failure(f"no {config.negatives!r} negative lists: materialize distance_ranked_negatives first")
     lists = _sample_per_city(lists.rename({"anchor_id": "item_id"}), "item_id", config.anchors_per_city,
                              config.seed).rename({"item_id": "anchor_id"})
-    prompts = mismatched_prompts(catalog, lists)
+    template = encoder.template()
+    prompts, dedupe = dedupe_prompt_lists(mismatched_prompts(catalog, lists, template))
+    list_k = reward.common_list_length(prompts)
     enc = encoder.encoder()
     # Cache the frozen-encoder embeddings of the prompt lists (reused across reward-model refits).
     key = hashlib.sha256(("\n".join(prompts.sort("anchor_id", "rank")["prompt"].to_list())
-                          + enc.version).encode()).hexdigest()[:16]
+                          + enc.version + f"|k={list_k}").encode()).hexdigest()[:16]
     cache = home.artifact_dir("reward_model", "cache") / f"lists-{key}.safetensors"
     with timer("encode_prompt_lists"):
         if cache.exists():
@@ -101,7 +103,7 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, h
             E, labels = t["E"], t["labels"]
         else:
             E, labels, _ = reward.encode_prompt_lists(
-                _WithProgress(enc, _progress_logger(context, "encoding prompt lists")), prompts)
+                _WithProgress(enc, _progress_logger(context, "encoding prompt lists")), prompts, k=list_k)
             atomic_save_tensors({"E": E.contiguous(), "labels": labels.contiguous()}, cache)
     with timer("train"):
         result = reward.train_reward_model(
@@ -121,7 +123,9 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, h
         "ndcg": [m.get("heldout_ndcg"), m.get("untrained_ndcg")],
     })
     return dg.MaterializeResult(metadata={
-        "config": config_json(config), "anchors": int(E.shape[0]), "list_length": int(E.shape[1]),
+        "config": config_json(config), "prompt_template": encoder.prompt_template,
+        "instruction": encoder.instruction, "anchors": int(E.shape[0]), "list_length": int(E.shape[1]),
+        **{f"dedupe.{k}": v for k, v in dedupe.items() if v is not None},
         "embedding_dim": int(E.shape[2]), "encoder_version": enc.version, "quality": md_table(quality),
         "loss_curve": image(plot, "reward model loss"), "weights": dg.MetadataValue.path(str(out)),
         **flat({k: v for k, v in m.items() if isinstance(v, int | float)}), **timer.metadata(),
@@ -158,10 +162,21 @@ class AlignedEncoderConfig(dg.Config):
     gc_outside: str = Field(default="town", description="D_gc's far item lies outside the target's 'town' "
                             "(default) or outside its 'city'. On the demo world 'city' lowered C@5 by 28% "
                             "(benchmarks/results/alignment.md).")
-    max_pairs: int | None = Field(default=384, description="Cap on preference pairs (seeded sample).")
+    max_steps: int | None = Field(default=64, description="Step budget. The run is one pass over D_mix or this "
+                                  "many steps, whichever is smaller (D_mix is sampled, seeded, to max_steps x "
+                                  "batch_size pairs). None = one pass over all of D_mix.")
+    max_pairs: int | None = Field(default=None, description="Extra cap on preference pairs (seeded sample).")
     epochs: int = 1
     batch_size: int = 16
     lr: float = gdpo.GDPOConfig.lr
+    sim_reading: str = Field(default=gdpo.GDPOConfig.sim_reading, description="Eq. 7 reading: printed (pull to "
+                             "the own reference, push from the batch's others) | pull (own reference only).")
+    eval_every: int = Field(default=16, description="Steps between held-out geography evaluations (C@5, T@5, "
+                            "Top@5); the adapter kept is the best evaluated step (docs/alignment.md). 0 = off.")
+    eval_items: int = gdpo.GDPOConfig.eval_items
+    max_top_loss: float = Field(default=gdpo.GDPOConfig.max_top_loss, description="Largest relative Top@5 loss "
+                                "a kept step may have against the unchanged encoder.")
+    patience: int = gdpo.GDPOConfig.patience
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -172,6 +187,13 @@ class AlignedEncoderConfig(dg.Config):
     def _known_scope(cls, v: str) -> str:
         if v not in ("town", "city"):
             raise ValueError(f"gc_outside must be 'town' or 'city', got {v!r}")
+        return v
+
+    @field_validator("sim_reading")
+    @classmethod
+    def _known_reading(cls, v: str) -> str:
+        if v not in gdpo.SIM_READINGS:
+            raise ValueError(f"sim_reading must be one of {gdpo.SIM_READINGS}, got {v!r}")
         return v
 
 
@@ -192,27 +214,40 @@ def aligned_encoder(context: dg.AssetExecutionContext, config: AlignedEncoderCon
     cooc = pairs_lf.collect() if pairs_lf is not None else None
     rm = reward.load_reward_model(home.artifact_dir("reward_model", "current"))
     with timer("build_pairs"):
-        pairs = gdpo.build_preference_pairs(catalog, cooc, seed=config.seed, max_pairs=config.max_pairs,
+        budget = None if config.max_steps is None else config.max_steps * config.batch_size
+        cap = min((c for c in (budget, config.max_pairs) if c is not None), default=None)
+        pairs = gdpo.build_preference_pairs(catalog, cooc, seed=config.seed, max_pairs=cap,
                                             use_dc=config.use_dc, use_gc=config.use_gc,
                                             outside=config.gc_outside)
     cfg = gdpo.GDPOConfig(beta=config.beta, lam=config.lam, lr=config.lr, epochs=config.epochs,
                           batch_size=config.batch_size, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                           lora_dropout=config.lora_dropout, seed=config.seed,
-                          max_length=encoder.max_length)
+                          max_length=encoder.max_length, sim_reading=config.sim_reading, max_steps=config.max_steps,
+                          eval_every=config.eval_every, eval_items=config.eval_items,
+                          max_top_loss=config.max_top_loss, patience=config.patience)
     enc = encoder.encoder()
-    run_key = hashlib.sha256((pairs.write_csv() + enc.version).encode()).hexdigest()[:12] + "-" + _cfg_hash(config)
+    template = encoder.template()
+    run_key = hashlib.sha256((pairs.write_csv() + enc.version + repr(template)).encode()).hexdigest()[:12] \
+        + "-" + _cfg_hash(config)
     adapter = home.artifact_dir("aligned_encoder", "adapters", run_key)
     with timer("train"):
         result = gdpo.train_gdpo(enc, rm, catalog, pairs, cfg,
                                  checkpoint_dir=home.artifact_dir("aligned_encoder", "checkpoints", run_key),
-                                 adapter_dir=adapter, progress=_progress_logger(context, "G-DPO"))
+                                 adapter_dir=adapter, progress=_progress_logger(context, "G-DPO"),
+                                 template=template)
     home.publish("aligned_encoder", adapter)
     plot = gdpo.plot_losses(result.history, home.artifact_dir("plots") / "gdpo_losses.png")
     sources = pairs.group_by("source").len().sort("source")
+    geography = {}
+    if result.evals:
+        curve = gdpo.plot_geography(result.evals, int(result.metrics["best_step"]),
+                                    home.artifact_dir("plots") / "gdpo_heldout_geography.png")
+        geography = {"heldout_geography_curve": image(curve, "G-DPO held-out geography"),
+                     "heldout_evaluations": md_table(pl.DataFrame(result.evals))}
     return dg.MaterializeResult(metadata={
         "config": config_json(config), "pairs": pairs.height, "pair_sources": md_table(sources),
         "adapter": dg.MetadataValue.path(str(adapter)), "base_encoder_version": enc.version,
-        "loss_curves": image(plot, "G-DPO losses"),
+        "prompt_template": encoder.prompt_template, "loss_curves": image(plot, "G-DPO losses"), **geography,
         **flat({k: v for k, v in result.metrics.items() if isinstance(v, int | float)}), **timer.metadata(),
     })
 
@@ -238,7 +273,7 @@ def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig,
                     home: LgsidHome, encoder: EncoderResource) -> dg.Output[pl.DataFrame]:
     city = validate_city_key(context.partition_key)
     timer = Timer()
-    prompts = build_prompts(item_catalog)
+    prompts = build_prompts(item_catalog, template=encoder.template())
     hashes = _prompt_hash(prompts)
     current = pl.DataFrame({"item_id": item_catalog["item_id"], "prompt_hash": hashes})
     existing_lf = home.scan("item_embeddings", [city])

@@ -20,7 +20,7 @@ from lgsid_pipeline.tokenizers.dedup import (DEDUP_ORDERS, assign_unique, collis
                                              dedup_order_key, unique_sids)
 from lgsid_pipeline.tokenizers.diagnostics import (diagnostics_markdown, plot_codebook_usage, plot_coverage,
                                                    tokenizer_diagnostics)
-from resources import LgsidHome
+from resources import EncoderResource, LgsidHome
 
 GROUP = "tokenization"
 OWNERS = ["team:lgsid-ml"]
@@ -134,7 +134,8 @@ def _no_codebook() -> dg.AssetCheckResult:
                 "(refit=True, weekly job); otherwise the frozen version stays. "
                 "Core: lgsid_pipeline/tokenizers/",
 )
-def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home: LgsidHome) -> dg.MaterializeResult:
+def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home: LgsidHome,
+                 encoder: EncoderResource) -> dg.MaterializeResult:
     previous = read_manifest(home)
     if previous is not None and not config.refit and set(config.variants) <= set(previous["variants"]):
         return dg.MaterializeResult(metadata={
@@ -161,7 +162,7 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
         popularity = catalog.select("item_id").join(visits, on="item_id", how="left", maintain_order="left")["n"] \
             .fill_null(0).to_numpy()
     order_key = dedup_order_key(catalog, config.dedup_order, popularity)
-    prompt_floor = collision_figures(np.zeros((n, 1), dtype=np.int64), prompts=build_prompts(catalog))
+    prompt_floor = collision_figures(np.zeros((n, 1), dtype=np.int64), prompts=build_prompts(catalog, template=encoder.template()))
     hgit_params = {"w_admin": config.w_admin, "w_geo": config.w_geo, "lambda_reg": config.lambda_reg,
                    "usage_temperature": config.usage_temperature, "admin_columns": list(config.admin_columns)}
     number = (previous["number"] + 1) if previous else 1

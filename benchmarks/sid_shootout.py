@@ -5,6 +5,7 @@ Usage:
         [--seeds 0,1,2] [--tiger-steps N] [--methods M,M,...] [--aligned PARQUET]
         [--dedup-order item_id|spatial|popularity] [--local-km 5] [--din-epochs 3]
         [--cache DIR] [--encoder DIR] [--codebook-size K] [--threads 2] [--jobs 2]
+        [--template paper|coordinates] [--instruction]
 
 What it does, in order:
 
@@ -51,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_recommenders import airport_items  # noqa: E402
-from lgsid_pipeline.prompts import build_prompts  # noqa: E402
+from lgsid_pipeline.prompts import DEFAULT_TEMPLATE_NAME, TEMPLATE_LINES, build_prompts, prompt_template  # noqa: E402
 from lgsid_pipeline.recommenders.data import SplitData, item_attribute, next_item_split  # noqa: E402
 from lgsid_pipeline.recommenders.din import DINConfig, train_and_evaluate_din  # noqa: E402
 from lgsid_pipeline.recommenders.heuristics import HEURISTICS, item_counts, run_heuristic  # noqa: E402
@@ -230,7 +231,8 @@ def run(args: argparse.Namespace) -> dict:
     items, inter = load_dataset(Path(args.data))
     split = next_item_split(inter, known_items=items["item_id"])
     ranked = ranked_items(split, items)
-    prompts = build_prompts(ranked)
+    template = prompt_template(args.template, args.instruction)
+    prompts = build_prompts(ranked, template=template)
     specs = [parse_method(m, args.dedup_order) for m in args.methods]
     X = {"origin": origin_embeddings(prompts, Path(args.cache), args.encoder)}
     if any(s.embeddings == "aligned" for s in specs):
@@ -338,7 +340,7 @@ def run(args: argparse.Namespace) -> dict:
                      "codebook_sizes": sizes, "levels": args.levels, "codebook_seed": args.codebook_seed,
                      "local_km": args.local_km, "dedup": "append", "fitted_on": "the ranked (5-core) items",
                      "tiger": {k: v for k, v in tiger_cfg.__dict__.items()}, "threads": args.threads,
-                     "jobs": args.jobs},
+                     "jobs": args.jobs, "prompt_template": args.template, "instruction": args.instruction},
         "identical_prompt_share": identical,
         "targets_reachability": target_reachability(split, lat, lon),
         "airport_target_share": float(1 - no_airport.mean()),
@@ -387,6 +389,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--codebook-size", type=int, default=None)
     ap.add_argument("--codebook-seed", type=int, default=0)
     ap.add_argument("--cache", default=str(ROOT / ".lgsid" / "shootout-cache"))
+    ap.add_argument("--template", default=DEFAULT_TEMPLATE_NAME, choices=sorted(TEMPLATE_LINES),
+                    help="prompt template of the origin embeddings (paper: no coordinates line)")
+    ap.add_argument("--instruction", action="store_true", help="prefix prompts with the paper's instruction")
     ap.add_argument("--encoder", default=None, help="model directory (default: the bundled all-MiniLM-L6-v2)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in all (split across --jobs)")
     ap.add_argument("--jobs", type=int, default=2, help="TIGER/DIN runs in parallel processes")

@@ -24,6 +24,7 @@ Readings of the paper (see docs/alignment.md):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -37,12 +38,14 @@ import torch
 from torch.nn import functional as F
 
 from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, hash_files, model_files
-from lgsid_pipeline.prompts import build_prompt
+from lgsid_pipeline.prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, build_prompts
 from lgsid_pipeline.reward import RewardModel
 from lgsid_pipeline.train_state import (
+    atomic_save_tensors,
     atomic_write_text,
     load_checkpoint,
     load_json,
+    load_tensors,
     restore_optimizer,
     save_checkpoint,
 )
@@ -132,10 +135,19 @@ def gdpo_align_loss(r_pi_pos: torch.Tensor, r_pi_neg: torch.Tensor, r_ref_pos: t
     return -F.logsigmoid(beta * (r_pi_pos - r_pi_neg - r_ref_pos + r_ref_neg)).mean()
 
 
-def similarity_loss(e_pi: torch.Tensor, e_ref: torch.Tensor) -> torch.Tensor:
+SIM_READINGS = ("printed", "pull")
+
+
+def similarity_loss(e_pi: torch.Tensor, e_ref: torch.Tensor, reading: str = "printed") -> torch.Tensor:
     # Eq. 7: E_i [ ||E_pi(i) - E_ref(i)||^2 - 1/(|B|-1) sum_{j != i} ||E_pi(i) - E_ref(j)||^2 ],
     # on L2-normalised embeddings (bounded in [-4, 4]; see module docstring).
+    # reading="pull" keeps only the first term (toward the item's own reference): the printed
+    # in-batch push also pushes same-town neighbours apart, which works against clustering.
+    if reading not in SIM_READINGS:
+        raise ValueError(f"unknown Eq. 7 reading {reading!r}; expected one of {SIM_READINGS}")
     p, r = F.normalize(e_pi, dim=-1), F.normalize(e_ref, dim=-1)
+    if reading == "pull":
+        return (p - r).pow(2).sum(-1).mean()
     d2 = (p.unsqueeze(1) - r.unsqueeze(0)).pow(2).sum(-1)  # (B, B) within one batch
     own = d2.diagonal()
     b = d2.shape[0]
@@ -166,11 +178,27 @@ class GDPOConfig:
     max_length: int | None = None  # None: the encoder's own max_length
     checkpoint_every: int = 50
     eval_pairs: int = 256
+    sim_reading: str = "printed"  # Eq. 7 as printed | "pull" (own-reference term only)
+    # Held-out geography selection ("trained until it helps, stopped when it hurts"): every
+    # eval_every steps (0 = off) C@5 / T@5 / Top@5 of eval_items held-out items are measured; the
+    # adapter kept is the evaluated step with the most headroom closed, mean over C@5 and T@5 of
+    # (m - m_0) / (1 - m_0), among the steps losing at most max_top_loss of Top@5 relative to step
+    # 0. Step 0 (the unchanged encoder) is a candidate, so a run that only hurts keeps Origin.
+    # Training stops after `patience` evaluations without a better eligible step.
+    eval_every: int = 0
+    eval_items: int = 256
+    max_top_loss: float = 0.05
+    patience: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lora_r", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "lora_r", "checkpoint_every", "eval_items", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GDPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or not 0.0 <= self.max_top_loss < 1.0:
+            raise ValueError(f"GDPOConfig needs eval_every >= 0 and max_top_loss in [0, 1) "
+                             f"(got {self.eval_every}, {self.max_top_loss})")
+        if self.sim_reading not in SIM_READINGS:
+            raise ValueError(f"GDPOConfig.sim_reading must be one of {SIM_READINGS}, got {self.sim_reading!r}")
         if self.lam < 0 or self.beta <= 0 or self.lr <= 0:
             raise ValueError(f"GDPOConfig needs lam >= 0, beta > 0, lr > 0 "
                              f"(got {self.lam}, {self.beta}, {self.lr})")
@@ -179,11 +207,13 @@ class GDPOConfig:
 @dataclass
 class GDPOResult:
     history: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)  # held-out geography per evaluated step
     metrics: dict = field(default_factory=dict)
     adapter_path: Path | None = None
 
 
-def pair_texts(items: pl.DataFrame, pairs: pl.DataFrame) -> tuple[list[str], list[str], list[str]]:
+def pair_texts(items: pl.DataFrame, pairs: pl.DataFrame,
+               template: PromptTemplate = DEFAULT_TEMPLATE) -> tuple[list[str], list[str], list[str]]:
     """(i+ texts, i- texts, anchors' true prompts) for every pair, built with Eq. 1 prompts."""
     missing = {"target_id", "near_id", "far_id"} - set(pairs.columns)
     if missing:
@@ -194,9 +224,9 @@ def pair_texts(items: pl.DataFrame, pairs: pl.DataFrame) -> tuple[list[str], lis
         if unknown.height:
             raise ValueError(f"pairs.{col} has {unknown.height} id(s) not in items, e.g. {unknown[col][0]!r}")
     t, n, f = (pairs[c].cast(pl.Utf8).to_list() for c in ("target_id", "near_id", "far_id"))
-    pos = [build_prompt(rows[a], rows[b]) for a, b in zip(t, n)]
-    neg = [build_prompt(rows[a], rows[b]) for a, b in zip(t, f)]
-    anc = [build_prompt(rows[a]) for a in t]
+    pos = [build_prompt(rows[a], rows[b], template) for a, b in zip(t, n)]
+    neg = [build_prompt(rows[a], rows[b], template) for a, b in zip(t, f)]
+    anc = [build_prompt(rows[a], None, template) for a in t]
     return pos, neg, anc
 
 
@@ -236,6 +266,84 @@ def _reference_cache(
     return torch.from_numpy(np.stack([known[t] for t in uniq])), {t: i for i, t in enumerate(uniq)}
 
 
+def geography_score(m: dict, m0: dict) -> float:
+    """Headroom closed, mean over C@5 and T@5: (m - m_0) / (1 - m_0) (0 where m_0 = 1)."""
+    parts = [(m[k] - m0[k]) / (1.0 - m0[k]) if m0[k] < 1.0 else 0.0 for k in ("c@5", "t@5")]
+    return float(np.mean(parts))
+
+
+def select_step(evals: list[dict], max_top_loss: float) -> dict:
+    """The evaluation the rule of :class:`GDPOConfig` keeps: the highest ``geography_score``
+    among steps whose Top@5 is within ``max_top_loss`` (relative) of step 0's; earliest on ties."""
+    base = evals[0]
+    eligible = [e for e in evals if e["top@5"] >= (1.0 - max_top_loss) * base["top@5"]]
+    return max(eligible, key=lambda e: (round(e["score"], 12), -e["step"]))
+
+
+class _GeographyEval:
+    """C@5 / T@5 / Top@5 of held-out items' true prompts under the policy (Top@5 in the origin
+    space). Held-out: items that are no pair's target, when enough exist."""
+
+    def __init__(self, encoder: TextEncoder, model, items: pl.DataFrame, pairs: pl.DataFrame,
+                 template: PromptTemplate, cfg: GDPOConfig) -> None:
+        from lgsid_pipeline.alignment_metrics import LEVELS
+
+        missing = [c for _, c in LEVELS if c not in items.columns]
+        if missing:
+            raise ValueError(f"G-DPO eval_every needs item columns {missing} for C@5 / T@5")
+        targets = pairs["target_id"].cast(pl.Utf8).unique().implode()
+        pool = items.filter(~pl.col("item_id").cast(pl.Utf8).is_in(targets))
+        if pool.height < min(cfg.eval_items, 32):
+            pool = items
+        self.items = pool.sample(n=min(cfg.eval_items, pool.height), seed=cfg.seed).sort("item_id")
+        if self.items.height < 6:
+            raise ValueError(f"G-DPO eval_every needs at least 6 items, got {self.items.height}")
+        self.texts = build_prompts(self.items, template=template)
+        self.encoder, self.model, self.max_length = encoder, model, cfg.max_length
+        with model.disable_adapter():
+            self.origin = encoder.encode(self.texts, model=model, max_length=cfg.max_length)
+        self.base: dict | None = None
+
+    def __call__(self, step: int) -> dict:
+        from lgsid_pipeline.alignment_metrics import geography_at_k
+
+        self.model.eval()
+        try:
+            emb = self.encoder.encode(self.texts, model=self.model, max_length=self.max_length)
+        finally:
+            for name, module in self.model.named_modules():
+                if "lora_dropout" in name:
+                    module.train()
+        m = {k: v for k, v in geography_at_k(emb, self.origin, self.items, 5).items()
+             if k in ("top@5", "p@5", "c@5", "t@5")}
+        if self.base is None:
+            self.base = m
+        return {"step": step, **m, "score": geography_score(m, self.base)}
+
+
+def plot_geography(evals: list[dict], best_step: int, path: Path | str) -> Path:
+    """C@5, T@5 and Top@5 of the held-out items against the G-DPO step; the kept step marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [e["step"] for e in evals]
+    for key in ("c@5", "t@5", "top@5"):
+        ax.plot(steps, [e[key] for e in evals], marker="o", label=key)
+    ax.axvline(best_step, color="grey", linestyle="--", label=f"kept (step {best_step})")
+    ax.set_xlabel("step")
+    ax.set_title("G-DPO held-out geography")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _adapter_state(model) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
@@ -253,6 +361,7 @@ def train_gdpo(
     adapter_dir: Path | str | None = None,
     progress: Callable[[dict], None] | None = None,
     reference_embeddings: dict[str, np.ndarray] | None = None,
+    template: PromptTemplate = DEFAULT_TEMPLATE,
 ) -> GDPOResult:
     """Fine-tune LoRA adapters on ``encoder`` with Eq. 8; save them as safetensors.
 
@@ -261,7 +370,7 @@ def train_gdpo(
     with the same inputs resumes from the last checkpoint. ``encoder`` itself is not modified.
     ``reference_embeddings`` (text -> embedding by this same base encoder and max_length, e.g.
     the origin embeddings of the items' true prompts) is reused and extended as the reference
-    cache.
+    cache. ``template`` renders the Eq. 1 prompts; use the one the item embeddings use.
     """
     from peft import set_peft_model_state_dict
 
@@ -278,7 +387,7 @@ def train_gdpo(
     adapter_dir = Path(adapter_dir)
     t_start = time.perf_counter()
 
-    pos, neg, anc = pair_texts(items, pairs)
+    pos, neg, anc = pair_texts(items, pairs, template)
     n = len(pos)
     model = _policy(encoder, cfg)
     # Everything a step touches lives on the encoder's device (cuda when available); R scores
@@ -296,18 +405,42 @@ def train_gdpo(
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    signature = {"n_pairs": n, "encoder": encoder.version, **asdict(cfg)}
+    texts_key = hashlib.sha256("\x1e".join(pos + neg).encode()).hexdigest()[:16]
+    signature = {"n_pairs": n, "texts": texts_key, "encoder": encoder.version, **asdict(cfg)}
     signature.pop("max_steps"), signature.pop("epochs"), signature.pop("checkpoint_every")
     history: list[dict] = []
+    evals: list[dict] = []
     step = 0
+    geo = _GeographyEval(encoder, model, items, pairs, template, cfg) if cfg.eval_every > 0 else None
+    best_state = _adapter_state(model)  # step 0: LoRA B = 0, i.e. the unchanged encoder
     if ckpt is not None and (state := load_checkpoint(ckpt)) is not None:
         model_t, opt_t, meta = state
         if meta.get("signature") != signature:
             raise ValueError(f"G-DPO checkpoint in {ckpt} was written for different inputs/settings")
         set_peft_model_state_dict(model, model_t)
         restore_optimizer(opt, opt_t, meta["optimizer"])
-        step, history = int(meta["step"]), list(meta["history"])
+        step, history, evals = int(meta["step"]), list(meta["history"]), list(meta.get("evals", []))
+        if geo is not None and evals:
+            geo.base = {k: evals[0][k] for k in ("top@5", "p@5", "c@5", "t@5")}
+            if select_step(evals, cfg.max_top_loss)["step"] > 0:
+                best_state = load_tensors(ckpt / "best_adapter.safetensors", "G-DPO best adapter")
         log.info("resuming G-DPO from step %d", step)
+    if geo is not None and not evals:
+        evals.append(geo(0))
+    stopped_early = False
+
+    def evaluate() -> bool:
+        """Evaluate at ``step``; keep the state if it is the new best. True = stop (patience)."""
+        nonlocal best_state
+        evals.append(geo(step))
+        best = select_step(evals, cfg.max_top_loss)
+        if best["step"] == step:
+            best_state = _adapter_state(model)
+            if ckpt is not None:
+                ckpt.mkdir(parents=True, exist_ok=True)
+                atomic_save_tensors(best_state, ckpt / "best_adapter.safetensors")
+        since = sum(1 for e in evals if e["step"] > best["step"])
+        return since >= cfg.patience
 
     t_train = time.perf_counter()
     start_step = step
@@ -322,7 +455,7 @@ def train_gdpo(
         m = len(idx)
         r_pi, r_ref = reward_model(emb[: 2 * m]), reward_model(ref[: 2 * m])
         align = gdpo_align_loss(r_pi[:m], r_pi[m:], r_ref[:m], r_ref[m:], cfg.beta)
-        sim = similarity_loss(emb[2 * m:], ref[2 * m:]) if cfg.lam > 0 else torch.zeros(())
+        sim = similarity_loss(emb[2 * m:], ref[2 * m:], cfg.sim_reading) if cfg.lam > 0 else torch.zeros(())
         total = gdpo_loss(align, sim, cfg.lam)
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -336,25 +469,44 @@ def train_gdpo(
             progress({**rec, "total_steps": total_steps})
         if step % 10 == 0:
             log.info("G-DPO step %d/%d align=%.4f sim=%.4f", step, total_steps, rec["align"], rec["sim"])
-        if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == total_steps):
+        stop = False
+        if geo is not None and (step % cfg.eval_every == 0 or step == total_steps):
+            stop = evaluate()
+        if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == total_steps or stop):
             save_checkpoint(ckpt, _adapter_state(model), opt,
-                            {"step": step, "history": history, "signature": signature})
+                            {"step": step, "history": history, "signature": signature, "evals": evals})
+        if stop:
+            stopped_early = step < total_steps
+            log.info("G-DPO stops at step %d: %d evaluations without a better held-out geography",
+                     step, cfg.patience)
+            break
     train_seconds = time.perf_counter() - t_train
+    selection: dict = {}
+    if geo is not None:
+        best = select_step(evals, cfg.max_top_loss)
+        set_peft_model_state_dict(model, best_state)  # keep the selected step's adapter
+        selection = {"best_step": best["step"], "stopped_early": stopped_early, "evaluations": len(evals),
+                     **{f"heldout_{k}_origin": evals[0][k] for k in ("c@5", "t@5", "top@5")},
+                     **{f"heldout_{k}_best": best[k] for k in ("c@5", "t@5", "top@5")},
+                     "heldout_headroom_closed_best": best["score"],
+                     "heldout_items": geo.items.height}
 
     # Save the adapter (adapter_model.safetensors + adapter_config.json) and provenance.
     model.save_pretrained(str(adapter_dir), safe_serialization=True)
     atomic_write_text(adapter_dir / "gdpo.json", json.dumps(
         {"base_identity": encoder.identity, "config": asdict(cfg), "steps": step,
+         "selection": selection, "evals": evals,
          # peft's safetensors carry no checksum: record one so a damaged adapter is refused.
          "adapter_sha256": hash_files([adapter_dir / "adapter_model.safetensors"])}, indent=1))
 
     metrics = {"steps": step, "steps_this_run": step - start_step, "pairs": n,
                "train_seconds": train_seconds,
                "seconds_per_1k_pairs": 1000 * train_seconds / max((step - start_step) * cfg.batch_size, 1),
+               **selection,
                **_final_losses(history), **_reward_margins(encoder, model, reward_model, pos, neg,
                                                              ref_emb, ref_idx, cfg)}
     metrics["seconds"] = time.perf_counter() - t_start
-    return GDPOResult(history=history, metrics=metrics, adapter_path=adapter_dir)
+    return GDPOResult(history=history, metrics=metrics, adapter_path=adapter_dir, evals=evals)
 
 
 def _final_losses(history: list[dict], window: int = 10) -> dict:

@@ -38,6 +38,7 @@ from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
 from lgsid_pipeline.gdpo import GDPOConfig, build_preference_pairs, load_aligned_encoder, train_gdpo
 from lgsid_pipeline.prompts import build_prompts
 from lgsid_pipeline.reward import (
+    common_list_length,
     encode_prompt_lists,
     load_reward_model,
     save_reward_model,
@@ -119,7 +120,7 @@ def run_ladder(
     """
     from lgsid_pipeline.alignment_metrics import alignment_report
     from lgsid_pipeline.cooccurrence import cooccurrence_pairs
-    from lgsid_pipeline.negatives import distance_ranked_negatives, mismatched_prompts
+    from lgsid_pipeline.negatives import dedupe_prompt_lists, distance_ranked_negatives, mismatched_prompts
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +162,9 @@ def run_ladder(
         neg = distance_ranked_negatives(items, k=k_neg, strategy=strategy, seed=seed, max_anchors=per_city,
                                         far_items=items if far_share > 0 else None, far_share=far_share)
         lists = neg.lists
-        prompts_df = mismatched_prompts(items, lists)
-        e, labels, _ = encode_prompt_lists(encoder, prompts_df)
+        prompts_df, dedupe = dedupe_prompt_lists(mismatched_prompts(items, lists))
+        diag.setdefault("prompt_dedupe", {})[strategy] = dedupe
+        e, labels, _ = encode_prompt_lists(encoder, prompts_df, k=common_list_length(prompts_df))
         save_file({"E": e.contiguous(), "labels": labels.contiguous()}, str(path))
         lists_cache[strategy] = (e, labels)
         return e, labels

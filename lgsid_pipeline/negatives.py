@@ -497,3 +497,37 @@ def mismatched_prompts(
         ((pl.col("rank") > 0) & (pl.col("prompt") == pl.col("_own"))).alias("same_as_true_prompt")
     )
     return out.select(list(schema))
+
+
+def dedupe_prompt_lists(prompts_df: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """Leave out the mismatched prompts that render like an earlier prompt of the same list.
+
+    Under the paper's template (no coordinates) a same-town negative renders exactly the anchor's
+    true prompt P_i, and two negatives in one town render alike. Kept in, such a row asks the
+    reward model to score one text both as the true location and as a mismatched one (or at two
+    ranks). So each list keeps the first (nearest) occurrence of every distinct prompt -- the true
+    prompt at rank 0 always -- and the kept negatives are renumbered 1..n'. The Eq. 3 labels follow
+    the kept list: n' - rank + 1 for a negative, n' + 1 for the true prompt. Returns the frame and
+    the counts (reported as metadata), never silently.
+    """
+    if prompts_df.height == 0:
+        return prompts_df, {"prompt_rows": 0, "duplicate_prompts_dropped": 0, "duplicate_share": 0.0,
+                            "anchors": 0, "kept_list_len_min": None, "kept_list_len_median": None}
+    ordered = prompts_df.sort("anchor_id", "rank", maintain_order=True)
+    kept = ordered.filter(pl.col("prompt").is_first_distinct().over("anchor_id"))
+    kept = kept.with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over("anchor_id").alias("rank"))
+    # Eq. 3 on the kept list of n' negatives: label = n' - rank + 1, and n' + 1 at rank 0.
+    kept = kept.with_columns((pl.len().over("anchor_id") - pl.col("rank")).cast(pl.Float64).alias("label"))
+    if "same_as_true_prompt" in kept.columns:
+        kept = kept.with_columns(pl.lit(False).alias("same_as_true_prompt"))
+    lens = kept.group_by("anchor_id").agg((pl.len() - 1).alias("n"))["n"]
+    dropped = prompts_df.height - kept.height
+    negatives = prompts_df.height - lens.len()
+    return kept, {
+        "prompt_rows": prompts_df.height,
+        "duplicate_prompts_dropped": int(dropped),
+        "duplicate_share": float(dropped / negatives) if negatives else 0.0,
+        "anchors": int(lens.len()),
+        "kept_list_len_min": int(lens.min()),
+        "kept_list_len_median": float(lens.median()),
+    }

@@ -1,9 +1,23 @@
 """Geography prompts (paper Appendix A, Figure 6) and prompt mismatching (Eq. 1).
 
-A prompt is the instruction followed by one line per item field. Fields a dataset lacks (null
-or empty) are left out cleanly, never rendered as "None". The template is configurable: each
-line is a ``str.format`` pattern over the item's columns, and a line is dropped when every
+A prompt is an optional instruction followed by one line per item field. Fields a dataset lacks
+(null or empty) are left out cleanly, never rendered as "None". The template is configurable:
+each line is a ``str.format`` pattern over the item's columns, and a line is dropped when every
 field it names is missing.
+
+Two named templates (:func:`prompt_template`):
+
+- ``paper`` (the default): Appendix A, Figure 6 -- the content fields and the location as
+  province / city / district / town, with no coordinates. Geography must then be *learned* by
+  alignment rather than read off matching digit strings, which left Origin at C@5 0.90-0.999 on
+  the real sets (no headroom for G-DPO).
+- ``coordinates``: ``paper`` plus a ``Coordinates: lat, lon`` location line (3 decimals, about
+  100 m). An option, not the default.
+
+The instruction line ("You are now a local-life recommender ...") is off by default: it suits
+instruction-tuned encoders (the paper's BGE backbone with last-token pooling); a sentence
+encoder such as the bundled all-MiniLM-L6-v2 mean-pools it into every prompt, where this
+constant 15-word text makes up about half of each embedding. The encoder resource turns it on.
 
 Eq. 1: P_i = [P_content, P_location^i] and P_i^j = [P_content, P_location^j]. The content
 lines come from item ``a`` and the location line from item ``b`` (``build_prompt(a, b)``).
@@ -24,26 +38,33 @@ DEFAULT_INSTRUCTION = (
 
 # (section, pattern). "location" lines are taken from the location item, all others from the
 # content item. Order follows Figure 6.
-DEFAULT_LINES: tuple[tuple[str, str], ...] = (
+PAPER_LINES: tuple[tuple[str, str], ...] = (
     ("content", "Item: {name}"),
     ("location", "Location: {province}, {city}, {district}, {town}"),
-    # Finer than the admin hierarchy: without it, two shops in one town render the same location
-    # text, and the hard (same-town) negatives of Eq. 1 would equal the true prompt. Three
-    # decimals is about 100 m.
-    ("location", "Coordinates: {lat:.3f}, {lon:.3f}"),
     ("content", "Category hierarchy: {cat1} > {cat2} > {cat3}"),
     ("content", "Brand: {brand}"),
     ("content", "Price: {price}"),
     ("content", "Full goods list: {goods}"),
     ("content", "Top-selling items: {top_sellers}"),
 )
+# The ``coordinates`` option: finer than the admin hierarchy (three decimals is about 100 m), so
+# same-town locations render differently -- at the price of making geography a string match.
+COORDINATE_LINES: tuple[tuple[str, str], ...] = (
+    PAPER_LINES[:2] + (("location", "Coordinates: {lat:.3f}, {lon:.3f}"),) + PAPER_LINES[2:]
+)
+TEMPLATE_LINES: dict[str, tuple[tuple[str, str], ...]] = {
+    "paper": PAPER_LINES,
+    "coordinates": COORDINATE_LINES,
+}
+DEFAULT_TEMPLATE_NAME = "paper"
+DEFAULT_LINES = TEMPLATE_LINES[DEFAULT_TEMPLATE_NAME]
 
 _FIELD = re.compile(r"\{(\w+)(?::([^}]*))?\}")
 
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    instruction: str = DEFAULT_INSTRUCTION
+    instruction: str = ""  # empty = no instruction line (see the module docstring)
     lines: tuple[tuple[str, str], ...] = DEFAULT_LINES
     location_fields: tuple[str, ...] = field(
         default=("province", "city", "district", "town", "lat", "lon")
@@ -53,7 +74,14 @@ class PromptTemplate:
         return {m[0] for _, pat in self.lines for m in _FIELD.findall(pat)}
 
 
-DEFAULT_TEMPLATE = PromptTemplate()
+def prompt_template(name: str = DEFAULT_TEMPLATE_NAME, instruction: bool = False) -> PromptTemplate:
+    """The named template (``paper`` | ``coordinates``), with or without the instruction line."""
+    if name not in TEMPLATE_LINES:
+        raise ValueError(f"unknown prompt template {name!r}; expected one of {sorted(TEMPLATE_LINES)}")
+    return PromptTemplate(instruction=DEFAULT_INSTRUCTION if instruction else "", lines=TEMPLATE_LINES[name])
+
+
+DEFAULT_TEMPLATE = prompt_template()
 
 
 def _present(value: object) -> bool:

@@ -57,12 +57,30 @@ def soft_labels(ranks: torch.Tensor, k: int) -> torch.Tensor:
     return (k - ranks + 1).to(torch.float32)
 
 
-def encode_prompt_lists(encoder, prompts_df: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def common_list_length(prompts_df: pl.DataFrame, keep_share: float = 0.9) -> int:
+    """The largest K that at least ``keep_share`` of the anchors' lists reach (at least 1).
+
+    After :func:`~lgsid_pipeline.negatives.dedupe_prompt_lists` lists differ in length; R trains
+    on fixed (A, K+1) tensors, so lists are cut to their K nearest negatives and shorter ones left
+    out. This K keeps most anchors without letting one long list set the length.
+    """
+    if not 0.0 < keep_share <= 1.0:
+        raise ValueError(f"keep_share must be in (0, 1], got {keep_share}")
+    if prompts_df.height == 0:
+        raise ValueError("prompts_df is empty")
+    lens = np.sort(prompts_df.group_by("anchor_id").agg(pl.col("rank").max())["rank"].to_numpy())[::-1]
+    k = int(lens[max(0, int(np.ceil(keep_share * len(lens))) - 1)])
+    return max(k, 1)
+
+
+def encode_prompt_lists(encoder, prompts_df: pl.DataFrame,
+                        k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Encode the ``mismatched_prompts`` frame into ``(E (A, K+1, d), labels (A, K+1), anchor_ids)``.
 
     ``prompts_df`` has one row per (anchor_id, rank) with rank 0 the anchor's true prompt and
-    ranks 1..K the mismatched prompts near->far. Anchors whose list is incomplete (fewer
-    negatives than the longest list, e.g. in a tiny city) are dropped. Labels follow Eq. 3 and
+    ranks 1..K the mismatched prompts near->far. With ``k`` given, each list is cut to its ``k``
+    nearest negatives; anchors whose list is shorter (fewer negatives than ``k``, or than the
+    longest list when ``k`` is None, e.g. in a tiny city) are dropped. Labels follow Eq. 3 and
     are recomputed from ``rank``.
     """
     missing = {"anchor_id", "rank", "prompt"} - set(prompts_df.columns)
@@ -76,7 +94,12 @@ def encode_prompt_lists(encoder, prompts_df: pl.DataFrame) -> tuple[torch.Tensor
     if df["prompt"].null_count() or df["rank"].null_count():
         row = df.with_row_index().filter(pl.col("prompt").is_null() | pl.col("rank").is_null())["index"][0]
         raise ValueError(f"prompts_df row {row} has a null prompt or rank")
-    k = int(df["rank"].max())
+    if k is None:
+        k = int(df["rank"].max())
+    elif k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    else:
+        df = df.filter(pl.col("rank") <= k)
     if k < 1:
         raise ValueError("prompts_df has no mismatched prompts (max rank < 1)")
     full = (

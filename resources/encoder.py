@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
+from lgsid_pipeline.prompts import DEFAULT_TEMPLATE_NAME, TEMPLATE_LINES, PromptTemplate, prompt_template
 
 
 @functools.lru_cache(maxsize=2)
@@ -28,6 +29,19 @@ class EncoderResource(dg.ConfigurableResource):
     batch_size: int = 32
     device: str = Field(default="auto", description="auto (cuda when available) | cpu | cuda")
     dtype: str = "float32"
+    prompt_template: str = Field(default=DEFAULT_TEMPLATE_NAME,
+                                 description="paper (Appendix A: content + province/city/town, no coordinates) | "
+                                             "coordinates (adds a lat, lon line; geography becomes a string match).")
+    instruction: bool = Field(default=False, description="Prefix every prompt with the paper's instruction line. "
+                              "On for instruction-tuned encoders (BGE-style); off for sentence encoders such as "
+                              "the bundled MiniLM, which would mean-pool the constant text into every item.")
+
+    def template(self) -> PromptTemplate:
+        """The prompt template every stage renders with (reward lists, G-DPO pairs, item embeddings)."""
+        if self.prompt_template not in TEMPLATE_LINES:
+            raise ValueError(f"EncoderResource.prompt_template must be one of {sorted(TEMPLATE_LINES)}, "
+                             f"got {self.prompt_template!r}")
+        return prompt_template(self.prompt_template, self.instruction)
 
     def config(self) -> EncoderConfig:
         return EncoderConfig(model_path=self.model_path, pooling=self.pooling, normalize=self.normalize,

@@ -17,7 +17,10 @@ from lgsid_pipeline.gdpo import (
     gdpo_align_loss,
     gdpo_loss,
     load_aligned_encoder,
+    geography_score,
+    plot_geography,
     plot_losses,
+    select_step,
     similarity_loss,
     train_gdpo,
 )
@@ -194,3 +197,66 @@ def test_damaged_adapter_is_refused(encoder, setup, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha256"):
         load_aligned_encoder(encoder.config, res.adapter_path)
+
+
+def test_eq7_pull_reading_is_own_reference_only():
+    pi = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    ref = torch.tensor([[0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    own = [float(((pi[i] - ref[i]) ** 2).sum()) for i in range(3)]
+    assert float(similarity_loss(pi, ref, "pull")) == pytest.approx(sum(own) / 3, rel=1e-6)
+    # Unlike the printed reading, pull never rewards moving away from other items' references:
+    # two same-town items already at their references cost 0, however close they are.
+    close = torch.tensor([[1.0, 0.0], [0.999, 0.0447]])
+    assert float(similarity_loss(close, close, "pull")) == pytest.approx(0.0, abs=1e-6)
+    assert float(similarity_loss(close, close, "printed")) < 0
+    with pytest.raises(ValueError, match="Eq. 7 reading"):
+        similarity_loss(pi, ref, "push")
+    with pytest.raises(ValueError, match="sim_reading"):
+        GDPOConfig(sim_reading="push")
+
+
+def test_selection_rule_keeps_best_geography_within_top_loss():
+    base = {"step": 0, "c@5": 0.5, "t@5": 0.2, "top@5": 0.8}
+    base["score"] = geography_score(base, base)
+    good = {"step": 10, "c@5": 0.6, "t@5": 0.36, "top@5": 0.78}  # closes 20% / 20% of headroom
+    good["score"] = geography_score(good, base)
+    assert good["score"] == pytest.approx(0.2)
+    greedy = {"step": 20, "c@5": 0.9, "t@5": 0.9, "top@5": 0.70}  # -12.5% Top@5: not eligible
+    greedy["score"] = geography_score(greedy, base)
+    worse = {"step": 30, "c@5": 0.4, "t@5": 0.1, "top@5": 0.8}
+    worse["score"] = geography_score(worse, base)
+    assert select_step([base, good, greedy, worse], 0.05)["step"] == 10
+    assert select_step([base, greedy], 0.20)["step"] == 20
+    assert select_step([base, worse], 0.05)["step"] == 0  # only hurts: keep the unchanged encoder
+
+
+def test_heldout_eval_keeps_the_selected_adapter_and_stops(encoder, setup, tmp_path):
+    items, pairs, rm = setup
+    cfg = GDPOConfig(lr=5e-2, batch_size=8, epochs=6, seed=0, eval_every=2, eval_items=12, patience=2,
+                     lam=0.0, max_top_loss=0.05)
+    res = train_gdpo(encoder, rm, items, pairs, cfg, checkpoint_dir=tmp_path / "sel")
+    evals = res.evals
+    assert evals[0]["step"] == 0 and evals[0]["score"] == 0.0
+    assert [e["step"] for e in evals[1:]] == list(range(2, 2 * len(evals) - 1, 2))
+    best = select_step(evals, 0.05)
+    assert res.metrics["best_step"] == best["step"]
+    later = [e for e in evals if e["step"] > best["step"]]
+    total = 6 * (-(-pairs.height // 8))
+    # On this planted data G-DPO raises C@5, then plateaus: a later step is kept, and training
+    # stops after `patience` evaluations without a better one, before the step budget.
+    assert best["step"] > 0 and best["c@5"] > evals[0]["c@5"]
+    assert res.metrics["stopped_early"] and len(later) == 2 and res.metrics["steps"] < total
+    # The saved adapter is the kept step's: its held-out geography equals the recorded one.
+    aligned = load_aligned_encoder(encoder.config, res.adapter_path)
+    from lgsid_pipeline.alignment_metrics import geography_at_k
+    from lgsid_pipeline.prompts import build_prompts
+
+    held = items.filter(~pl.col("item_id").is_in(pairs["target_id"].implode()))
+    held = (held if held.height >= 12 else items).sample(n=12, seed=0).sort("item_id")
+    texts = build_prompts(held)
+    g = geography_at_k(aligned.encode(texts), encoder.encode(texts), held, 5)
+    for k in ("c@5", "t@5", "top@5"):
+        assert g[k] == pytest.approx(best[k], abs=1e-4)
+    meta = json.loads((res.adapter_path / "gdpo.json").read_text())
+    assert meta["selection"]["best_step"] == best["step"] and len(meta["evals"]) == len(evals)
+    assert plot_geography(evals, best["step"], tmp_path / "geo.png").stat().st_size > 0

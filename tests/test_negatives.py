@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 
 from lgsid_pipeline.geo import GeoIndex, haversine_km
-from lgsid_pipeline.negatives import distance_ranked_negatives, mismatched_prompts
+from lgsid_pipeline.negatives import dedupe_prompt_lists, distance_ranked_negatives, mismatched_prompts
 
 
 def _city(n_dense=300, n_sparse=120, seed=0, key="metro", centre=(40.75, -73.98)):
@@ -246,3 +246,36 @@ def test_empty_items():
         res = distance_ranked_negatives(items, strategy=strategy)
         assert res.lists.height == 0 and res.metrics["n_anchors"] == 0
         assert res.lists.columns[:6] == ["anchor_id", "negative_id", "rank", "distance_km", "label", "strategy"]
+
+
+def test_same_town_duplicates_are_left_out_and_counted():
+    """Under the paper's template a same-town negative renders the anchor's own prompt: the
+    sampler leaves it (and any repeat of an earlier negative) out, relabels by Eq. 3 on the kept
+    list and reports the count."""
+    items = _city(n_dense=60, n_sparse=20, seed=3)  # 9 towns, so most lists repeat a town
+    lists = distance_ranked_negatives(items, k=8, seed=0, max_anchors=12).lists
+    raw = mismatched_prompts(items, lists)
+    out, stats = dedupe_prompt_lists(raw)
+    assert out.columns == raw.columns
+    n_dups = raw.height - raw.unique(["anchor_id", "prompt"]).height
+    assert n_dups > 0 and stats["duplicate_prompts_dropped"] == n_dups
+    assert stats["duplicate_share"] == pytest.approx(n_dups / lists.height)
+    town = dict(zip(items["item_id"], items["town"]))
+    for (anchor,), g in out.sort("rank").group_by(["anchor_id"], maintain_order=True):
+        assert g["prompt"].n_unique() == g.height  # every text once per list
+        assert g["rank"].to_list() == list(range(g.height))  # renumbered 1..n'
+        n = g.height - 1
+        assert g["label"].to_list() == [float(n + 1 - r) for r in range(g.height)]  # Eq. 3 on n'
+        towns = [town[i] for i in g["location_item_id"].to_list()[1:]]
+        assert town[anchor] not in towns and len(set(towns)) == len(towns)
+        # the kept negatives are the nearest of each distinct town, in distance order
+        first = raw.filter(pl.col("anchor_id") == anchor).sort("rank").unique("prompt", keep="first",
+                                                                             maintain_order=True)
+        assert g["location_item_id"].to_list() == first["location_item_id"].to_list()
+    assert not out["same_as_true_prompt"].any()
+    assert stats["kept_list_len_min"] >= 1 and stats["anchors"] == raw["anchor_id"].n_unique()
+    # The coordinates template makes every location distinct: nothing to leave out.
+    from lgsid_pipeline.prompts import prompt_template
+
+    coords = mismatched_prompts(items, lists, prompt_template("coordinates"))
+    assert dedupe_prompt_lists(coords)[1]["duplicate_prompts_dropped"] == 0

@@ -12,6 +12,7 @@ import torch
 from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, build_tiny_bert
 from lgsid_pipeline.reward import (
     RewardModel,
+    common_list_length,
     encode_prompt_lists,
     load_reward_model,
     ranking_metrics,
@@ -153,6 +154,20 @@ def test_encode_prompt_lists_shapes_and_labels(tmp_path):
     np.testing.assert_allclose(e[1, 2].numpy(), direct[0], atol=1e-5)
     with pytest.raises(ValueError, match="missing column"):
         encode_prompt_lists(enc, df.drop("prompt"))
+    # k cuts every list to its k nearest negatives, so a3 (3 ranks) is kept; labels follow Eq. 3.
+    e2, labels2, anchors2 = encode_prompt_lists(enc, df, k=2)
+    assert anchors2 == ["a1", "a2", "a3"] and e2.shape == (3, 3, enc.dim)
+    assert labels2.tolist() == [[3.0, 2.0, 1.0]] * 3
+
+
+def test_common_list_length_keeps_most_anchors():
+    lens = {"a": 5, "b": 5, "c": 4, "d": 4, "e": 4, "f": 4, "g": 4, "h": 4, "i": 4, "j": 1}
+    df = pl.DataFrame([{"anchor_id": a, "rank": r} for a, n in lens.items() for r in range(n + 1)])
+    assert common_list_length(df, keep_share=0.9) == 4  # 9 of 10 reach 4; one short list is left out
+    assert common_list_length(df, keep_share=0.2) == 5
+    assert common_list_length(df, keep_share=1.0) == 1
+    with pytest.raises(ValueError, match="keep_share"):
+        common_list_length(df, keep_share=0.0)
 
 
 def test_torn_checkpoint_is_not_resumed(tmp_path):
