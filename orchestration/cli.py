@@ -65,11 +65,40 @@ def open_instance(home: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: printed as one line, exit status 2."""
+
+
+def _json_arg(text: str, flag: str, file_ok: bool = False) -> dict:
+    """Parse a JSON flag (or, with ``file_ok``, a JSON file named by it) into a dict."""
+    if file_ok and Path(text).is_file():
+        text = Path(text).read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{flag} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): "
+                         f"{text[:80]!r}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _validated(cls, fields: dict, flag: str):
+    """``cls(**fields)`` with pydantic's complaint reduced to the field names and reasons."""
+    import pydantic
+
+    try:
+        return cls(**fields)
+    except pydantic.ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
+        raise UsageError(f"{flag}: {reasons}") from None
+
+
 def _source_from_args(args):
     from resources import DataSource
 
     if args.source_json:
-        return DataSource(**json.loads(args.source_json))
+        return _validated(DataSource, _json_arg(args.source_json, "--source-json"), "--source-json")
     if args.data:
         return DataSource(kind="folder", path=str(Path(args.data).resolve()), landing_dir=args.landing)
     return DataSource(kind="generator", preset=args.preset, seed=args.seed, landing_dir=args.landing)
@@ -163,7 +192,13 @@ def cmd_materialize(args) -> int:
     from resources.storage import parse_storage_options
 
     source = _source_from_args(args)
-    encoder = EncoderResource(**json.loads(args.encoder_json)) if args.encoder_json else None
+    encoder = None
+    if args.encoder_json:
+        encoder = _validated(EncoderResource, _json_arg(args.encoder_json, "--encoder-json"), "--encoder-json")
+        try:  # fail here, not half-way through a run
+            encoder.config(), encoder.template()
+        except ValueError as exc:
+            raise UsageError(f"--encoder-json: {exc}") from None
     storage_options = (parse_storage_options(args.storage_options, "--storage-options")
                        if args.storage_options else None)
     if args.tables_uri:  # the same location for anything in this process that reads the environment
@@ -199,8 +234,7 @@ def cmd_materialize(args) -> int:
     print(f"lgsid: Delta tables at {defs.resources['home'].tables_root_uri()}", flush=True)
     run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
     if args.run_config:
-        text = Path(args.run_config).read_text() if Path(args.run_config).is_file() else args.run_config
-        run_config["ops"] = json.loads(text).get("ops", {})
+        run_config["ops"] = _json_arg(args.run_config, "--run-config", file_ok=True).get("ops", {})
     if args.refit:
         from orchestration.refit import REFIT_RUN_CONFIG
 
@@ -388,7 +422,16 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--json", action="store_true", help="machine-readable JSON")
     q.set_defaults(func=cmd_sid)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from lgsid_pipeline.catalog import DataValidationError
+
+    try:
+        return args.func(args)
+    except (UsageError, DataValidationError, FileNotFoundError) as exc:
+        if os.environ.get("LGSID_DEBUG"):
+            raise
+        print(f"lgsid: error: {exc}", file=sys.stderr)
+        print("lgsid: (set LGSID_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

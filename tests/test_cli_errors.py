@@ -1,0 +1,34 @@
+"""The CLI turns a bad command line or input into one clear line and exit status 2, not a traceback."""
+
+import pytest
+
+from orchestration.cli import main
+
+CASES = [
+    (["--source-json", "{bad"], "--source-json is not valid JSON"),
+    (["--source-json", "[1]"], "--source-json must be a JSON object"),
+    (["--source-json", '{"kind": "files"}'], "source kind 'files' needs items_file"),
+    (["--source-json", '{"kind": "nope"}'], "source kind 'nope' is not one of"),
+    (["--data", "/nonexistent/lgsid-data"], "/nonexistent/lgsid-data: dataset folder does not exist"),
+    (["--encoder-json", '{"pooling": "max"}'], "--encoder-json: EncoderConfig.pooling must be cls|mean|last"),
+    (["--encoder-json", '{"prompt_template": "geohash"}'], "--encoder-json: EncoderResource.prompt_template"),
+    (["--preset", "test", "--run-config", "{x"], "--run-config is not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("extra,message", CASES, ids=[c[1][:30] for c in CASES])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.delenv("LGSID_DEBUG", raising=False)
+    rc = main(["materialize", "--home", str(tmp_path / "home"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"lgsid: error: {message}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2
+
+
+def test_debug_env_keeps_the_traceback(tmp_path, monkeypatch):
+    from orchestration.cli import UsageError
+
+    monkeypatch.setenv("LGSID_DEBUG", "1")
+    with pytest.raises(UsageError, match="not valid JSON"):
+        main(["materialize", "--home", str(tmp_path / "home"), "--source-json", "{bad"])
