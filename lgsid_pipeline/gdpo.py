@@ -323,25 +323,8 @@ class _GeographyEval:
 
 def plot_geography(evals: list[dict], best_step: int, path: Path | str) -> Path:
     """C@5, T@5 and Top@5 of the held-out items against the G-DPO step; the kept step marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [e["step"] for e in evals]
-    for key in ("c@5", "t@5", "top@5"):
-        ax.plot(steps, [e[key] for e in evals], marker="o", label=key)
-    ax.axvline(best_step, color="grey", linestyle="--", label=f"kept (step {best_step})")
-    ax.set_xlabel("step")
-    ax.set_title("G-DPO held-out geography")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _plot_steps(evals, {k: k for k in ("c@5", "t@5", "top@5")}, path, "G-DPO held-out geography",
+                       marker="o", vline=(best_step, f"kept (step {best_step})"))
 
 
 def _adapter_state(model) -> dict[str, torch.Tensor]:
@@ -572,6 +555,14 @@ def load_aligned_encoder(base_config: EncoderConfig, adapter_dir: Path | str) ->
 
 def plot_losses(history: list[dict], path: Path | str) -> Path:
     """Plot align / sim / total losses per step (matplotlib Agg) to ``path``."""
+    return _plot_steps(history, {k: f"L_{k}" for k in ("align", "sim", "total")}, path,
+                       "G-DPO losses (Eq. 6-8)", ylabel="loss")
+
+
+def _plot_steps(rows: list[dict], series: dict[str, str], path: Path | str, title: str, *,
+                ylabel: str | None = None, marker: str | None = None,
+                vline: tuple[int, str] | None = None) -> Path:
+    """One line per ``series`` key (label = its value) against ``row["step"]`` (matplotlib Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -580,12 +571,15 @@ def plot_losses(history: list[dict], path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [h["step"] for h in history]
-    for key in ("align", "sim", "total"):
-        ax.plot(steps, [h[key] for h in history], label=f"L_{key}")
+    steps = [r["step"] for r in rows]
+    for key, label in series.items():
+        ax.plot(steps, [r[key] for r in rows], marker=marker, label=label)
+    if vline is not None:
+        ax.axvline(vline[0], color="grey", linestyle="--", label=vline[1])
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("G-DPO losses (Eq. 6-8)")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
