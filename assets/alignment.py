@@ -77,7 +77,9 @@ class RewardModelConfig(dg.Config):
     deps=[dg.AssetDep("distance_ranked_negatives"), dg.AssetDep("item_catalog")],
     description="Eq. 2-4: a 2-layer MLP scoring how well an item's content fits a location, trained "
                 "list-wise on prompt-mismatched lists (Eq. 1) with distance soft labels (Eq. 3). Eq. 4 is "
-                "read as ListNet (see docs/alignment.md). Trained across all cities. "
+                "read as ListNet (see docs/alignment.md). Mismatched prompts that render like an earlier "
+                "prompt of their list (same-town locations under the paper's template) are left out and "
+                "counted (dedupe.* metadata). Trained across all cities. "
                 "Core: lgsid_pipeline/reward.py",
 )
 def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, home: LgsidHome,
@@ -204,7 +206,8 @@ class AlignedEncoderConfig(dg.Config):
     description="Eq. 6-8: G-DPO fine-tunes LoRA adapters (r=8, key/value projections) so the frozen reward "
                 "model prefers an item's content at near/co-visited locations over far ones, with the in-batch "
                 "similarity regulariser (Eq. 7) keeping semantics. Preference pairs D_mix = D_dc U D_gc. "
-                "Resumable from checkpoints. Core: lgsid_pipeline/gdpo.py",
+                "Held-out C@5 / T@5 / Top@5 are measured every eval_every steps and the best step is kept "
+                "(the unchanged encoder if no step helps). Resumable from checkpoints. Core: lgsid_pipeline/gdpo.py",
 )
 def aligned_encoder(context: dg.AssetExecutionContext, config: AlignedEncoderConfig, home: LgsidHome,
                     encoder: EncoderResource) -> dg.MaterializeResult:

@@ -237,11 +237,16 @@ def _policy(encoder: TextEncoder, cfg: GDPOConfig):
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=["key", "value"], bias="none")
     model = get_peft_model(encoder.clone_model(), lora)
-    model.eval()  # base dropout off: the policy differs from the reference only through LoRA
+    _lora_dropout_only(model)
+    return model
+
+
+def _lora_dropout_only(model) -> None:
+    """Base dropout off, LoRA dropout on: the policy differs from the reference only through LoRA."""
+    model.eval()
     for name, module in model.named_modules():
         if "lora_dropout" in name:
             module.train()
-    return model
 
 
 def _reference_cache(
@@ -302,23 +307,19 @@ class _GeographyEval:
         self.encoder, self.model, self.max_length = encoder, model, cfg.max_length
         with model.disable_adapter():
             self.origin = encoder.encode(self.texts, model=model, max_length=cfg.max_length)
-        self.base: dict | None = None
 
-    def __call__(self, step: int) -> dict:
+    def __call__(self, step: int, base: dict | None) -> dict:
+        """The evaluation at ``step``, scored against ``base`` (step 0's; None = this is step 0)."""
         from lgsid_pipeline.alignment_metrics import geography_at_k
 
         self.model.eval()
         try:
             emb = self.encoder.encode(self.texts, model=self.model, max_length=self.max_length)
         finally:
-            for name, module in self.model.named_modules():
-                if "lora_dropout" in name:
-                    module.train()
+            _lora_dropout_only(self.model)
         m = {k: v for k, v in geography_at_k(emb, self.origin, self.items, 5).items()
              if k in ("top@5", "p@5", "c@5", "t@5")}
-        if self.base is None:
-            self.base = m
-        return {"step": step, **m, "score": geography_score(m, self.base)}
+        return {"step": step, **m, "score": geography_score(m, base or m)}
 
 
 def plot_geography(evals: list[dict], best_step: int, path: Path | str) -> Path:
@@ -403,19 +404,20 @@ def train_gdpo(
         set_peft_model_state_dict(model, model_t)
         restore_optimizer(opt, opt_t, meta["optimizer"])
         step, history, evals = int(meta["step"]), list(meta["history"]), list(meta.get("evals", []))
-        if geo is not None and evals:
-            geo.base = {k: evals[0][k] for k in ("top@5", "p@5", "c@5", "t@5")}
-            if select_step(evals, cfg.max_top_loss)["step"] > 0:
-                best_state = load_tensors(ckpt / "best_adapter.safetensors", "G-DPO best adapter")
+        if geo is not None and evals and select_step(evals, cfg.max_top_loss)["step"] > 0:
+            best_state = load_tensors(ckpt / "best_adapter.safetensors", "G-DPO best adapter")
         log.info("resuming G-DPO from step %d", step)
+    stopped_early = bool(evals) and step < total_steps and bool(
+        sum(1 for e in evals if e["step"] > select_step(evals, cfg.max_top_loss)["step"]) >= cfg.patience)
+    if stopped_early:  # a run that stopped early stays stopped when it is called again
+        total_steps = step
     if geo is not None and not evals:
-        evals.append(geo(0))
-    stopped_early = False
+        evals.append(geo(0, None))
 
     def evaluate() -> bool:
         """Evaluate at ``step``; keep the state if it is the new best. True = stop (patience)."""
         nonlocal best_state
-        evals.append(geo(step))
+        evals.append(geo(step, evals[0]))
         best = select_step(evals, cfg.max_top_loss)
         if best["step"] == step:
             best_state = _adapter_state(model)

@@ -260,3 +260,11 @@ def test_heldout_eval_keeps_the_selected_adapter_and_stops(encoder, setup, tmp_p
     meta = json.loads((res.adapter_path / "gdpo.json").read_text())
     assert meta["selection"]["best_step"] == best["step"] and len(meta["evals"]) == len(evals)
     assert plot_geography(evals, best["step"], tmp_path / "geo.png").stat().st_size > 0
+    # Called again on the same checkpoint, a run that stopped early stays stopped.
+    again = train_gdpo(encoder, rm, items, pairs, cfg, checkpoint_dir=tmp_path / "sel",
+                       adapter_dir=tmp_path / "again")
+    assert again.metrics["steps"] == res.metrics["steps"] and again.metrics["steps_this_run"] == 0
+    assert again.metrics["best_step"] == best["step"] and again.metrics["stopped_early"]
+    first = load_file(str(res.adapter_path / "adapter_model.safetensors"))
+    second = load_file(str(tmp_path / "again" / "adapter_model.safetensors"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
