@@ -31,7 +31,10 @@ What it does, in order:
    bootstrap 95% CI, sign-flip permutation p); ``default_method``: the method with the best
    validation Hit@10 (never chosen on test).
 
-Writes the JSON to ``--out`` and a markdown table beside it (same stem, ``.md``).
+Writes the JSON to ``--out`` and a markdown table beside it (same stem, ``.md``). Each finished
+(method, seed) run is saved at once under ``--runs`` (default: ``OUT.runs/``), keyed by its SIDs,
+seed, configs and split, so a killed or extended shootout (more seeds, more methods) reruns only
+what is missing.
 """
 
 from __future__ import annotations
@@ -207,6 +210,35 @@ def _one_run(task: tuple) -> tuple[tuple[str, int], dict]:
     return (name, seed), out
 
 
+def _run_key(name: str, sids: np.ndarray, seed: int, ctx: dict) -> str:
+    """What one saved run depends on: the SIDs, the seed, the TIGER/DIN configs and the split."""
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(sids, dtype=np.int64).tobytes())
+    h.update(repr((name, seed, sorted(ctx["tiger_cfg"].__dict__.items()), sorted(ctx["din_cfg"].__dict__.items()),
+                   ctx["din_epochs"], ctx["local_km"], ctx["split"].metadata())).encode())
+    return h.hexdigest()[:16]
+
+
+def _save_run(runs: Path, key: str, r: dict) -> None:
+    """One finished (method, seed) run, written atomically, so a killed shootout resumes without it."""
+    runs.mkdir(parents=True, exist_ok=True)
+    arrays = {k: r[k] for k in ("valid", "test", "local", "reach") if r[k] is not None}
+    tmp = runs / f".{key}.{time.time_ns()}.tmp.npz"
+    np.savez(tmp, records=np.array(json.dumps({"tiger": r["tiger"], "din": r["din"]}, default=float)), **arrays)
+    tmp.replace(runs / f"{key}.npz")
+
+
+def _load_run(runs: Path, key: str) -> dict | None:
+    path = runs / f"{key}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        out = {k: z[k] for k in ("valid", "test", "local", "reach")}
+        out.update(json.loads(str(z["records"])))
+    out["reach"] = float(out["reach"])
+    return out
+
+
 def _run_all(tasks: list[tuple], ctx: dict, jobs: int):
     """Yield ``_one_run`` results; ``jobs > 1`` runs them in that many spawned processes, each
     with ``ctx["threads"]`` torch threads (on 2 cores two 1-thread runs finish more steps per
@@ -271,16 +303,25 @@ def run(args: argparse.Namespace) -> dict:
         keep(name, "local", np.stack([lm["hit@10_per_user"], lm["ndcg@10_per_user"]]))
 
     ctx = {"split": split, "lat": lat, "lon": lon, "cands": cands, "eligible": eligible, "tiger_cfg": tiger_cfg,
-           "din_cfg": din_cfg, "din_epochs": args.din_epochs, "threads": max(1, args.threads // max(1, args.jobs))}
-    tasks, entries = [], {}
+           "din_cfg": din_cfg, "din_epochs": args.din_epochs, "local_km": args.local_km,
+           "threads": max(1, args.threads // max(1, args.jobs))}
+    runs = Path(args.runs) if args.runs else Path(args.out).with_suffix(".runs")
+    tasks, entries, keys, done = [], {}, {}, {}
     for spec in specs:
         sids, figures = build_sids(spec, X, ranked, sizes, args.levels, popularity, args.codebook_seed)
         entries[spec.name] = {"family": spec.family, "tokenizer": spec.tokenizer, "embeddings": spec.embeddings,
                               "dedup_order": spec.order, "collisions": figures, "tiger": [], "din": []}
-        tasks.extend((spec.name, sids, seed) for seed in args.seeds)
-    done = {}
+        for seed in args.seeds:
+            keys[(spec.name, seed)] = k = _run_key(spec.name, sids, seed, ctx)
+            saved = _load_run(runs, k)
+            if saved is not None:
+                done[(spec.name, seed)] = saved
+                print(f"{spec.name} seed {seed}: reusing the finished run {runs / (k + '.npz')}", flush=True)
+            else:
+                tasks.append((spec.name, sids, seed))
     for key, r in _run_all(tasks, ctx, args.jobs):
         done[key] = r
+        _save_run(runs, keys[key], r)
         print(f"[{time.perf_counter() - t_start:7.0f}s] {key[0]} seed {key[1]}: "
               f"valid hit@10 {r['tiger']['valid_hit@10']:.4f} ({r['tiger']['seconds']:.0f} s)", flush=True)
     for spec in specs:
@@ -395,6 +436,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--encoder", default=None, help="model directory (default: the bundled all-MiniLM-L6-v2)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in all (split across --jobs)")
     ap.add_argument("--jobs", type=int, default=2, help="TIGER/DIN runs in parallel processes")
+    ap.add_argument("--runs", default=None,
+                    help="folder of finished (method, seed) runs, reused on a rerun (default: OUT with suffix .runs)")
     return ap.parse_args(argv)
 
 

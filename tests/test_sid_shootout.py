@@ -78,6 +78,33 @@ def test_shootout_writes_every_figure(tmp_path):
         for a, b in zip(serial["methods"][name]["tiger"], saved["methods"][name]["tiger"]):
             assert {k: v for k, v in a.items() if "seconds" not in k} == {k: v for k, v in b.items() if "seconds" not in k}
         assert serial["methods"][name]["valid"] == saved["methods"][name]["valid"]
+    assert len(list((tmp_path / "serial.runs").glob("*.npz"))) == 4
+
+
+def test_a_rerun_reuses_finished_runs_and_trains_only_what_is_new(tmp_path, monkeypatch):
+    data = tiny_dataset(tmp_path / "tiny")
+    bert = build_tiny_bert(tmp_path / "bert")
+    common = ["--data", str(data), "--tiger-steps", "6", "--din-epochs", "1", "--encoder", str(bert),
+              "--cache", str(tmp_path / "cache"), "--threads", "1", "--codebook-size", "8", "--jobs", "1",
+              "--runs", str(tmp_path / "runs")]
+    first = sid_shootout.main([*common, "--out", str(tmp_path / "a.json"), "--seeds", "0", "--methods", "random_id"])
+    trained = []
+    real = sid_shootout.train_and_evaluate_tiger
+
+    def counting(split, sid_map, cfg):
+        trained.append(cfg.seed)
+        return real(split, sid_map, cfg)
+
+    monkeypatch.setattr(sid_shootout, "train_and_evaluate_tiger", counting)
+    again = sid_shootout.main([*common, "--out", str(tmp_path / "b.json"), "--seeds", "0,1", "--methods", "random_id"])
+    assert trained == [1]  # seed 0 came from the saved run
+    a, b = first["methods"]["random_id"], again["methods"]["random_id"]
+    assert b["tiger"][0] == a["tiger"][0] and b["din"][0] == a["din"][0]
+    # a different step budget is a different run: nothing is reused
+    trained.clear()
+    sid_shootout.main([*common[:2], "--tiger-steps", "5", *common[4:], "--out", str(tmp_path / "c.json"),
+                       "--seeds", "0", "--methods", "random_id"])
+    assert trained == [0]
 
 
 def test_bad_method_names_are_clear_errors(tmp_path):
