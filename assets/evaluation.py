@@ -110,7 +110,7 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
     (out / "report.md").write_text(result.markdown())
     with timer("serving_cache"):
         if config.ours in result.tiger_results:
-            save_tiger(result.tiger_results[config.ours], out / "tiger")
+            save_tiger(result.tiger_results[config.ours], out / "tiger", item_ids=result.split.item_ids)
             cache = user_topk(result.tiger_results[config.ours], result.split, k=config.topk)
             last_city = last_value_per_user(interactions, "city_key")
             cache.join(last_city, on="user_id", how="left").write_parquet(out / "user_topk.parquet")

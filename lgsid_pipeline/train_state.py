@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 log = logging.getLogger(__name__)
 
 
-def _tmp_name(path: Path) -> Path:
+def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
@@ -42,7 +42,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _replace_durably(tmp: Path, path: Path) -> None:
+def replace_durably(tmp: Path, path: Path) -> None:
     """fsync ``tmp``, rename it onto ``path`` and fsync the directory (removing ``tmp`` on error)."""
     try:
         with open(tmp, "rb+") as f:
@@ -71,11 +71,11 @@ def artefact_lock(path: Path, timeout: float = 900.0):
 
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
-    _replace_durably(tmp, path)
+    replace_durably(tmp, path)
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -95,10 +95,10 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Write safetensors atomically, with a sha256 of the tensor data in the header metadata
     (safetensors itself has no checksum, so a flipped bit would otherwise load silently)."""
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(clean, str(tmp), metadata={DIGEST_KEY: tensors_digest(clean)})
-    _replace_durably(tmp, path)
+    replace_durably(tmp, path)
 
 
 def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:

@@ -5,6 +5,9 @@
     lgsid report --home DIR [--json]
     lgsid sid --home DIR ITEM_ID [--method M] [--k 5] [--json]
     lgsid sid --home DIR --prefix 12/7 [--method M] [--json]
+    lgsid export --home DIR --to PATH [--format parquet|csv|jsonl] [--method M]
+    lgsid serve (--export DIR | --home DIR) [--host 127.0.0.1] [--port 8000]
+    lgsid recommend --home DIR --user U [--k 10] [--within-km D] [--json]
 
 ``materialize`` runs the asset graph in-process against a persistent Dagster instance at
 ``HOME/dagster`` (so ``dagster dev`` with the same DAGSTER_HOME shows every run) and writes
@@ -311,27 +314,47 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _open_home(args, command: str, tables=("sid_table", "item_catalog")):
+    """(root, LgsidHome) of ``--home``, with the tables ``command`` needs already materialized."""
+    from resources import LgsidHome
+
+    root = Path(args.home).resolve()
+    if not root.is_dir():
+        raise UsageError(f"lgsid {command}: home {root} does not exist; run `lgsid materialize --home {args.home}` first")
+    home = LgsidHome(home=str(root), tables_uri=getattr(args, "tables_uri", None) or None)
+    for table in tables:
+        if not home.table_exists(table):
+            raise UsageError(f"lgsid {command}: {root} has no {table} table yet; materialize {table} first")
+    return root, home
+
+
+def _codebook_manifest(home) -> dict:
+    current = home.current("sid_codebook")
+    path = None if current is None else current / "manifest.json"
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {"variants": {}}
+
+
+def _current_sids(home, manifest: dict):
+    import polars as pl
+
+    sids = home.read("sid_table")
+    return sids.filter(pl.col("codebook_version") == manifest["version"]) if manifest.get("version") else sids
+
+
+def _evaluation_dir(home):
+    """The current recommender_evaluations artefact (serving cache and saved TIGER model), or None."""
+    return home.current("recommender_evaluations")
+
+
 def cmd_sid(args) -> int:
     """``lgsid sid``: one item's SIDs and neighbours, or the items behind a SID prefix."""
     from lgsid_pipeline.lookup import SIDLookupError, item_report, parse_prefix, prefix_report
-    from resources import LgsidHome
 
     if bool(args.item_id) == bool(args.prefix):
-        raise SystemExit("lgsid sid: give either an ITEM_ID or --prefix CODES (e.g. --prefix 12/7)")
-    root = Path(args.home).resolve()
-    if not root.is_dir():
-        raise SystemExit(f"lgsid sid: home {root} does not exist; run `lgsid materialize --home {args.home}` first")
-    home = LgsidHome(home=str(root), tables_uri=args.tables_uri or None)
-    for table in ("sid_table", "item_catalog"):
-        if not home.table_exists(table):
-            raise SystemExit(f"lgsid sid: {root} has no {table} table yet; materialize sid_table first")
-    sids, items = home.read("sid_table"), home.read("item_catalog")
-    manifest_path = (home.current("sid_codebook") or root / "missing") / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"variants": {}}
-    if manifest.get("version"):
-        import polars as pl
-
-        sids = sids.filter(pl.col("codebook_version") == manifest["version"])
+        raise UsageError("lgsid sid: give either an ITEM_ID or --prefix CODES (e.g. --prefix 12/7)")
+    _, home = _open_home(args, "sid")
+    manifest = _codebook_manifest(home)
+    sids, items = _current_sids(home, manifest), home.read("item_catalog")
     try:
         if args.prefix:
             report = prefix_report(parse_prefix(args.prefix), sids, items, method=args.method, limit=args.limit)
@@ -340,13 +363,130 @@ def cmd_sid(args) -> int:
             report = item_report(args.item_id, sids, items, emb, manifest.get("variants", {}), method=args.method,
                                  k=args.k)
     except SIDLookupError as exc:
-        raise SystemExit(f"lgsid sid: {exc}") from None
+        raise UsageError(f"lgsid sid: {exc}") from None
     report["codebook_version"] = manifest.get("version")
     if args.json:
         json.dump(report, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
         return 0
     print(_sid_text(report))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """``lgsid export``: the SID table (+ codebook and embedding versions) and the serving cache."""
+    import polars as pl
+
+    from lgsid_pipeline.serving import ServingError, export_tables
+
+    root, home = _open_home(args, "export")
+    manifest = _codebook_manifest(home)
+    ev = _evaluation_dir(home)
+    cache_path = None if ev is None else ev / "user_topk.parquet"
+    topk = pl.read_parquet(cache_path) if cache_path is not None and cache_path.is_file() else None
+    try:
+        out = export_tables(args.to, _current_sids(home, manifest), home.read("item_catalog"), manifest, topk,
+                            fmt=args.format, method=args.method, source=str(root))
+    except ServingError as exc:
+        raise UsageError(f"lgsid export: {exc}") from None
+    if args.json:
+        json.dump(out, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    print(f"exported codebook {out['codebook_version']} to {Path(args.to).resolve()} ({out['format']})")
+    for name, spec in out["files"].items():
+        print(f"  {spec['file']}: {spec['rows']} rows")
+    for m, spec in out["methods"].items():
+        print(f"  method {m}: {spec['items']} items, fitted on {spec['embedding_variant']} embeddings "
+              f"(encoder {spec['encoder_version']})")
+    if topk is None:
+        print("  (no serving cache yet: materialize recommender_evaluations to export user_topk too)")
+    return 0
+
+
+def _serving_index(args):
+    from lgsid_pipeline.serving import ServingError, ServingIndex, read_export, sid_export_frame, topk_export_frame
+
+    if bool(args.export) == bool(args.home):
+        raise UsageError("lgsid serve: give either --export DIR (from `lgsid export`) or --home DIR")
+    if args.export:
+        try:
+            manifest, sids, topk = read_export(args.export)
+        except ServingError as exc:
+            raise UsageError(f"lgsid serve: {exc}") from None
+        return ServingIndex(sids, topk, manifest=manifest)
+    import polars as pl
+
+    _, home = _open_home(args, "serve")
+    manifest = _codebook_manifest(home)
+    sids = sid_export_frame(_current_sids(home, manifest), home.read("item_catalog"), manifest)
+    ev = _evaluation_dir(home)
+    path = None if ev is None else ev / "user_topk.parquet"
+    topk = topk_export_frame(pl.read_parquet(path)) if path is not None and path.is_file() else None
+    return ServingIndex(sids, topk, manifest={"codebook_version": manifest.get("version"),
+                                              "default_method": manifest.get("default_variant")})
+
+
+def cmd_serve(args) -> int:
+    """``lgsid serve``: the read-only HTTP service (FastAPI on uvicorn)."""
+    index = _serving_index(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"lgsid serve: listening on {args.host}, beyond this machine; the service has no authentication, "
+              "so put it behind your gateway", file=sys.stderr)
+    from orchestration.serve import run
+
+    print(f"lgsid serve: {index.health()['items']} items, {index.health()['users_cached']} cached users on "
+          f"http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    run(index, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    """``lgsid recommend``: a user's top-K from the cache, or from the saved TIGER model."""
+    import polars as pl
+
+    from lgsid_pipeline.recommenders.data import user_history
+    from lgsid_pipeline.recommenders.tiger import load_tiger, saved_item_ids
+    from lgsid_pipeline.serving import ServingError, recommend
+
+    _, home = _open_home(args, "recommend", tables=("item_catalog", "user_interactions"))
+    ev = _evaluation_dir(home)
+    if ev is None:
+        raise UsageError("lgsid recommend: no recommender_evaluations yet; materialize it first")
+    cache_path = ev / "user_topk.parquet"
+    cache = pl.read_parquet(cache_path) if cache_path.is_file() else None
+    interactions = home.read("user_interactions")
+    history = [str(h) for h in user_history(interactions, args.user)]
+    if not history and (cache is None or cache.filter(pl.col("user_id") == args.user).is_empty()):
+        raise UsageError(f"lgsid recommend: unknown user {args.user!r} (no interactions and not in the cache)")
+
+    def loader():
+        d = ev / "tiger"
+        if not (d / "model.safetensors").is_file():
+            raise ServingError("no saved TIGER model in the current evaluation run")
+        ids = saved_item_ids(d)
+        if ids is None:
+            raise ServingError("the saved TIGER model predates item ids in its config; re-materialize "
+                               "recommender_evaluations")
+        model, codec = load_tiger(d)
+        return model, codec, ids
+
+    try:
+        out = recommend(args.user, k=args.k, within_km=args.within_km, cache=cache, history=history,
+                        items=home.read("item_catalog"), model_loader=loader)
+    except (ServingError, ValueError) as exc:
+        raise UsageError(f"lgsid recommend: {exc}") from None
+    if args.json:
+        json.dump(out, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    where = f" within {args.within_km} km" if args.within_km else ""
+    print(f"user {out['user_id']}: top {len(out['items'])}{where} from the {out['source']} "
+          f"(last place {out['last_item']})")
+    for r in out["items"]:
+        km = "-" if r["km"] is None else f"{r['km']:.2f} km"
+        sid = "/".join(map(str, r["sid"])) if r.get("sid") else "-"
+        print(f"  {r['rank']:>3}  {r['item_id']:<24} {sid:>16}  {km:>10}  score {r['score']:.3f}")
     return 0
 
 
@@ -421,6 +561,30 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--tables-uri", help="where the Delta tables live (default: $LGSID_TABLES_URI, else HOME/delta)")
     q.add_argument("--json", action="store_true", help="machine-readable JSON")
     q.set_defaults(func=cmd_sid)
+    e = sub.add_parser("export", help="write the SID table and the serving cache for a serving system")
+    e.add_argument("--home", required=True)
+    e.add_argument("--to", required=True, help="output folder (sid_table.*, user_topk.*, manifest.json)")
+    e.add_argument("--format", default="parquet", choices=["parquet", "csv", "jsonl"])
+    e.add_argument("--method", help="one tokenizer variant (default: every method)")
+    e.add_argument("--tables-uri", help="where the Delta tables live (default: $LGSID_TABLES_URI, else HOME/delta)")
+    e.add_argument("--json", action="store_true", help="print the export manifest as JSON")
+    e.set_defaults(func=cmd_export)
+    v = sub.add_parser("serve", help="a read-only HTTP service over an export or a home")
+    v.add_argument("--export", help="an `lgsid export` folder")
+    v.add_argument("--home", help="or a pipeline home")
+    v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--tables-uri", help="where the Delta tables live (default: $LGSID_TABLES_URI, else HOME/delta)")
+    v.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    v.set_defaults(func=cmd_serve)
+    c = sub.add_parser("recommend", help="a user's top-K: from the serving cache, else the saved TIGER model")
+    c.add_argument("--home", required=True)
+    c.add_argument("--user", required=True)
+    c.add_argument("--k", type=int, default=10)
+    c.add_argument("--within-km", type=float, default=None, help="only items this near the user's last place")
+    c.add_argument("--tables-uri", help="where the Delta tables live (default: $LGSID_TABLES_URI, else HOME/delta)")
+    c.add_argument("--json", action="store_true", help="machine-readable JSON")
+    c.set_defaults(func=cmd_recommend)
     args = parser.parse_args(argv)
     from lgsid_pipeline.catalog import DataValidationError
 

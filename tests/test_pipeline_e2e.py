@@ -219,7 +219,133 @@ def test_lgsid_sid_looks_up_items_and_prefixes(pipeline, capsys):
     assert main(["sid", "--home", root, "--prefix", str(first), "--method", "lgsid"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"prefix {first}") and item in text
-    with pytest.raises(SystemExit, match="not in the item catalogue"):
-        main(["sid", "--home", root, "no-such-item"])
-    with pytest.raises(SystemExit, match="either an ITEM_ID or --prefix"):
-        main(["sid", "--home", root])
+    assert main(["sid", "--home", root, "no-such-item"]) == 2
+    assert "not in the item catalogue" in capsys.readouterr().err
+    assert main(["sid", "--home", root]) == 2
+    assert "either an ITEM_ID or --prefix" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_lgsid_export_writes_versions_atomically_in_every_format(pipeline, tmp_path, capsys):
+    from lgsid_pipeline.serving import read_export
+    from orchestration.cli import main
+
+    root = pipeline["home"].home
+    for fmt in ("parquet", "csv", "jsonl"):
+        out = tmp_path / fmt
+        assert main(["export", "--home", root, "--to", str(out), "--format", fmt, "--json"]) == 0
+        manifest = json.loads(capsys.readouterr().out)
+        assert manifest["format"] == fmt and manifest["codebook_version"]
+        assert {"sid_table", "user_topk"} <= set(manifest["files"])
+        assert all(m["embedding_variant"] in ("origin", "aligned") and m["encoder_version"]
+                   for m in manifest["methods"].values())
+        assert not list(out.glob(".*tmp"))  # no temporary file left behind
+        back, sids, topk = read_export(out)
+        assert sids.height == manifest["files"]["sid_table"]["rows"] and topk.height > 0
+        assert sids["sid"].list.len().min() >= 2
+        assert (sids["codebook_version"] == manifest["codebook_version"]).all()
+    # one method only
+    assert main(["export", "--home", root, "--to", str(tmp_path / "one"), "--method", "lgsid"]) == 0
+    assert "method lgsid" in capsys.readouterr().out
+    assert read_export(tmp_path / "one")[1]["method"].unique().to_list() == ["lgsid"]
+    assert main(["export", "--home", root, "--to", str(tmp_path / "x"), "--method", "nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    # a damaged file is refused, not served
+    (tmp_path / "csv" / "sid_table.csv").write_text("item_id\n1\n")
+    with pytest.raises(ValueError, match="does not match its manifest checksum"):
+        read_export(tmp_path / "csv")
+
+
+def test_lgsid_serve_answers_over_real_http(pipeline, tmp_path):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from orchestration.cli import main
+
+    root = pipeline["home"].home
+    export = tmp_path / "export"
+    assert main(["export", "--home", root, "--to", str(export)]) == 0
+    sids = pl.read_parquet(export / "sid_table.parquet")
+    topk = pl.read_parquet(export / "user_topk.parquet")
+    port = _free_port()
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--export", str(export),
+                             "--port", str(port), "--log-level", "warning"], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                health = httpx.get(f"{base}/healthz", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"lgsid serve did not start: {proc.stdout.read() if proc.poll() is not None else 'timeout'}")
+                time.sleep(0.3)
+        assert health["status"] == "ok" and health["items"] == sids["item_id"].n_unique()
+        with httpx.Client(base_url=base, timeout=10) as c:
+            item = sids.filter(pl.col("method") == "lgsid").row(0, named=True)
+            r = c.get(f"/items/{item['item_id']}")
+            assert r.status_code == 200 and r.json()["sids"]["lgsid"]["sid_str"] == item["sid_str"]
+            r = c.get(f"/sids/{item['sid'][0]}/{item['sid'][1]}", params={"method": "lgsid"})
+            assert r.status_code == 200 and item["item_id"] in {x["item_id"] for x in r.json()["shown"]}
+            user = topk["user_id"][0]
+            r = c.get(f"/users/{user}/topk", params={"k": 3})
+            assert r.status_code == 200 and len(r.json()["items"]) == 3
+            assert r.json()["items"][0]["item_id"] == topk.filter(pl.col("user_id") == user).sort("rank")["item_id"][0]
+            r = c.get("/items/no-such-item")
+            assert r.status_code == 404 and "unknown item 'no-such-item'" in r.json()["detail"]
+            assert c.get("/users/nobody/topk").status_code == 404
+            assert c.get("/sids/1/x").status_code == 400 and "integers" in c.get("/sids/1/x").json()["detail"]
+            assert c.get("/sids/1", params={"method": "nope"}).status_code == 400
+            for hostile in ("..%2F..%2Fetc%2Fpasswd", "%00", "a" * 5000, "%2e%2e", "<script>"):
+                for path in (f"/items/{hostile}", f"/users/{hostile}/topk", f"/sids/{hostile}"):
+                    code = c.get(path).status_code
+                    assert code in (400, 404), (path[:40], code)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_lgsid_recommend_from_the_cache_and_from_the_model(pipeline, capsys):
+    from lgsid_pipeline.recommenders.data import user_history
+    from lgsid_pipeline.recommenders.tiger import load_tiger, saved_item_ids
+    from lgsid_pipeline.serving import recommend
+    from orchestration.cli import main
+
+    home = pipeline["home"]
+    root = home.home
+    ev = home.current("recommender_evaluations")
+    cache = pl.read_parquet(ev / "user_topk.parquet")
+    user = cache["user_id"][0]
+    assert main(["recommend", "--home", root, "--user", user, "--k", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source"] == "cache" and [r["rank"] for r in out["items"]] == [1, 2, 3, 4, 5]
+    assert all(r["km"] is None or r["km"] >= 0 for r in out["items"])
+    # a user the cache does not hold is ranked by the saved model, exactly as the cache ranks
+    history = [str(h) for h in user_history(home.read("user_interactions"), user)]
+    model, codec = load_tiger(ev / "tiger")
+    fresh = recommend(user, k=5, history=history, items=home.read("item_catalog"),
+                      model_loader=lambda: (model, codec, saved_item_ids(ev / "tiger")))
+    assert fresh["source"] == "model"
+    assert [r["item_id"] for r in fresh["items"]] == [r["item_id"] for r in out["items"]]
+    # local-life mode: every item within the radius of the last place
+    assert main(["recommend", "--home", root, "--user", user, "--k", "3", "--within-km", "2", "--json"]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert local["items"] and all(r["km"] <= 2 for r in local["items"])
+    assert main(["recommend", "--home", root, "--user", user, "--k", "3"]) == 0
+    assert capsys.readouterr().out.startswith(f"user {user}: top 3 from the cache")
+    assert main(["recommend", "--home", root, "--user", "nobody-at-all"]) == 2
+    assert "unknown user 'nobody-at-all'" in capsys.readouterr().err

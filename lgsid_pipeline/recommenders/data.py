@@ -150,6 +150,18 @@ def last_value_per_user(interactions: pl.DataFrame, column: str, *, order: str =
     return df.group_by("user_id", maintain_order=True).agg(pl.col(column).last())
 
 
+def user_history(interactions: pl.DataFrame, user_id: str, column: str = "item_id", *,
+                 order: str = "auto") -> list:
+    """One user's ``column`` values, oldest first, in the split's order (as
+    :func:`last_value_per_user`); empty when the user has no interactions."""
+    df = interactions.filter(pl.col("user_id").cast(pl.Utf8) == str(user_id))
+    if df.is_empty():
+        return []
+    df = df.with_columns(source_order(df).alias("_row"), pl.col("user_id").cast(pl.Utf8))
+    df, _, _ = _in_history_order(df, order)
+    return df[column].to_list()
+
+
 def k_core(df: pl.DataFrame, min_core: int) -> tuple[pl.DataFrame, int]:
     """Iterated k-core on users and items (interaction counts); returns (frame, iterations)."""
     if min_core <= 0:

@@ -762,8 +762,9 @@ def train_and_evaluate_tiger(
     )
 
 
-def save_tiger(result: GenResult, directory: str | Path) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (config + SID codes) to ``directory``."""
+def save_tiger(result: GenResult, directory: str | Path, item_ids: list[str] | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (config, SID codes and, when given, the
+    item id of each code row, so the model can serve users who are not in the cache)."""
     from safetensors.torch import save_file
 
     if result.model is None or result.codec is None:
@@ -772,6 +773,10 @@ def save_tiger(result: GenResult, directory: str | Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, d / "model.safetensors")
     meta = {"config": asdict(result.model.cfg), "codes": result.codec.codes.tolist()}
+    if item_ids is not None:
+        if len(item_ids) != result.codec.codes.shape[0]:
+            raise ValueError(f"{len(item_ids)} item ids for {result.codec.codes.shape[0]} SID rows")
+        meta["item_ids"] = [str(i) for i in item_ids]
     (d / "config.json").write_text(json.dumps(meta))
     return d
 
@@ -787,4 +792,41 @@ def load_tiger(directory: str | Path) -> tuple[TigerModel, SIDCodec]:
     model.load_state_dict(load_file(d / "model.safetensors"))
     model.eval()
     return model, codec
+
+
+def saved_item_ids(directory: str | Path) -> list[str] | None:
+    """The item id of each SID row of a saved model (None for models saved without them)."""
+    return json.loads((Path(directory) / "config.json").read_text()).get("item_ids")
+
+
+def recommend_history(model: TigerModel, codec: SIDCodec, history: np.ndarray, k: int, *,
+                      candidates: np.ndarray | None = None, user_id: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (item indices, summed log-probs) for one history of item indices (oldest
+    first) by constrained beam search, the last item masked, exactly as the serving cache
+    ranks. ``candidates`` (item indices) restricts every level to prefixes above one of them
+    (the local-life mode); -1 / -inf fill slots the search could not fill."""
+    cfg = model.cfg
+    history = np.asarray(history, dtype=np.int64)
+    if history.size == 0:
+        raise ValueError("the history has no item the model knows; nothing to recommend from")
+    if cfg.beams < k + 1:
+        raise ValueError(f"k={k} needs beams >= {k + 1}; the model was configured with {cfg.beams}")
+
+    class _One:  # what _Tokens reads of a split: the user ids (for the optional user token)
+        user_ids = [str(user_id)]
+
+    tk = _Tokens(codec, cfg, _One())
+    hist = _history_matrix([history], cfg.max_history)
+    allowed = None
+    if candidates is not None:
+        import scipy.sparse as sp
+
+        from .local import allowed_masks
+
+        c = np.unique(np.asarray(candidates, dtype=np.int64))
+        cands = sp.csr_matrix((np.ones(c.size, dtype=bool), (np.zeros(c.size, dtype=np.int64), c)),
+                              shape=(1, codec.codes.shape[0]))
+        allowed = lambda rows: allowed_masks(codec, cands[rows])  # noqa: E731
+    items, scores = _rank_users(model, tk, hist, np.zeros(1, dtype=np.int64), history[-1:], cfg, k, allowed=allowed)
+    return items[0], scores[0]
 
