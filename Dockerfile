@@ -12,7 +12,7 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_VARIANT=cpu
 # Deployment extras that are not runtime dependencies of the pipeline itself: the Kubernetes
 # run launcher / executor and the S3 compute-log manager. Set to "" for a compose-only image.
-ARG EXTRA_PACKAGES="dagster-k8s>=0.29,<0.30 dagster-aws>=0.29,<0.30"
+ARG EXTRA_PACKAGES="dagster-k8s>=0.29,<0.30 dagster-aws>=0.29,<0.30 dagster-docker>=0.29,<0.30"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

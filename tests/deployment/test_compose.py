@@ -35,11 +35,18 @@ def compose_binary() -> str:
     return str(binary)
 
 
-def compose(*args: str, files=(COMPOSE_FILE,), cwd=REPO) -> subprocess.CompletedProcess:
+TEST_PASSWORD = "not-a-real-secret"
+
+
+def compose(*args: str, files=(COMPOSE_FILE,), cwd=REPO, env_extra=None, password=TEST_PASSWORD) -> subprocess.CompletedProcess:
     cmd = [compose_binary()]
     for f in files:
         cmd += ["-f", str(f)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LGSID_", "TORCH_VARIANT", "DAGSTER_POSTGRES"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LGSID_", "TORCH_VARIANT", "DAGSTER_POSTGRES", "DOCKER_GID"))}
+    if password is not None:
+        env["DAGSTER_POSTGRES_PASSWORD"] = password
+    env.update(env_extra or {})
     return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -56,6 +63,48 @@ def test_compose_file_is_valid():
     assert out.returncode == 0, out.stderr
     out = compose("config", "-q", files=(COMPOSE_FILE, GPU_OVERRIDE))
     assert out.returncode == 0, out.stderr
+
+
+def test_postgres_password_is_required_with_no_default():
+    out = compose("config", "-q", password=None)
+    assert out.returncode != 0
+    assert "set DAGSTER_POSTGRES_PASSWORD" in out.stderr
+    resolved = yaml.safe_load(compose("config", "--format", "json").stdout)
+    assert resolved["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == TEST_PASSWORD
+    for name in ("user_code", "webserver", "daemon"):
+        assert resolved["services"][name]["environment"]["DAGSTER_POSTGRES_PASSWORD"] == TEST_PASSWORD
+    assert "dagster}" not in COMPOSE_FILE.read_text().split("DAGSTER_POSTGRES_PASSWORD")[1][:60]
+
+
+def test_the_ui_binds_to_localhost_unless_told_otherwise(resolved):
+    port = resolved["services"]["webserver"]["ports"][0]
+    assert port["host_ip"] == "127.0.0.1" and port["target"] == 3000
+    wide = yaml.safe_load(compose("config", "--format", "json", env_extra={"LGSID_UI_BIND": "0.0.0.0"}).stdout)
+    assert wide["services"]["webserver"]["ports"][0]["host_ip"] == "0.0.0.0"
+    # nothing else is published: postgres and the gRPC server stay on the compose network
+    assert all("ports" not in svc for name, svc in resolved["services"].items() if name != "webserver")
+
+
+def test_runs_get_their_own_containers_with_the_code_servers_volumes(resolved):
+    """DockerRunLauncher: a redeploy of user_code does not kill runs in flight, and each run
+    container sees the same data, network and environment the code server has."""
+    config = yaml.safe_load(INSTANCE_YAML.read_text())["run_launcher"]
+    assert (config["module"], config["class"]) == ("dagster_docker", "DockerRunLauncher")
+    services = resolved["services"]
+    code = services["user_code"]
+    assert code["environment"]["DAGSTER_CURRENT_IMAGE"] == code["image"]
+    assert config["config"]["network"] == resolved["networks"]["default"]["name"]
+    by_name = {key: vol.get("name", key) for key, vol in resolved["volumes"].items()}
+    code_mounts = {v["target"]: by_name[v["source"]] for v in code["volumes"]}
+    run_mounts = dict(reversed(m.split(":", 1)) for m in config["config"]["container_kwargs"]["volumes"])
+    assert run_mounts == code_mounts
+    # every variable the instance config or the pipeline reads reaches the run containers
+    passed = set(config["config"]["env_vars"])
+    assert {k for k in code["environment"] if k.startswith(("DAGSTER_POSTGRES", "LGSID_"))} <= passed
+    for name in passed:
+        assert name in services["daemon"]["environment"], f"the daemon launches runs but has no {name}"
+    for name in ("daemon", "webserver"):
+        assert "/var/run/docker.sock" in {v["target"] for v in services[name]["volumes"]}
 
 
 def test_validator_rejects_a_broken_file(tmp_path):
@@ -184,3 +233,23 @@ def test_jobs_carry_the_tags_the_limits_refer_to():
     kinds = {defs.resolve_job_def(name).tags.get("lgsid/kind")
              for name in ("city_refresh_job", "global_refit_job")}
     assert kinds == limited == {"city", "training"}
+
+
+def test_the_deployment_docs_name_every_sensor_and_schedule_with_its_starting_state():
+    import re
+
+    import dagster as dg
+
+    from orchestration.definitions import defs
+
+    text = (REPO / "docs" / "deployment.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \|.*\| (stopped|running) \|$", text, flags=re.M))
+    actual = {}
+    for s in defs.sensors or []:
+        actual[s.name] = "running" if s.default_status == dg.DefaultSensorStatus.RUNNING else "stopped"
+    for s in defs.schedules or []:
+        actual[s.name] = "running" if s.default_status == dg.DefaultScheduleStatus.RUNNING else "stopped"
+    assert rows == actual
+    for name, state in actual.items():
+        if state == "stopped":
+            assert f"start {name}" in text, f"docs/deployment.md does not say how to start {name}"
