@@ -4,15 +4,17 @@ item embeddings (origin and aligned) and the alignment report (Table 3 metrics).
 import hashlib
 import json
 import time
+from typing import Literal
 
 import dagster as dg
 import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-from assets.metadata import Timer, config_json, flat, image, md_table
+from assets.metadata import Timer, config_json, flat, image, table
 from assets.partitions import DELTA, ENCODER_POOL, TRAINING_POOL, city_partitions
 from lgsid_pipeline import alignment_metrics, gdpo, reward
+from lgsid_pipeline.negatives import STRATEGIES as NEGATIVE_STRATEGIES
 from lgsid_pipeline.negatives import dedupe_prompt_lists, mismatched_prompts
 from lgsid_pipeline.partitions import validate_city_key
 from lgsid_pipeline.prompts import build_prompts
@@ -59,9 +61,9 @@ def _sample_per_city(frame: pl.DataFrame, id_col: str, n: int | None, seed: int)
 
 
 class RewardModelConfig(dg.Config):
-    mode: str = Field(default="listwise", description="listwise (Eq. 4 as ListNet) | pointwise (DPO-PR)")
-    loss: str = Field(default="listnet", description="listnet | soft_bce (readings of Eq. 4)")
-    negatives: str = Field(default="density", description="density (DPO-LRD) | plain (DPO-LR)")
+    mode: Literal[reward.REWARD_MODES] = Field(default="listwise", description="listwise (Eq. 4 as ListNet) | pointwise (DPO-PR)")
+    loss: Literal[reward.REWARD_LOSSES] = Field(default="listnet", description="listnet | soft_bce (readings of Eq. 4)")
+    negatives: Literal[NEGATIVE_STRATEGIES] = Field(default="density", description="density (DPO-LRD) | plain (DPO-LR)")
     anchors_per_city: int | None = Field(default=40, description="Anchors sampled per city (each encodes K+1 "
                                          "prompts with the frozen encoder; 40 keeps the demo in budget).")
     hidden: int = 256
@@ -128,7 +130,7 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, h
         "config": config_json(config), "prompt_template": encoder.prompt_template,
         "instruction": encoder.instruction, "anchors": int(E.shape[0]), "list_length": int(E.shape[1]),
         **{f"dedupe.{k}": v for k, v in dedupe.items() if v is not None},
-        "embedding_dim": int(E.shape[2]), "encoder_version": enc.version, "quality": md_table(quality),
+        "embedding_dim": int(E.shape[2]), "encoder_version": enc.version, "quality": table(quality),
         "loss_curve": image(plot, "reward model loss"), "weights": dg.MetadataValue.path(str(out)),
         **flat({k: v for k, v in m.items() if isinstance(v, int | float)}), **timer.metadata(),
     })
@@ -171,7 +173,7 @@ class AlignedEncoderConfig(dg.Config):
     epochs: int = 1
     batch_size: int = 16
     lr: float = gdpo.GDPOConfig.lr
-    sim_reading: str = Field(default=gdpo.GDPOConfig.sim_reading, description="Eq. 7 reading: printed (pull to "
+    sim_reading: Literal[gdpo.SIM_READINGS] = Field(default=gdpo.GDPOConfig.sim_reading, description="Eq. 7 reading: printed (pull to "
                              "the own reference, push from the batch's others) | pull (own reference only).")
     eval_every: int = Field(default=16, description="Steps between held-out geography evaluations (C@5, T@5, "
                             "Top@5); the adapter kept is the best evaluated step (docs/alignment.md). 0 = off.")
@@ -246,9 +248,9 @@ def aligned_encoder(context: dg.AssetExecutionContext, config: AlignedEncoderCon
         curve = gdpo.plot_geography(result.evals, int(result.metrics["best_step"]),
                                     home.artifact_dir("plots") / "gdpo_heldout_geography.png")
         geography = {"heldout_geography_curve": image(curve, "G-DPO held-out geography"),
-                     "heldout_evaluations": md_table(pl.DataFrame(result.evals))}
+                     "heldout_evaluations": table(pl.DataFrame(result.evals))}
     return dg.MaterializeResult(metadata={
-        "config": config_json(config), "pairs": pairs.height, "pair_sources": md_table(sources),
+        "config": config_json(config), "pairs": pairs.height, "pair_sources": table(sources),
         "adapter": dg.MetadataValue.path(str(adapter)), "base_encoder_version": enc.version,
         "prompt_template": encoder.prompt_template, "loss_curves": image(plot, "G-DPO losses"), **geography,
         **flat({k: v for k, v in result.metrics.items() if isinstance(v, int | float)}), **timer.metadata(),
@@ -304,10 +306,10 @@ def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig,
         vectors = (pl.Series("embedding", emb).cast(pl.List(pl.Float32)) if len(idx)
                    else pl.Series("embedding", [], dtype=pl.List(pl.Float32)))  # nothing to encode
         fresh = pl.DataFrame({"item_id": todo["item_id"]}).with_columns(vectors)
-        table = current.join(pl.concat([reuse, fresh]), on="item_id").with_columns(
+        rows = current.join(pl.concat([reuse, fresh]), on="item_id").with_columns(
             pl.lit(variant).alias("variant"), pl.lit(enc.version).alias("encoder_version"),
             pl.lit(json.dumps(enc.identity, default=str)).alias("encoder_identity"))
-        frames.append(table)
+        frames.append(rows)
         meta[f"{variant}.encoded"] = len(idx)
         meta[f"{variant}.reused"] = reuse.height
         meta[f"{variant}.encoder_version"] = enc.version
@@ -386,7 +388,7 @@ def alignment_report(context: dg.AssetExecutionContext, config: AlignmentReportC
             meta[f"{row['variant']}.{k}"] = float(row[k])
     return dg.MaterializeResult(metadata={
         "config": config_json(config), "variants": ", ".join(variants), "items": catalog.height,
-        "overall": md_table(overall), "per_city": md_table(report.table.filter(pl.col("scope") != "overall")),
+        "overall": table(overall), "per_city": table(report.table.filter(pl.col("scope") != "overall")),
         "projection": image(plot, "embedding projection by city"), "table": dg.MetadataValue.path(str(path)),
         **meta, **timer.metadata(),
     })

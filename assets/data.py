@@ -4,7 +4,7 @@
 import dagster as dg
 import polars as pl
 
-from assets.metadata import Timer, md_table
+from assets.metadata import Timer, table
 from assets.partitions import DELTA, city_partitions
 from lgsid_pipeline import schema
 from lgsid_pipeline.partitions import UNASSIGNED, validate_city_key
@@ -74,7 +74,7 @@ def catalog_assets(context: dg.AssetExecutionContext, source: DataSource):
     )
     yield dg.Output(
         quarantine, output_name="catalog_quarantine",
-        metadata={**common, "dagster/row_count": quarantine.height, "reasons": md_table(reasons)},
+        metadata={**common, "dagster/row_count": quarantine.height, "reasons": table(reasons)},
     )
 
 

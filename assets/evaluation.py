@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field, field_validator
 
-from assets.metadata import Timer, config_json, image, md_table
+from assets.metadata import Timer, config_json, image, table
 from assets.partitions import DELTA, TRAINING_POOL, city_partitions
 from assets.tokenization import read_manifest
 from lgsid_pipeline.partitions import validate_city_key
@@ -124,11 +124,11 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
         "config": config_json(config), "codebook_version": manifest["version"],
         "split": dg.MetadataValue.json({k: (v if isinstance(v, int | float | str) else str(v))
                                         for k, v in result.split_meta.items()}),
-        "table1_din": md_table(result.table1), "disc_models": dg.MetadataValue.json(list(config.disc_models)),
-        "table2_tiger": md_table(result.table2),
-        "imp": dg.MetadataValue.json(result.imp), "seed_stats": md_table(result.seed_stats),
-        "user_paired": md_table(result.user_paired),
-        "reachability": md_table(result.reachability), "per_city": md_table(result.per_city, max_rows=80),
+        "table1_din": table(result.table1), "disc_models": dg.MetadataValue.json(list(config.disc_models)),
+        "table2_tiger": table(result.table2),
+        "imp": dg.MetadataValue.json(result.imp), "seed_stats": table(result.seed_stats),
+        "user_paired": table(result.user_paired),
+        "reachability": table(result.reachability), "per_city": table(result.per_city),
         "results_plot": image(plot, "results with 95% CI"), "report": dg.MetadataValue.path(str(out / "report.md")),
         **headline, **timer.metadata(),
     })

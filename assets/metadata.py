@@ -1,4 +1,5 @@
-"""Turning results into Dagster metadata: tables as markdown, plots as inline images."""
+"""Turning results into Dagster metadata: typed tables (sortable in the UI, with a column
+schema), plots as inline images, scalars as numbers."""
 
 from __future__ import annotations
 
@@ -14,8 +15,40 @@ import dagster as dg
 import polars as pl
 
 
-def md_table(df: pl.DataFrame, float_fmt: str = "{:.4f}", max_rows: int = 60) -> dg.MetadataValue:
-    return dg.MetadataValue.md(markdown_table(df, float_fmt, max_rows))
+TABLE_MAX_ROWS = 500
+
+
+def _column_type(dtype: pl.DataType) -> str:
+    if dtype == pl.Boolean:
+        return "bool"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    return "string"
+
+
+def _cell(value):
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return None if value != value or value in (float("inf"), float("-inf")) else value
+    return str(value)  # lists, dates, structs: shown as text
+
+
+def column_schema(df_or_schema, descriptions: Mapping[str, str] | None = None) -> dg.TableSchema:
+    """A Dagster ``TableSchema`` of a polars frame or schema (for ``dagster/column_schema``)."""
+    schema = df_or_schema.schema if isinstance(df_or_schema, pl.DataFrame) else df_or_schema
+    descriptions = descriptions or {}
+    return dg.TableSchema(columns=[dg.TableColumn(name, _column_type(dtype), description=descriptions.get(name))
+                                   for name, dtype in schema.items()])
+
+
+def table(df: pl.DataFrame, max_rows: int = TABLE_MAX_ROWS) -> dg.MetadataValue:
+    """``MetadataValue.table`` with a column schema: the UI sorts it and shows the types.
+    Floats stay numbers (NaN / inf become empty cells); the first ``max_rows`` rows are kept."""
+    records = [dg.TableRecord({k: _cell(v) for k, v in row.items()}) for row in df.head(max_rows).iter_rows(named=True)]
+    return dg.MetadataValue.table(records=records, schema=column_schema(df))
 
 
 def markdown_table(df: pl.DataFrame, float_fmt: str = "{:.4f}", max_rows: int = 60) -> str:
@@ -59,7 +92,7 @@ def flat(metrics: Mapping[str, object], prefix: str = "") -> dict[str, object]:
         elif isinstance(value, Mapping):
             out.update(flat(value, prefix=f"{name}."))
         elif isinstance(value, pl.DataFrame):
-            out[name] = md_table(value)
+            out[name] = table(value)
     return out
 
 

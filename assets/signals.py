@@ -5,7 +5,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from assets.metadata import Timer, config_json, flat, md_table
+from assets.metadata import Timer, config_json, flat, table
 from assets.partitions import DELTA, city_partitions
 from lgsid_pipeline.cooccurrence import cooccurrence_pairs as compute_pairs
 from lgsid_pipeline.negatives import distance_ranked_negatives as compute_negatives
@@ -75,12 +75,12 @@ def distance_ranked_negatives(context: dg.AssetExecutionContext, config: Negativ
     with timer("density"):
         dense = compute_negatives(item_catalog, strategy="density", near_scale=config.near_scale,
                                   hard_share=config.hard_share, **kwargs)
-    frames, meta = [dense.lists], {"rank_quantiles.density": md_table(dense.rank_quantiles)}
+    frames, meta = [dense.lists], {"rank_quantiles.density": table(dense.rank_quantiles)}
     if config.plain_variant:
         with timer("plain"):
             plain = compute_negatives(item_catalog, strategy="plain", **kwargs)
         frames.append(plain.lists)
-        meta["rank_quantiles.plain"] = md_table(plain.rank_quantiles)
+        meta["rank_quantiles.plain"] = table(plain.rank_quantiles)
     lists = pl.concat(frames, how="diagonal_relaxed").with_columns(pl.lit(city).alias("city_key"))
     return dg.Output(lists, metadata={
         "dagster/row_count": lists.height, "config": config_json(config), "n_items": item_catalog.height,

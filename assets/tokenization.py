@@ -3,6 +3,7 @@ Res-KMeans / RQ-VAE baselines) and the per-city SID table with stable IDs across
 
 import datetime
 import json
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -16,7 +17,7 @@ from lgsid_pipeline.partitions import validate_city_key
 from lgsid_pipeline.train_state import load_json
 from lgsid_pipeline.tokenizers import default_codebook_sizes, load_tokenizer, make_tokenizer
 from lgsid_pipeline.prompts import build_prompts
-from lgsid_pipeline.tokenizers.dedup import (DEDUP_ORDERS, assign_unique, collision_figures, collision_rate,
+from lgsid_pipeline.tokenizers.dedup import (DEDUP_ORDERS, DEDUP_STRATEGIES, assign_unique, collision_figures, collision_rate,
                                              dedup_order_key, unique_sids)
 from lgsid_pipeline.tokenizers.diagnostics import (diagnostics_markdown, plot_codebook_usage, plot_coverage,
                                                    tokenizer_diagnostics)
@@ -61,8 +62,8 @@ class CodebookConfig(dg.Config):
     levels: int = Field(default=3, description="Code length L before the dedup digit.")
     codebook_sizes: list[int] | None = Field(default=None, description="Per-level sizes; None: 256 per level, "
                                                                       "capped at N/8 for small catalogues.")
-    dedup: str = Field(default="append", description="append (dedup digit) | greedy (next-best code, then digit)")
-    dedup_order: str = Field(default="item_id", description=f"Order of the dedup digit inside a bucket, of "
+    dedup: Literal[DEDUP_STRATEGIES] = Field(default="append", description="append (dedup digit) | greedy (next-best code, then digit)")
+    dedup_order: Literal[DEDUP_ORDERS] = Field(default="item_id", description=f"Order of the dedup digit inside a bucket, of "
                                                             f"{list(DEDUP_ORDERS)} (popularity: visits in "
                                                             "user_interactions).")
     w_admin: float = Field(default=1.0, description="Eq. 9 weight of the admin block (HGIT variants).")

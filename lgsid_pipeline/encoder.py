@@ -32,7 +32,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-Pooling = Literal["cls", "mean", "last"]
+POOLINGS = ("cls", "mean", "last")
+Pooling = Literal[POOLINGS]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -58,6 +58,7 @@ TEMPLATE_LINES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 DEFAULT_TEMPLATE_NAME = "paper"
 DEFAULT_LINES = TEMPLATE_LINES[DEFAULT_TEMPLATE_NAME]
+TEMPLATE_NAMES = tuple(TEMPLATE_LINES)
 
 _FIELD = re.compile(r"\{(\w+)(?::([^}]*))?\}")
 

@@ -45,7 +45,10 @@ from lgsid_pipeline.train_state import (
     save_checkpoint,
 )
 
-ListwiseLoss = Literal["listnet", "soft_bce", "literal"]
+REWARD_LOSSES = ("listnet", "soft_bce", "literal")
+ListwiseLoss = Literal[REWARD_LOSSES]
+REWARD_MODES = ("listwise", "pointwise")
+RewardMode = Literal[REWARD_MODES]
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -201,7 +204,7 @@ def train_reward_model(
     E: torch.Tensor,
     labels: torch.Tensor,
     *,
-    mode: Literal["listwise", "pointwise"] = "listwise",
+    mode: RewardMode = "listwise",
     loss: ListwiseLoss = "listnet",
     hidden: int = 256,
     epochs: int = 30,

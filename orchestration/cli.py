@@ -261,6 +261,8 @@ def _metadata_value(value):
     raw = getattr(value, "value", value)
     if hasattr(raw, "md_str"):
         return raw.md_str
+    if hasattr(raw, "records") and hasattr(raw, "schema"):  # a typed table
+        return [dict(r.data) for r in raw.records]
     if hasattr(raw, "path"):
         return raw.path
     if hasattr(raw, "columns"):  # TableSchema
@@ -590,10 +592,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (UsageError, DataValidationError, FileNotFoundError) as exc:
+    except Exception as exc:
+        import dagster as dg
+
         if os.environ.get("LGSID_DEBUG"):
             raise
-        print(f"lgsid: error: {exc}", file=sys.stderr)
+        if isinstance(exc, dg.DagsterInvalidConfigError):  # a config value outside its type or choices
+            message = "--run-config does not fit the assets' config: " + "; ".join(e.message for e in exc.errors)
+        elif isinstance(exc, UsageError | DataValidationError | FileNotFoundError):
+            message = str(exc)
+        else:
+            raise
+        print(f"lgsid: error: {message}", file=sys.stderr)
         print("lgsid: (set LGSID_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 

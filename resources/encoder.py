@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
-from lgsid_pipeline.prompts import DEFAULT_TEMPLATE_NAME, TEMPLATE_LINES, PromptTemplate, prompt_template
+from lgsid_pipeline.encoder import POOLINGS, EncoderConfig, TextEncoder
+from lgsid_pipeline.prompts import DEFAULT_TEMPLATE_NAME, TEMPLATE_LINES, TEMPLATE_NAMES, PromptTemplate, prompt_template
 
 
 @functools.lru_cache(maxsize=2)
@@ -23,13 +24,13 @@ class EncoderResource(dg.ConfigurableResource):
     """
 
     model_path: str | None = Field(default=None, description="HF model directory; None = bundled all-MiniLM-L6-v2.")
-    pooling: str = Field(default="mean", description="cls | mean | last (the paper's last-token pooling)")
+    pooling: Literal[POOLINGS] = Field(default="mean", description="cls | mean | last (the paper's last-token pooling)")
     normalize: bool = True
     max_length: int = Field(default=128, description="Token cap; batches are padded to their longest item.")
     batch_size: int = 32
     device: str = Field(default="auto", description="auto (cuda when available) | cpu | cuda")
     dtype: str = "float32"
-    prompt_template: str = Field(default=DEFAULT_TEMPLATE_NAME,
+    prompt_template: Literal[TEMPLATE_NAMES] = Field(default=DEFAULT_TEMPLATE_NAME,
                                  description="paper (Appendix A: content + province/city/town, no coordinates) | "
                                              "coordinates (adds a lat, lon line; geography becomes a string match).")
     instruction: bool = Field(default=False, description="Prefix every prompt with the paper's instruction line. "

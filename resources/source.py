@@ -6,6 +6,7 @@ import functools
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -35,7 +36,7 @@ class DataSource(dg.ConfigurableResource):
     e.g. ``../shared/data/gowalla_nyc``), ``files``, ``yelp`` or ``foursquare``.
     """
 
-    kind: str = Field(default="generator", description="generator | folder | files | yelp | foursquare")
+    kind: Literal[sources.SOURCE_KINDS] = Field(default="generator", description="generator | folder | files | yelp | foursquare")
     path: str | None = Field(default=None, description="Dataset folder (folder, yelp) or TSV file (foursquare).")
     preset: str = Field(default="demo", description="Generator preset: test, demo, bench-100k, ...")
     seed: int = Field(default=0, description="Generator seed.")

@@ -8,11 +8,19 @@ CASES = [
     (["--source-json", "{bad"], "--source-json is not valid JSON"),
     (["--source-json", "[1]"], "--source-json must be a JSON object"),
     (["--source-json", '{"kind": "files"}'], "source kind 'files' needs items_file"),
-    (["--source-json", '{"kind": "nope"}'], "source kind 'nope' is not one of"),
+    (["--source-json", '{"kind": "nope"}'], "--source-json: kind: Input should be 'generator', 'folder', 'files'"),
     (["--data", "/nonexistent/lgsid-data"], "/nonexistent/lgsid-data: dataset folder does not exist"),
-    (["--encoder-json", '{"pooling": "max"}'], "--encoder-json: EncoderConfig.pooling must be cls|mean|last"),
-    (["--encoder-json", '{"prompt_template": "geohash"}'], "--encoder-json: EncoderResource.prompt_template"),
+    (["--encoder-json", '{"pooling": "max"}'], "--encoder-json: pooling: Input should be 'cls', 'mean' or 'last'"),
+    (["--encoder-json", '{"prompt_template": "geohash"}'], "--encoder-json: prompt_template: Input should be"),
     (["--preset", "test", "--run-config", "{x"], "--run-config is not valid JSON"),
+    # enum-like settings are Literal types, so a value outside the choices is refused before any run
+    (["--preset", "test", "--select", "sid_codebook", "--run-config",
+      '{"ops": {"sid_codebook": {"config": {"dedup_order": "zz"}}}}'],
+     "--run-config does not fit the assets' config: Value at path root:ops:sid_codebook:config:dedup_order "
+     "not in enum type"),
+    (["--preset", "test", "--select", "reward_model", "--run-config",
+      '{"ops": {"reward_model": {"config": {"mode": "sideways"}}}}'],
+     "--run-config does not fit the assets' config: Value at path root:ops:reward_model:config:mode not in enum"),
 ]
 
 

@@ -125,7 +125,12 @@ def test_recommender_evaluations_and_serving_cache(pipeline):
     for key in ("TIGER.lgsid.test_hit@10", "TIGER.res_kmeans.test_ndcg@10", "DIN.Origin.auc", "DIN.lgsid.gauc"):
         assert 0.0 <= meta[key].value <= 1.0, key
     assert "table1_din" in meta and "table2_tiger" in meta and "seed_stats" in meta and "results_plot" in meta
-    assert "| lgsid |" in meta["user_paired"].value and "res_kmeans" in meta["user_paired"].value
+    paired = meta["user_paired"]  # a typed table: sortable in the UI, with a column schema
+    assert isinstance(paired, dg.TableMetadataValue)
+    methods = {r.data["variant"] for r in paired.records} | {r.data["baseline"] for r in paired.records}
+    assert "lgsid" in methods and "res_kmeans" in methods, [r.data for r in paired.records][:2]
+    types = {c.name: c.type for c in paired.schema.columns}
+    assert any(t == "float" for t in types.values()), types
     assert meta["config"].value["tiger_max_steps"] == 6
     cache = home.read("user_topk_cache")
     assert cache.height > 0 and set(cache["city_key"].unique()) <= set(pipeline["cities"])
@@ -349,3 +354,13 @@ def test_lgsid_recommend_from_the_cache_and_from_the_model(pipeline, capsys):
     assert capsys.readouterr().out.startswith(f"user {user}: top 3 from the cache")
     assert main(["recommend", "--home", root, "--user", "nobody-at-all"]) == 2
     assert "unknown user 'nobody-at-all'" in capsys.readouterr().err
+
+
+def test_docs_data_lists_the_columns_of_every_table_the_pipeline_writes(pipeline):
+    from tests.test_data_docs import _section, _two_column_rows
+
+    documented = _two_column_rows(_section("## Output tables"))
+    home = pipeline["home"]
+    for table, columns in documented.items():
+        assert home.table_exists(table), table
+        assert home.read(table).columns == columns, table

@@ -61,6 +61,7 @@ def n_duplicates(codes: np.ndarray) -> int:
 
 
 DEDUP_ORDERS = ("item_id", "spatial", "popularity")
+DEDUP_STRATEGIES = ("append", "greedy")
 HILBERT_BITS = 16  # per axis: about 300 m of latitude per step
 
 
