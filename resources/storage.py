@@ -336,7 +336,8 @@ class RetryingDeltaLakePolarsTypeHandler(DeltaLakePolarsTypeHandler):
         for attempt in range(1, self.max_attempts + 1):
             try:
                 self._ensure_table(obj, table_slice, connection)
-                return super().handle_output(context, table_slice, obj, connection)
+                out = super().handle_output(context, table_slice, obj, connection)
+                break
             except Exception as exc:
                 if not _is_commit_conflict(exc) or attempt == self.max_attempts:
                     raise
@@ -344,7 +345,12 @@ class RetryingDeltaLakePolarsTypeHandler(DeltaLakePolarsTypeHandler):
                 context.log.warning(f"Delta commit conflict on {connection.table_uri} "
                                     f"(attempt {attempt}/{self.max_attempts}): {exc}; retrying in {delay:.2f}s")
                 time.sleep(delay)
-        return None  # pragma: no cover - the loop returns or raises
+        # Dagster's standard column schema (the UI's "Columns" tab, column lineage), with the
+        # Delta table's own types.
+        schema = obj.collect_schema() if isinstance(obj, pl.LazyFrame) else obj.schema
+        context.add_output_metadata({"dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(name, str(dtype)) for name, dtype in schema.items()])})
+        return out
 
 
 class _LgsidDeltaDbClient(DeltaLakeDbClient):

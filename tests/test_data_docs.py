@@ -24,7 +24,8 @@ def _first_column(section: str) -> list[str]:
 
 def _two_column_rows(section: str) -> dict[str, list[str]]:
     return {m[0]: [c.strip() for c in m[1].split(",")]
-            for m in re.findall(r"^\| ([a-z_.*]+) \| ([a-z_0-9, ]+) \|$", section, flags=re.M)}
+            for m in re.findall(r"^\| ([a-z_.*]+) \| ([a-z_0-9, ]+) \|$", section, flags=re.M)
+            if m[0] not in ("table", "file")}  # not the header row
 
 
 def test_input_columns_are_the_schemas():

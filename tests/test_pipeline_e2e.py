@@ -364,3 +364,14 @@ def test_docs_data_lists_the_columns_of_every_table_the_pipeline_writes(pipeline
     for table, columns in documented.items():
         assert home.table_exists(table), table
         assert home.read(table).columns == columns, table
+
+
+def test_delta_assets_carry_their_column_schema_and_every_asset_a_code_version(pipeline):
+    inst, city = pipeline["instance"], next(c for c in pipeline["cities"] if c != "unassigned")
+    for key, column in (("item_catalog", "lat"), ("sid_table", "sid"), ("item_embeddings", "embedding")):
+        meta = _latest(inst, key, city)
+        cols = {c.name: c.type for c in meta["dagster/column_schema"].schema.columns}
+        assert column in cols and "city_key" in cols, (key, cols)
+    assert cols["embedding"].startswith("List")
+    recs = inst.fetch_materializations(dg.AssetKey("sid_codebook"), limit=1).records
+    assert recs[0].asset_materialization.tags.get("dagster/code_version")
