@@ -4,9 +4,10 @@
 import dagster as dg
 import polars as pl
 
-from assets.metadata import Timer, table
+from assets.metadata import Timer, image, table
 from assets.partitions import DELTA, city_partitions
 from lgsid_pipeline import schema
+from lgsid_pipeline.geo import plot_item_map
 from lgsid_pipeline.partitions import UNASSIGNED, validate_city_key
 from resources import DataSource, LgsidHome
 
@@ -35,7 +36,7 @@ OWNERS = ["team:lgsid-data"]
     partitions_def=city_partitions,
     can_subset=False,
 )
-def catalog_assets(context: dg.AssetExecutionContext, source: DataSource):
+def catalog_assets(context: dg.AssetExecutionContext, source: DataSource, home: LgsidHome):
     """Load the source, validate it, and emit this city's slice of the three tables."""
     city = validate_city_key(context.partition_key)
     timer = Timer()
@@ -54,6 +55,13 @@ def catalog_assets(context: dg.AssetExecutionContext, source: DataSource):
     reasons = (quarantine.group_by("source", "reason").len().sort("len", descending=True)
                if quarantine.height else pl.DataFrame({"source": [], "reason": [], "len": []}))
     n_in = catalog.height + quarantine.filter(pl.col("source").str.ends_with("items")).height
+    plot = {}
+    if catalog.height:
+        with timer("map"):
+            path = plot_item_map(catalog["lat"].to_numpy(), catalog["lon"].to_numpy(), catalog["cat1"].to_list(),
+                                 home.artifact_dir("plots", "item_catalog") / f"{city}.png",
+                                 title=f"{display[0]}: {catalog.height} items by cat1")
+        plot = {"map": image(path, f"{city} items")}
     common = {"dataset": dataset, "source": source.describe(), "city": display[0], **timer.metadata(),
               "seconds.dataset_load": items.counts.get("seconds_load", 0.0),
               "seconds.dataset_validation": items.counts.get("seconds_validate", 0.0)}
@@ -63,7 +71,7 @@ def catalog_assets(context: dg.AssetExecutionContext, source: DataSource):
                   quarantine.filter(pl.col("source").str.ends_with("items")).height,
                   "quarantine_rate": round(1 - catalog.height / n_in, 4) if n_in else 0.0,
                   "n_brands": catalog["brand"].n_unique(), "n_towns": catalog["town"].n_unique(),
-                  "n_cat1": catalog["cat1"].n_unique()},
+                  "n_cat1": catalog["cat1"].n_unique(), **plot},
     )
     yield dg.Output(
         interactions, output_name="user_interactions",

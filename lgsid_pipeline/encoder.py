@@ -30,6 +30,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .progress import advance
+
 log = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean", "last")
@@ -233,6 +235,7 @@ class TextEncoder:
                         "eta_s": (n - done) / max(rate, 1e-9), "elapsed_s": now - t0}
                 if progress is not None:
                     progress(info)
+                advance("encoding", done, n, unit="text")
                 if now - last_log > 10 or done == n:
                     last_log = now
                     log.info("encoded %d/%d texts (%.1f items/s, ETA %.0fs)", done, n, rate, info["eta_s"])

@@ -38,6 +38,7 @@ import torch
 from torch.nn import functional as F
 
 from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, hash_files, model_files
+from lgsid_pipeline.progress import advance
 from lgsid_pipeline.prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, build_prompts
 from lgsid_pipeline.reward import RewardModel
 from lgsid_pipeline.train_state import (
@@ -452,6 +453,7 @@ def train_gdpo(
         history.append(rec)
         if progress is not None:
             progress({**rec, "total_steps": total_steps})
+        advance("G-DPO", step, total_steps, unit="step", align=rec["align"], sim=rec["sim"])
         if step % 10 == 0:
             log.info("G-DPO step %d/%d align=%.4f sim=%.4f", step, total_steps, rec["align"], rec["sim"])
         stop = False

@@ -151,3 +151,40 @@ class GeoIndex:
             unit_vectors(qlat, qlon), r * (1 + 1e-12) + 1e-15, workers=workers
         )
         return [np.asarray(sorted(h), dtype=np.int64) for h in hits]
+
+
+def plot_item_map(lat: np.ndarray, lon: np.ndarray, groups: list | None, path, title: str = "items",
+                  max_groups: int = 8):
+    """A small scatter map of items (equirectangular, scaled by cos(lat) so distances look
+    right), coloured by ``groups`` (e.g. cat1; the ``max_groups`` most common, the rest grey).
+    matplotlib Agg; returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lat = np.asarray(lat, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=90)
+    if groups is None:
+        ax.scatter(lon, lat, s=6, alpha=0.7)
+    else:
+        labels = np.asarray(["(none)" if g is None else str(g) for g in groups], dtype=object)
+        names, counts = np.unique(labels, return_counts=True)
+        top = names[np.argsort(-counts, kind="stable")][:max_groups]
+        rest = ~np.isin(labels, top)
+        if rest.any():
+            ax.scatter(lon[rest], lat[rest], s=5, c="lightgrey", label="other")
+        for name in top:
+            m = labels == name
+            ax.scatter(lon[m], lat[m], s=6, alpha=0.8, label=f"{name} ({int(m.sum())})")
+        ax.legend(fontsize=6, loc="best", markerscale=1.5)
+    if lat.size:
+        ax.set_aspect(1.0 / max(np.cos(np.radians(np.nanmedian(lat))), 0.1))
+    ax.set_xlabel("lon")
+    ax.set_ylabel("lat")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -186,6 +186,8 @@ def resolve_cities(requested: str | None, available: list[str]) -> list[str]:
 
 
 def cmd_materialize(args) -> int:
+    if sys.stderr.isatty() and "LGSID_PROGRESS" not in os.environ:
+        os.environ["LGSID_PROGRESS"] = "bar"  # tqdm bars for the long steps; plain logs otherwise
     home = prepare_home(args.home)
     import dagster as dg
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from ..progress import advance
 from .data import SplitData, item_attribute, next_item_split
 from .dien import DIENConfig, train_and_evaluate_dien
 from .din import DINConfig, train_and_evaluate_din
@@ -253,6 +254,9 @@ def evaluate_all(
         if log:
             log({"model": "heuristic", "variant": h, **r.metrics})
 
+    n_runs = len(seeds) * ((len(methods) if run_tiger else 0)
+                           + (len(disc_models) * (len(methods) + 1) if run_din else 0))
+    finished = 0
     for seed in seeds:
         if run_tiger:
             for m in methods:
@@ -267,6 +271,8 @@ def evaluate_all(
                     tiger_results[m] = res
                 if log:
                     log({"model": "TIGER", "variant": m, "seed": seed, **res.metrics})
+                finished += 1
+                advance("evaluation runs", finished, n_runs, unit="run")
         for model in disc_models if run_din else ():
             train, base_cfg = disc[model]
             for variant in [ORIGIN, *methods]:
@@ -278,6 +284,8 @@ def evaluate_all(
                     city_rows += _din_city_rows(variant, seed, res, user_city, model)
                 if log:
                     log({"model": model, "variant": variant, "seed": seed, **res.metrics})
+                finished += 1
+                advance("evaluation runs", finished, n_runs, unit="run")
 
     runs_df = pl.DataFrame(runs, schema={"model": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64, "metric": pl.Utf8, "value": pl.Float64})
     table1 = _table1(runs_df)

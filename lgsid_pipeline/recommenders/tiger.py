@@ -35,6 +35,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from ..progress import advance
 from .data import SplitData
 from .heuristics import stage_metrics
 from .metrics import topk_metrics
@@ -680,6 +681,7 @@ def train_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=N
             tot += float(loss.detach()) * idx.size
             cnt += idx.size
             steps += 1
+            advance("TIGER training", steps, cfg.max_steps, unit="step", loss=tot / cnt)
             if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
                 cut_short = True
                 break

@@ -202,3 +202,28 @@ def test_data_group_shows_partition_fill_and_checks(ui, browser, artifacts):
     assert f"{fill}% filled" in text or f"{fill - 1}% filled" in text  # rounding of 2/3 either way
     browser.settle()
     browser.screenshot(artifacts / "data-group.png")
+
+
+def test_a_materialization_shows_its_typed_table_and_its_plot(ui, browser, artifacts):
+    """The quarantine's reasons are a typed table (column headers, sortable), the catalogue's
+    map is an inline image."""
+    base, _ = ui
+    city = MATERIALIZED[0]
+    browser.goto(f"{base}/assets/item_catalog?view=events&partition={city}", ["map", "n_cat1"])
+    images = browser.evaluate("Array.from(document.images).filter(i => i.src.startsWith('data:image/png') "
+                              "&& i.naturalWidth > 100).length")
+    assert images >= 1
+    browser.settle()
+    browser.screenshot(artifacts / "item-catalog-map.png")
+    meta = graphql(base, """query($p: String!) { assetNodeOrError(assetKey: {path: ["catalog_quarantine"]}) {
+        ... on AssetNode { assetMaterializations(partitions: [$p], limit: 1) { metadataEntries {
+        label __typename ... on TableMetadataEntry { table { schema { columns { name type } } } } } } } } }""",
+                   {"p": city})
+    entries = meta["assetNodeOrError"]["assetMaterializations"][0]["metadataEntries"]
+    reasons = next(e for e in entries if e["label"] == "reasons")
+    assert reasons["__typename"] == "TableMetadataEntry"
+    assert [c["name"] for c in reasons["table"]["schema"]["columns"]] == ["source", "reason", "len"]
+    text = browser.goto(f"{base}/assets/catalog_quarantine?view=events&partition={city}", ["reasons"])
+    assert "reasons" in text
+    browser.settle()
+    browser.screenshot(artifacts / "catalog-quarantine-reasons.png")
