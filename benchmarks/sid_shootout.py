@@ -196,6 +196,7 @@ def _one_run(task: tuple) -> tuple[tuple[str, int], dict]:
     loc, _ = tiger_local_topk(res.model, _Tokens(res.codec, cfg, split), split, "test", cfg, c["cands"])
     lm = local_metrics(loc, split, "test", c["eligible"])
     out = {
+        "method": name,
         "valid": _per_user(res.topk_idx["valid"], split.valid_target),
         "test": _per_user(res.topk_idx["test"], split.test_target),
         "local": np.stack([lm["hit@10_per_user"], lm["ndcg@10_per_user"]]),
@@ -224,7 +225,8 @@ def _save_run(runs: Path, key: str, r: dict) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     arrays = {k: r[k] for k in ("valid", "test", "local", "reach") if r[k] is not None}
     tmp = runs / f".{key}.{time.time_ns()}.tmp.npz"
-    np.savez(tmp, records=np.array(json.dumps({"tiger": r["tiger"], "din": r["din"]}, default=float)), **arrays)
+    meta = {"method": r.get("method"), "tiger": r["tiger"], "din": r["din"]}
+    np.savez(tmp, records=np.array(json.dumps(meta, default=float)), **arrays)
     tmp.replace(runs / f"{key}.npz")
 
 
