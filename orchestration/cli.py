@@ -591,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(func=cmd_recommend)
     args = parser.parse_args(argv)
     from lgsid_pipeline.catalog import DataValidationError
+    from resources.storage import DeltaLogError
 
     try:
         return args.func(args)
@@ -601,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if isinstance(exc, dg.DagsterInvalidConfigError):  # a config value outside its type or choices
             message = "--run-config does not fit the assets' config: " + "; ".join(e.message for e in exc.errors)
-        elif isinstance(exc, UsageError | DataValidationError | FileNotFoundError):
+        elif isinstance(exc, UsageError | DataValidationError | FileNotFoundError | DeltaLogError):
             message = str(exc)
         else:
             raise

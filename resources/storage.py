@@ -148,6 +148,35 @@ def local_tables_root(home: str, tables_uri: str | None = None) -> Path:
     return confine(Path(home).expanduser().resolve(), "delta")
 
 
+class DeltaLogError(ValueError):
+    """A local Delta table whose transaction log cannot be trusted; the message says what to do."""
+
+
+def check_delta_log(table_uri: str) -> None:
+    """Refuse a local table whose newest commit file is empty.
+
+    A crash or a full disk during a commit can leave ``_delta_log/<N>.json`` at 0 bytes.
+    delta-rs then reads the table as of version N-1 without a word, and the next write
+    replaces the lost commit with its own, so the rows of commit N are gone for good. This
+    check runs before every read through ``LgsidHome`` and before every write of the IO
+    manager. Object stores write a commit in one PUT, so remote tables are not checked.
+    """
+    if is_remote_uri(table_uri):
+        return
+    log = Path(table_uri) / "_delta_log"
+    if not log.is_dir():
+        return
+    commits = sorted(log.glob("[0-9]" * 20 + ".json"))
+    if commits and commits[-1].stat().st_size == 0:
+        version = int(commits[-1].stem)
+        raise DeltaLogError(
+            f"Delta table {table_uri}: its newest commit {commits[-1].name} is empty (0 bytes). A crash "
+            f"or a full disk during a commit leaves this, and reading on would silently give version "
+            f"{version - 1} while the next write replaced the lost commit. Check the disk, then either "
+            f"restore {commits[-1].name} from a backup, or delete it to roll back to version {version - 1} "
+            "explicitly and re-materialize the cities that commit wrote (see docs/reliability.md).")
+
+
 class LgsidHome(dg.ConfigurableResource):
     """The pipeline's storage: artefacts under ``<home>/artifacts/``, Delta tables under
     ``tables_uri`` (default ``<home>/delta``; or ``s3://bucket/prefix``).
@@ -252,6 +281,7 @@ class LgsidHome(dg.ConfigurableResource):
         """Lazy scan of a per-city table across partitions (``None`` if it does not exist yet)."""
         if not self.table_exists(name):
             return None
+        check_delta_log(self.table_uri(name))
         lf = pl.scan_delta(self.table_uri(name), storage_options=self.delta_storage_options())
         if cities is not None:
             lf = lf.filter(pl.col("city_key").is_in(cities))
@@ -335,6 +365,7 @@ class RetryingDeltaLakePolarsTypeHandler(DeltaLakePolarsTypeHandler):
         rng = random.Random()
         for attempt in range(1, self.max_attempts + 1):
             try:
+                check_delta_log(connection.table_uri)  # never write on top of a lost commit
                 self._ensure_table(obj, table_slice, connection)
                 out = super().handle_output(context, table_slice, obj, connection)
                 break

@@ -177,3 +177,40 @@ def test_bit_flip_in_tensor_data_is_detected(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha256"):
         load_reward_model(model_dir)
+
+
+def test_a_zero_byte_last_delta_commit_is_refused_on_read_and_on_write(tmp_path, figures):
+    """A crash during a commit can leave the newest _delta_log entry empty. delta-rs would read
+    the previous version silently and the next write would replace the lost commit for good;
+    the project refuses both, naming the file and the recovery."""
+    import dagster as dg
+    from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
+    from dagster_deltalake.io_manager import TableConnection
+    from deltalake import DeltaTable, write_deltalake
+
+    from resources import LgsidHome
+    from resources.storage import DeltaLogError, RetryingDeltaLakePolarsTypeHandler
+
+    home = LgsidHome(home=str(tmp_path / "home"))
+    path = home.table_path("item_catalog")
+    first = pl.DataFrame({"city_key": ["a"] * 3, "x": [1, 2, 3]})
+    write_deltalake(str(path), first.to_arrow(), mode="overwrite", partition_by=["city_key"])
+    write_deltalake(str(path), pl.DataFrame({"city_key": ["b"], "x": [4]}).to_arrow(), mode="append",
+                    partition_by=["city_key"])
+    last = sorted((path / "_delta_log").glob("*.json"))[-1]
+    last.write_bytes(b"")  # the torn commit
+    with pytest.raises(DeltaLogError, match=r"newest commit 00000000000000000001\.json is empty.*version 0"):
+        home.read("item_catalog")
+    handler = RetryingDeltaLakePolarsTypeHandler()
+    table_slice = TableSlice(table="item_catalog", schema="lgsid", database="deltalake", partition_dimensions=[
+        TablePartitionDimension(partition_expr="city_key", partitions=["c"])])
+    conn = TableConnection(table_uri=str(path), storage_options={}, table_config=None)
+    with pytest.raises(DeltaLogError, match="is empty"):
+        handler.handle_output(dg.build_output_context(resource_config={"mode": None}, definition_metadata={}),
+                              table_slice, pl.DataFrame({"city_key": ["c"], "x": [5]}), conn)
+    assert last.stat().st_size == 0 and len(list((path / "_delta_log").glob("*.json"))) == 2  # nothing written
+    # Recovery as documented: delete the empty commit (an explicit roll back to version 0).
+    last.unlink()
+    assert DeltaTable(str(path)).version() == 0
+    assert home.read("item_catalog").sort("x").equals(first)
+    figures.add("corrupted artefacts refused with a clear error")
