@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from assets.metadata import Timer, config_json, flat, image, table
 from assets.partitions import DELTA, ENCODER_POOL, TRAINING_POOL, city_partitions
 from lgsid_pipeline import alignment_metrics, gdpo, reward
+from lgsid_pipeline.budgets import allocation_summary, sample_by_city
 from lgsid_pipeline.negatives import STRATEGIES as NEGATIVE_STRATEGIES
 from lgsid_pipeline.negatives import dedupe_prompt_lists, mismatched_prompts
 from lgsid_pipeline.partitions import validate_city_key
@@ -51,21 +52,16 @@ class _WithProgress:
         return self.enc.encode(texts, progress=self.progress)
 
 
-def _sample_per_city(frame: pl.DataFrame, id_col: str, n: int | None, seed: int) -> pl.DataFrame:
-    """A seeded sample of at most ``n`` ids per city (all when ``n`` is None)."""
-    ids = frame.select(id_col, "city_key").unique().sort(id_col)
-    if n is not None:
-        ids = ids.with_columns(pl.int_range(pl.len()).shuffle(seed=seed).over("city_key").alias("_r")) \
-                 .filter(pl.col("_r") < n).drop("_r")
-    return frame.join(ids.select(id_col), on=id_col)
-
-
 class RewardModelConfig(dg.Config):
     mode: Literal[reward.REWARD_MODES] = Field(default="listwise", description="listwise (Eq. 4 as ListNet) | pointwise (DPO-PR)")
     loss: Literal[reward.REWARD_LOSSES] = Field(default="listnet", description="listnet | soft_bce (readings of Eq. 4)")
     negatives: Literal[NEGATIVE_STRATEGIES] = Field(default="density", description="density (DPO-LRD) | plain (DPO-LR)")
-    anchors_per_city: int | None = Field(default=40, description="Anchors sampled per city (each encodes K+1 "
-                                         "prompts with the frozen encoder; 40 keeps the demo in budget).")
+    anchors_total: int | None = Field(default=160, ge=1, description="Anchors sampled in all (each encodes K+1 "
+                                      "prompts with the frozen encoder), allocated across cities by size after "
+                                      "anchors_floor each: the cost does not grow with the number of cities. "
+                                      "None: every anchor.")
+    anchors_floor: int = Field(default=8, ge=0, description="Anchors every city gets first (or all it has), so "
+                                                            "small cities are still seen.")
     hidden: int = 256
     epochs: int = 40
     lr: float = 1e-3
@@ -91,8 +87,7 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, h
     lists = home.read("distance_ranked_negatives").filter(pl.col("strategy") == config.negatives)
     if lists.height == 0:
         raise dg.Failure(f"no {config.negatives!r} negative lists: materialize distance_ranked_negatives first")
-    lists = _sample_per_city(lists.rename({"anchor_id": "item_id"}), "item_id", config.anchors_per_city,
-                             config.seed).rename({"item_id": "anchor_id"})
+    lists, allocation = sample_by_city(lists, "anchor_id", config.anchors_total, config.anchors_floor, config.seed)
     template = encoder.template()
     prompts, dedupe = dedupe_prompt_lists(mismatched_prompts(catalog, lists, template))
     list_k = reward.common_list_length(prompts)
@@ -128,6 +123,9 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, h
     })
     return dg.MaterializeResult(metadata={
         "config": config_json(config), "prompt_template": encoder.prompt_template,
+        "anchors": dg.MetadataValue.json(allocation_summary(allocation)),
+        "anchors_per_city": table(pl.DataFrame({"city_key": list(allocation), "anchors": list(allocation.values())},
+                                               schema={"city_key": pl.Utf8, "anchors": pl.Int64})),
         "instruction": encoder.instruction, "anchors": int(E.shape[0]), "list_length": int(E.shape[1]),
         **{f"dedupe.{k}": v for k, v in dedupe.items() if v is not None},
         "embedding_dim": int(E.shape[2]), "encoder_version": enc.version, "quality": table(quality),

@@ -14,7 +14,7 @@ from orchestration.definitions import build_defs
 from resources import DataSource, EncoderResource, LgsidHome
 
 FAST = {"ops": {
-    "reward_model": {"config": {"anchors_per_city": 25, "epochs": 4}},
+    "reward_model": {"config": {"anchors_total": 75, "anchors_floor": 5, "epochs": 4}},
     "aligned_encoder": {"config": {"max_pairs": 48, "batch_size": 16}},
     "sid_codebook": {"config": {"variants": ["lgsid", "hgit_origin", "res_kmeans", "rqvae"]}},
     "alignment_report": {"config": {"max_queries": 100}},
@@ -62,6 +62,11 @@ def test_every_asset_materialized_with_metadata(pipeline):
         assert inst.fetch_materializations(dg.AssetKey(key), limit=1).records, key
     rm = _latest(inst, "reward_model")
     assert rm["heldout_spearman"].value is not None and "loss_curve" in rm
+    # anchors come from a total budget (75), a floor of 5 per city first, the rest by size
+    anchors = rm["anchors"].value
+    assert anchors["total"] == 75 and anchors["min_per_city"] >= 5
+    per_city = {r.data["city_key"]: r.data["anchors"] for r in rm["anchors_per_city"].records}
+    assert sum(per_city.values()) == 75 and len(per_city) == anchors["cities"]
     ae = _latest(inst, "aligned_encoder")
     assert ae["steps"].value >= 3 and "loss_curves" in ae
     emb = home.read("item_embeddings")
@@ -150,7 +155,7 @@ def test_refit_rebuilds_embeddings_sids_and_evaluation_on_the_new_version(pipeli
     before = read_manifest(home)
     aligned_before = home.read("item_embeddings").filter(pl.col("variant") == "aligned").sort("item_id")
     cfg = {"ops": {**FAST["ops"],  # smaller budgets than the first fit: this checks the wiring, not quality
-           "reward_model": {"config": {"anchors_per_city": 10, "epochs": 2, "seed": 1}},
+           "reward_model": {"config": {"anchors_total": 30, "anchors_floor": 3, "epochs": 2, "seed": 1}},
            "aligned_encoder": {"config": {"max_pairs": 16, "batch_size": 16}},
            "alignment_report": {"config": {"max_queries": 30}},
            "sid_codebook": {"config": {"variants": ["lgsid", "res_kmeans"],
