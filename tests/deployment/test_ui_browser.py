@@ -209,12 +209,23 @@ def test_a_materialization_shows_its_typed_table_and_its_plot(ui, browser, artif
     map is an inline image."""
     base, _ = ui
     city = MATERIALIZED[0]
-    browser.goto(f"{base}/assets/item_catalog?view=events&partition={city}", ["map", "n_cat1"])
-    images = browser.evaluate("Array.from(document.images).filter(i => i.src.startsWith('data:image/png') "
-                              "&& i.naturalWidth > 100).length")
-    assert images >= 1
+    text = browser.goto(f"{base}/assets/item_catalog?view=events&partition={city}", ["map", "n_cat1"])
     browser.settle()
     browser.screenshot(artifacts / "item-catalog-map.png")
+    assert "[Show Markdown]" in text
+    # The plot's row opens its rendered markdown: the inline PNG, drawn.
+    clicked = browser.evaluate("""(() => {
+        const row = Array.from(document.querySelectorAll('tr'))
+            .find(tr => tr.cells.length && tr.cells[0].innerText.trim() === 'map');
+        const link = row && Array.from(row.querySelectorAll('*'))
+            .find(e => e.children.length === 0 && e.innerText.trim() === '[Show Markdown]');
+        if (link) { link.click(); }
+        return !!link; })()""")
+    assert clicked
+    drawn = "Array.from(document.images).filter(i => i.src.startsWith('data:image/png') && i.naturalWidth > 100).length"
+    assert wait_for(lambda: browser.evaluate(drawn) >= 1, 20, "the map plot was not drawn")
+    browser.settle()
+    browser.screenshot(artifacts / "item-catalog-map-open.png")
     meta = graphql(base, """query($p: String!) { assetNodeOrError(assetKey: {path: ["catalog_quarantine"]}) {
         ... on AssetNode { assetMaterializations(partitions: [$p], limit: 1) { metadataEntries {
         label __typename ... on TableMetadataEntry { table { schema { columns { name type } } } } } } } } }""",
@@ -223,7 +234,9 @@ def test_a_materialization_shows_its_typed_table_and_its_plot(ui, browser, artif
     reasons = next(e for e in entries if e["label"] == "reasons")
     assert reasons["__typename"] == "TableMetadataEntry"
     assert [c["name"] for c in reasons["table"]["schema"]["columns"]] == ["source", "reason", "len"]
-    text = browser.goto(f"{base}/assets/catalog_quarantine?view=events&partition={city}", ["reasons"])
-    assert "reasons" in text
+    text = browser.goto(f"{base}/assets/catalog_quarantine?view=events&partition={city}",
+                        ["reasons", "Show schema"])
+    after = text[text.index("reasons"):]
+    assert all(col in after[:200] for col in ("source", "reason", "len"))  # the table's column headers
     browser.settle()
     browser.screenshot(artifacts / "catalog-quarantine-reasons.png")
