@@ -267,8 +267,9 @@ def recommend(user_id: str, *, k: int = 10, within_km: float | None = None, cach
                                "knows; nothing to recommend from")
         candidates = None
         if within_km is not None:
-            lat = np.array([coords.get(i, (np.nan, np.nan))[0] or np.nan for i in item_ids], dtype=np.float64)
-            lon = np.array([coords.get(i, (np.nan, np.nan))[1] or np.nan for i in item_ids], dtype=np.float64)
+            ll = [coords.get(i, (None, None)) for i in item_ids]
+            lat = np.array([np.nan if c[0] is None else c[0] for c in ll], dtype=np.float64)
+            lon = np.array([np.nan if c[1] is None else c[1] for c in ll], dtype=np.float64)
             dist = haversine_km(last[0], last[1], lat, lon)
             candidates = np.flatnonzero(np.nan_to_num(dist, nan=np.inf) <= within_km)
             candidates = candidates[candidates != known[-1]]
