@@ -1,5 +1,7 @@
 """The CLI turns a bad command line or input into one clear line and exit status 2, not a traceback."""
 
+import json
+
 import pytest
 
 from orchestration.cli import main
@@ -40,3 +42,20 @@ def test_debug_env_keeps_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("LGSID_DEBUG", "1")
     with pytest.raises(UsageError, match="not valid JSON"):
         main(["materialize", "--home", str(tmp_path / "home"), "--source-json", "{bad"])
+
+
+def test_unmapped_columns_and_unknown_ids_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LGSID_DEBUG", raising=False)
+    shops = tmp_path / "shops.csv"
+    shops.write_text("shop,latitude,longitude,town\ns1,40.7,-74.0,NYC\n")
+    src = json.dumps({"kind": "files", "items_file": str(shops), "column_map": {"item_id": "shop", "lat": "latitude"}})
+    rc = main(["materialize", "--home", str(tmp_path / "home"), "--source-json", src])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "items file lacks required column(s) ['lon', 'city']" in err and "column_map option" in err
+    src = json.dumps({"kind": "files", "items_file": str(shops), "column_map": {"item_id": "store"}})
+    assert main(["materialize", "--home", str(tmp_path / "home"), "--source-json", src]) == 2
+    assert "column_map names columns ['store'] not present" in capsys.readouterr().err
+    for command in (["sid", "x"], ["export", "--to", str(tmp_path / "e")], ["recommend", "--user", "u"]):
+        assert main([command[0], "--home", str(tmp_path / "nowhere"), *command[1:]]) == 2
+        assert "does not exist; run `lgsid materialize" in capsys.readouterr().err
