@@ -18,6 +18,7 @@ from lgsid_pipeline.recommenders.din import DINConfig
 from lgsid_pipeline.recommenders.evaluate import DISC_MODELS, evaluate_all, plot_results, user_topk
 from lgsid_pipeline.recommenders.stats import metric_regressions
 from lgsid_pipeline.recommenders.tiger import TigerConfig, save_tiger
+from lgsid_pipeline.train_state import replace_durably, tmp_name
 from resources import LgsidHome
 
 GROUP = "evaluation"
@@ -167,7 +168,9 @@ def user_topk_cache(context: dg.AssetExecutionContext, home: LgsidHome) -> dg.Ou
         raise dg.Failure("no serving cache: materialize recommender_evaluations first")
     cache = pl.read_parquet(path).filter(pl.col("city_key") == city)
     export = home.artifact_dir("user_topk_cache") / f"{city}.parquet"
-    cache.write_parquet(export)
+    tmp = tmp_name(export)  # atomic: a reader sees the old file or the new one, never half of one
+    cache.write_parquet(tmp)
+    replace_durably(tmp, export)
     return dg.Output(cache, metadata={"dagster/row_count": cache.height, "users": cache["user_id"].n_unique(),
                                       "export": dg.MetadataValue.path(str(export)),
                                       "source_run": current.name})

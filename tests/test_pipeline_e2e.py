@@ -143,6 +143,12 @@ def test_recommender_evaluations_and_serving_cache(pipeline):
     assert (per_user["item_id"] == per_user["len"]).all()  # distinct items per user
     sid_items = set(home.read("sid_table")["item_id"].to_list())
     assert set(cache["item_id"].to_list()) <= sid_items
+    exports = home.artifact_dir("user_topk_cache")
+    for city in cache["city_key"].unique().to_list():  # the Parquet copy, written atomically
+        copy = pl.read_parquet(exports / f"{city}.parquet")
+        assert copy.sort("user_id", "rank").equals(
+            cache.filter(pl.col("city_key") == city).select(copy.columns).sort("user_id", "rank"))
+    assert not list(exports.glob(".*.tmp"))
 
 
 def test_refit_rebuilds_embeddings_sids_and_evaluation_on_the_new_version(pipeline):
