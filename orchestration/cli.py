@@ -335,7 +335,14 @@ def _open_home(args, command: str, tables=("sid_table", "item_catalog")):
 def _codebook_manifest(home) -> dict:
     current = home.current("sid_codebook")
     path = None if current is None else current / "manifest.json"
-    return json.loads(path.read_text()) if path is not None and path.is_file() else {"variants": {}}
+    if path is None or not path.is_file():
+        return {"variants": {}}
+    from lgsid_pipeline.train_state import load_json
+
+    try:
+        return load_json(path, "the SID codebook manifest")
+    except ValueError as exc:
+        raise UsageError(f"{exc}; re-materialize sid_codebook with refit=True or restore the file") from None
 
 
 def _current_sids(home, manifest: dict):

@@ -59,3 +59,23 @@ def test_unmapped_columns_and_unknown_ids_are_one_line(tmp_path, capsys, monkeyp
     for command in (["sid", "x"], ["export", "--to", str(tmp_path / "e")], ["recommend", "--user", "u"]):
         assert main([command[0], "--home", str(tmp_path / "nowhere"), *command[1:]]) == 2
         assert "does not exist; run `lgsid materialize" in capsys.readouterr().err
+
+
+def test_a_corrupted_codebook_manifest_is_one_line(tmp_path, capsys, monkeypatch):
+    import polars as pl
+    from deltalake import write_deltalake
+
+    from resources import LgsidHome
+
+    monkeypatch.delenv("LGSID_DEBUG", raising=False)
+    home = LgsidHome(home=str(tmp_path / "home"))
+    for table, frame in (("sid_table", pl.DataFrame({"item_id": ["a"], "method": ["m"], "sid": [[1, 0]],
+                                                      "codebook_version": ["v1"], "city_key": ["c"]})),
+                         ("item_catalog", pl.DataFrame({"item_id": ["a"], "city_key": ["c"]}))):
+        write_deltalake(str(home.table_path(table)), frame.to_arrow(), partition_by=["city_key"])
+    version = home.artifact_dir("sid_codebook", "v1")
+    (version / "manifest.json").write_text('{"version": "v1", "vari')
+    home.publish("sid_codebook", version)
+    assert main(["sid", "--home", str(tmp_path / "home"), "a"]) == 2
+    err = capsys.readouterr().err
+    assert "the SID codebook manifest" in err and "is not valid JSON" in err and "Traceback" not in err
