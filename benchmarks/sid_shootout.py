@@ -377,7 +377,7 @@ def run(args: argparse.Namespace) -> dict:
     identical = collision_figures(np.zeros((split.n_items, 1), dtype=np.int64), prompts=prompts)["identical_prompt_share"]
     return {
         "dataset": Path(args.data).name,
-        "command": " ".join(sys.argv),
+        "command": " ".join(["python -m benchmarks.sid_shootout", *sys.argv[1:]]),
         "split": split.metadata(),
         "settings": {"seeds": args.seeds, "tiger_steps": args.tiger_steps, "din_epochs": args.din_epochs,
                      "codebook_sizes": sizes, "levels": args.levels, "codebook_seed": args.codebook_seed,
