@@ -123,7 +123,7 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, h
     })
     return dg.MaterializeResult(metadata={
         "config": config_json(config), "prompt_template": encoder.prompt_template,
-        "anchors": dg.MetadataValue.json(allocation_summary(allocation)),
+        "anchor_budget": dg.MetadataValue.json(allocation_summary(allocation)),
         "anchors_per_city": table(pl.DataFrame({"city_key": list(allocation), "anchors": list(allocation.values())},
                                                schema={"city_key": pl.Utf8, "anchors": pl.Int64})),
         "instruction": encoder.instruction, "anchors": int(E.shape[0]), "list_length": int(E.shape[1]),

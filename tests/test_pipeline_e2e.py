@@ -63,7 +63,7 @@ def test_every_asset_materialized_with_metadata(pipeline):
     rm = _latest(inst, "reward_model")
     assert rm["heldout_spearman"].value is not None and "loss_curve" in rm
     # anchors come from a total budget (75), a floor of 5 per city first, the rest by size
-    anchors = rm["anchors"].value
+    anchors = rm["anchor_budget"].value
     assert anchors["total"] == 75 and anchors["min_per_city"] >= 5
     per_city = {r.data["city_key"]: r.data["anchors"] for r in rm["anchors_per_city"].records}
     assert sum(per_city.values()) == 75 and len(per_city) == anchors["cities"]
