@@ -121,18 +121,22 @@ def embedding_neighbours(item_id: str, embeddings: pl.DataFrame, items: pl.DataF
              "km": float(km[n])} for n, j in enumerate(top)]
 
 
+def with_prefix(table: pl.DataFrame, prefix: list[int], method: str) -> pl.DataFrame:
+    """The rows of one method's SID ``table`` whose SID starts with ``prefix``, by SID then item."""
+    depth = len(table["sid"][0]) if table.height else 0
+    if len(prefix) > depth:
+        raise SIDLookupError(f"prefix {prefix} has {len(prefix)} codes; method {method!r} has {depth}-code SIDs")
+    return (table.filter(pl.col("sid").list.head(len(prefix)) == pl.lit(prefix, dtype=table.schema["sid"]))
+            .sort("sid", "item_id"))
+
+
 def prefix_report(prefix: list[int], sids: pl.DataFrame, items: pl.DataFrame, *, method: str | None = None,
                   limit: int = 50) -> dict:
     """The items whose SID starts with ``prefix``, per method, with their cities."""
     out = {"prefix": prefix, "methods": {}}
     for m in _methods(sids, method):
-        table = sids.filter(pl.col("method") == m)
-        depth = len(table["sid"][0]) if table.height else 0
-        if len(prefix) > depth:
-            raise SIDLookupError(f"prefix {prefix} has {len(prefix)} codes; method {m!r} has {depth}-code SIDs")
-        hit = table.filter(pl.col("sid").list.head(len(prefix)) == pl.lit(prefix, dtype=table.schema["sid"])) \
-                   .sort("sid", "item_id")
-        hit = _with_coords(hit.select("item_id", "sid", "codebook_version"), items)
+        hit = _with_coords(with_prefix(sids.filter(pl.col("method") == m), prefix, m)
+                           .select("item_id", "sid", "codebook_version"), items)
         cities = (hit.group_by("city_key").len().sort("len", descending=True)
                   if "city_key" in hit.columns and hit.height else pl.DataFrame({"city_key": [], "len": []}))
         out["methods"][m] = {

@@ -191,21 +191,16 @@ class ServingIndex:
         return self._items.get(str(item_id))
 
     def prefix(self, text: str, method: str | None = None, limit: int = 100) -> dict:
-        from .lookup import SIDLookupError, parse_prefix
+        from .lookup import SIDLookupError, parse_prefix, with_prefix
 
-        try:
-            codes = parse_prefix(text)
-        except SIDLookupError as exc:
-            raise ServingError(str(exc)) from None
         method = method or self.default_method
         if method not in self._by_method:
             raise ServingError(f"unknown method {method!r}; the SID table has {self.methods}")
-        table = self._by_method[method]
-        depth = len(table["sid"][0]) if table.height else 0
-        if len(codes) > depth:
-            raise ServingError(f"prefix {text!r} has {len(codes)} codes; method {method!r} has {depth}-code SIDs")
-        hit = table.filter(pl.col("sid").list.head(len(codes)) == pl.lit(codes, dtype=table.schema["sid"]))
-        hit = hit.sort("sid", "item_id")
+        try:
+            codes = parse_prefix(text)
+            hit = with_prefix(self._by_method[method], codes, method)
+        except SIDLookupError as exc:
+            raise ServingError(str(exc)) from None
         return {"prefix": codes, "method": method, "items": hit.height,
                 "shown": hit.head(limit).select("item_id", "sid_str", "name", "city_key").to_dicts()}
 

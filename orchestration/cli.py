@@ -357,6 +357,15 @@ def _evaluation_dir(home):
     return home.current("recommender_evaluations")
 
 
+def _serving_cache(home):
+    """The current evaluation's serving cache (user_topk.parquet), or None before there is one."""
+    import polars as pl
+
+    ev = _evaluation_dir(home)
+    path = None if ev is None else ev / "user_topk.parquet"
+    return pl.read_parquet(path) if path is not None and path.is_file() else None
+
+
 def cmd_sid(args) -> int:
     """``lgsid sid``: one item's SIDs and neighbours, or the items behind a SID prefix."""
     from lgsid_pipeline.lookup import SIDLookupError, item_report, parse_prefix, prefix_report
@@ -386,15 +395,11 @@ def cmd_sid(args) -> int:
 
 def cmd_export(args) -> int:
     """``lgsid export``: the SID table (+ codebook and embedding versions) and the serving cache."""
-    import polars as pl
-
     from lgsid_pipeline.serving import ServingError, export_tables
 
     root, home = _open_home(args, "export")
     manifest = _codebook_manifest(home)
-    ev = _evaluation_dir(home)
-    cache_path = None if ev is None else ev / "user_topk.parquet"
-    topk = pl.read_parquet(cache_path) if cache_path is not None and cache_path.is_file() else None
+    topk = _serving_cache(home)
     try:
         out = export_tables(args.to, _current_sids(home, manifest), home.read("item_catalog"), manifest, topk,
                             fmt=args.format, method=args.method, source=str(root))
@@ -426,14 +431,11 @@ def _serving_index(args):
         except ServingError as exc:
             raise UsageError(f"lgsid serve: {exc}") from None
         return ServingIndex(sids, topk, manifest=manifest)
-    import polars as pl
-
     _, home = _open_home(args, "serve")
     manifest = _codebook_manifest(home)
     sids = sid_export_frame(_current_sids(home, manifest), home.read("item_catalog"), manifest)
-    ev = _evaluation_dir(home)
-    path = None if ev is None else ev / "user_topk.parquet"
-    topk = topk_export_frame(pl.read_parquet(path)) if path is not None and path.is_file() else None
+    cache = _serving_cache(home)
+    topk = None if cache is None else topk_export_frame(cache)
     return ServingIndex(sids, topk, manifest={"codebook_version": manifest.get("version"),
                                               "default_method": manifest.get("default_variant")})
 
@@ -464,8 +466,7 @@ def cmd_recommend(args) -> int:
     ev = _evaluation_dir(home)
     if ev is None:
         raise UsageError("lgsid recommend: no recommender_evaluations yet; materialize it first")
-    cache_path = ev / "user_topk.parquet"
-    cache = pl.read_parquet(cache_path) if cache_path.is_file() else None
+    cache = _serving_cache(home)
     interactions = home.read("user_interactions")
     history = [str(h) for h in user_history(interactions, args.user)]
     if not history and (cache is None or cache.filter(pl.col("user_id") == args.user).is_empty()):
