@@ -13,13 +13,11 @@ from pydantic import Field, field_validator
 
 from assets.metadata import Timer, config_json, flat, image, table
 from assets.partitions import DELTA, ENCODER_POOL, TRAINING_POOL, city_partitions
-from lgsid_pipeline import alignment_metrics, gdpo, reward
-from lgsid_pipeline.budgets import allocation_summary, sample_by_city
+from lgsid_pipeline import alignment, alignment_metrics, gdpo, reward
+from lgsid_pipeline.budgets import allocation_summary
 from lgsid_pipeline.negatives import STRATEGIES as NEGATIVE_STRATEGIES
-from lgsid_pipeline.negatives import dedupe_prompt_lists, mismatched_prompts
 from lgsid_pipeline.partitions import validate_city_key
 from lgsid_pipeline.prompts import build_prompts
-from lgsid_pipeline.train_state import atomic_save_tensors, load_tensors
 from resources import EncoderResource, LgsidHome
 
 GROUP = "alignment"
@@ -42,31 +40,24 @@ def _progress_logger(context, what: str):
     return log
 
 
-class _WithProgress:
-    """An encoder whose ``encode`` logs items/s and ETA to the run's log."""
-
-    def __init__(self, enc, progress) -> None:
-        self.enc, self.progress = enc, progress
-
-    def encode(self, texts):
-        return self.enc.encode(texts, progress=self.progress)
+_R = alignment.RewardSettings
 
 
 class RewardModelConfig(dg.Config):
-    mode: Literal[reward.REWARD_MODES] = Field(default="listwise", description="listwise (Eq. 4 as ListNet) | pointwise (DPO-PR)")
-    loss: Literal[reward.REWARD_LOSSES] = Field(default="listnet", description="listnet | soft_bce (readings of Eq. 4)")
-    negatives: Literal[NEGATIVE_STRATEGIES] = Field(default="density", description="density (DPO-LRD) | plain (DPO-LR)")
-    anchors_total: int | None = Field(default=160, ge=1, description="Anchors sampled in all (each encodes K+1 "
-                                      "prompts with the frozen encoder), allocated across cities by size after "
-                                      "anchors_floor each: the cost does not grow with the number of cities. "
-                                      "None: every anchor.")
-    anchors_floor: int = Field(default=8, ge=0, description="Anchors every city gets first (or all it has), so "
-                                                            "small cities are still seen.")
-    hidden: int = 256
-    epochs: int = 40
-    lr: float = 1e-3
-    batch_size: int = 64
-    seed: int = 0
+    mode: Literal[reward.REWARD_MODES] = Field(default=_R.mode, description="listwise (Eq. 4 as ListNet) | pointwise (DPO-PR)")
+    loss: Literal[reward.REWARD_LOSSES] = Field(default=_R.loss, description="listnet | soft_bce (readings of Eq. 4)")
+    negatives: Literal[NEGATIVE_STRATEGIES] = Field(default=_R.negatives, description="density (DPO-LRD) | plain (DPO-LR)")
+    anchors_total: int | None = Field(default=_R.anchors_total, ge=1, description="Anchors sampled in all (each "
+                                      "encodes K+1 prompts with the frozen encoder), allocated across cities by "
+                                      "size after anchors_floor each: the cost does not grow with the number of "
+                                      "cities. None: every anchor.")
+    anchors_floor: int = Field(default=_R.anchors_floor, ge=0, description="Anchors every city gets first (or all "
+                                                                          "it has), so small cities are still seen.")
+    hidden: int = _R.hidden
+    epochs: int = _R.epochs
+    lr: float = _R.lr
+    batch_size: int = _R.batch_size
+    seed: int = _R.seed
 
 
 @dg.asset(
@@ -78,64 +69,49 @@ class RewardModelConfig(dg.Config):
                 "read as ListNet (see docs/alignment.md). Mismatched prompts that render like an earlier "
                 "prompt of their list (same-town locations under the paper's template) are left out and "
                 "counted (dedupe.* metadata). Trained across all cities. "
-                "Core: lgsid_pipeline/reward.py",
+                "Core: lgsid_pipeline/alignment.py (fit_reward), lgsid_pipeline/reward.py",
 )
 def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, home: LgsidHome,
                  encoder: EncoderResource) -> dg.MaterializeResult:
     timer = Timer()
     catalog = home.read("item_catalog")
-    lists = home.read("distance_ranked_negatives").filter(pl.col("strategy") == config.negatives)
-    if lists.height == 0:
+    lists = home.read("distance_ranked_negatives")
+    if lists.filter(pl.col("strategy") == config.negatives).height == 0:
         raise dg.Failure(f"no {config.negatives!r} negative lists: materialize distance_ranked_negatives first")
-    lists, allocation = sample_by_city(lists, "anchor_id", config.anchors_total, config.anchors_floor, config.seed)
-    template = encoder.template()
-    prompts, dedupe = dedupe_prompt_lists(mismatched_prompts(catalog, lists, template))
-    list_k = reward.common_list_length(prompts)
     enc = encoder.encoder()
-    # Cache the frozen-encoder embeddings of the prompt lists (reused across reward-model refits).
-    key = hashlib.sha256(("\n".join(prompts.sort("anchor_id", "rank")["prompt"].to_list())
-                          + enc.version + f"|k={list_k}").encode()).hexdigest()[:16]
-    cache = home.artifact_dir("reward_model", "cache") / f"lists-{key}.safetensors"
-    with timer("encode_prompt_lists"):
-        if cache.exists():
-            t = load_tensors(cache, "cached prompt-list embeddings")
-            E, labels = t["E"], t["labels"]
-        else:
-            E, labels, _ = reward.encode_prompt_lists(
-                _WithProgress(enc, _progress_logger(context, "encoding prompt lists")), prompts, k=list_k)
-            atomic_save_tensors({"E": E.contiguous(), "labels": labels.contiguous()}, cache)
-    with timer("train"):
-        result = reward.train_reward_model(
-            E, labels, mode=config.mode, loss=config.loss, hidden=config.hidden, epochs=config.epochs,
-            lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-            checkpoint_dir=home.artifact_dir("reward_model", "checkpoints", key + "-" + _cfg_hash(config)))
+    with timer("fit"):
+        stage = alignment.fit_reward(catalog, lists, enc, alignment.RewardSettings(**config.model_dump()),
+                                     workdir=home.artifact_dir("reward_model"), template=encoder.template(),
+                                     progress=_progress_logger(context, "encoding prompt lists"))
     out = home.artifact_dir("reward_model", "current")
-    reward.save_reward_model(result.model, out)
-    (out / "training.json").write_text(json.dumps({"config": config.model_dump(), "metrics": result.metrics,
+    reward.save_reward_model(stage.model, out)
+    m = stage.metrics
+    (out / "training.json").write_text(json.dumps({"config": config.model_dump(), "metrics": m,
                                                     "encoder": enc.identity}, default=str, indent=1))
-    plot = _plot_curve([h["loss"] for h in result.history], "epoch", "reward-model loss",
+    plot = _plot_curve([h["loss"] for h in stage.history], "epoch", "reward-model loss",
                        home.artifact_dir("plots") / "reward_model_loss.png")
-    m = result.metrics
     quality = pl.DataFrame({
         "model": ["trained (held-out)", "untrained MLP"],
         "spearman": [m.get("heldout_spearman"), m.get("untrained_spearman")],
         "ndcg": [m.get("heldout_ndcg"), m.get("untrained_ndcg")],
     })
+    a, k1, d = stage.shape
     return dg.MaterializeResult(metadata={
         "config": config_json(config), "prompt_template": encoder.prompt_template,
-        "anchor_budget": dg.MetadataValue.json(allocation_summary(allocation)),
-        "anchors_per_city": table(pl.DataFrame({"city_key": list(allocation), "anchors": list(allocation.values())},
-                                               schema={"city_key": pl.Utf8, "anchors": pl.Int64})),
-        "instruction": encoder.instruction, "anchors": int(E.shape[0]), "list_length": int(E.shape[1]),
-        **{f"dedupe.{k}": v for k, v in dedupe.items() if v is not None},
-        "embedding_dim": int(E.shape[2]), "encoder_version": enc.version, "quality": table(quality),
+        "anchor_budget": dg.MetadataValue.json(stage.summary()),
+        "anchors_per_city": _allocation_table(stage.allocation, "anchors"),
+        "instruction": encoder.instruction, "anchors": a, "list_length": k1,
+        "prompt_lists_cached": stage.cached,
+        **{f"dedupe.{k}": v for k, v in stage.dedupe.items() if v is not None},
+        "embedding_dim": d, "encoder_version": enc.version, "quality": table(quality),
         "loss_curve": image(plot, "reward model loss"), "weights": dg.MetadataValue.path(str(out)),
         **flat({k: v for k, v in m.items() if isinstance(v, int | float)}), **timer.metadata(),
     })
 
 
-def _cfg_hash(config: dg.Config) -> str:
-    return hashlib.sha256(json.dumps(config.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+def _allocation_table(allocation: dict[str, int], what: str):
+    return table(pl.DataFrame({"city_key": list(allocation), what: list(allocation.values())},
+                              schema={"city_key": pl.Utf8, what: pl.Int64}))
 
 
 def _plot_curve(values, xlabel: str, title: str, path):
@@ -154,26 +130,35 @@ def _plot_curve(values, xlabel: str, title: str, path):
     return path
 
 
+_P = alignment.PairSettings
+
+
 class AlignedEncoderConfig(dg.Config):
-    beta: float = Field(default=0.9, description="Eq. 6 sharpness (the paper: 0.9).")
-    lam: float = Field(default=gdpo.GDPOConfig.lam, description="Eq. 8 weight of the similarity regulariser; 0.1 "
-                       "was chosen by a sweep (docs/alignment.md): the paper's 1.0-1.8 pins the policy to "
-                       "the reference with L2-normalised embeddings.")
-    use_dc: bool = Field(default=True, description="Include domain-collaborative pairs D_dc (co-occurrence).")
-    use_gc: bool = Field(default=True, description="Include geography-constrained pairs D_gc.")
-    gc_outside: str = Field(default="town", description="D_gc's far item lies outside the target's 'town' "
+    beta: float = Field(default=gdpo.GDPOConfig.beta, description="Eq. 6 sharpness (the paper: 0.9).")
+    lam: float = Field(default=gdpo.GDPOConfig.lam, description="Eq. 8 weight of the similarity regulariser, "
+                       "chosen by a sweep on held-out validation items (docs/alignment.md): the paper's 1.0-1.8 "
+                       "pins the policy to the reference with L2-normalised embeddings.")
+    use_dc: bool = Field(default=_P.use_dc, description="Include domain-collaborative pairs D_dc (co-occurrence).")
+    use_gc: bool = Field(default=_P.use_gc, description="Include geography-constrained pairs D_gc.")
+    gc_outside: str = Field(default=_P.gc_outside, description="D_gc's far item lies outside the target's 'town' "
                             "(default) or outside its 'city'. On the demo world 'city' lowered C@5 by 28% "
                             "(benchmarks/results/alignment.md).")
-    max_steps: int | None = Field(default=64, description="Step budget. The run is one pass over D_mix or this "
-                                  "many steps, whichever is smaller (D_mix is sampled, seeded, to max_steps x "
-                                  "batch_size pairs). None = one pass over all of D_mix.")
-    max_pairs: int | None = Field(default=None, description="Extra cap on preference pairs (seeded sample).")
+    max_steps: int | None = Field(default=_P.max_steps, description="Step budget. The run is one pass over D_mix "
+                                  "or this many steps, whichever is smaller (D_mix is sampled, seeded, to "
+                                  "max_steps x batch_size pairs, allocated across the targets' cities with "
+                                  "pairs_floor each). None = one pass over all of D_mix.")
+    max_pairs: int | None = Field(default=_P.max_pairs, description="Extra cap on preference pairs (seeded sample).")
+    pairs_floor: int = Field(default=_P.pairs_floor, ge=0, description="Pairs every city's targets get first "
+                             "(or all it has) when the budget is allocated.")
+    reward: Literal[alignment.REWARD_SOURCES] = Field(default="learned", description="learned: the reward_model "
+                                                     "asset | oracle: R fitted to the true great-circle order of "
+                                                     "the pairs (a diagnostic: is R the limit, or G-DPO?).")
     epochs: int = 1
     batch_size: int = 16
     lr: float = gdpo.GDPOConfig.lr
     sim_reading: Literal[gdpo.SIM_READINGS] = Field(default=gdpo.GDPOConfig.sim_reading, description="Eq. 7 reading: printed (pull to "
                              "the own reference, push from the batch's others) | pull (own reference only).")
-    eval_every: int = Field(default=16, description="Steps between held-out geography evaluations (C@5, T@5, "
+    eval_every: int = Field(default=alignment.PIPELINE_EVAL_EVERY, description="Steps between held-out geography evaluations (C@5, T@5, "
                             "Top@5); the adapter kept is the best evaluated step (docs/alignment.md). 0 = off.")
     eval_items: int = gdpo.GDPOConfig.eval_items
     max_top_loss: float = Field(default=gdpo.GDPOConfig.max_top_loss, description="Largest relative Top@5 loss "
@@ -215,29 +200,24 @@ def aligned_encoder(context: dg.AssetExecutionContext, config: AlignedEncoderCon
     catalog = home.read("item_catalog")
     pairs_lf = home.scan("cooccurrence_pairs")
     cooc = pairs_lf.collect() if pairs_lf is not None else None
-    rm = reward.load_reward_model(home.artifact_dir("reward_model", "current"))
-    with timer("build_pairs"):
-        budget = None if config.max_steps is None else config.max_steps * config.batch_size
-        cap = min((c for c in (budget, config.max_pairs) if c is not None), default=None)
-        pairs = gdpo.build_preference_pairs(catalog, cooc, seed=config.seed, max_pairs=cap,
-                                            use_dc=config.use_dc, use_gc=config.use_gc,
-                                            outside=config.gc_outside)
+    rm = None
+    if config.reward == "learned":
+        rm = reward.load_reward_model(home.artifact_dir("reward_model", "current"))
     cfg = gdpo.GDPOConfig(beta=config.beta, lam=config.lam, lr=config.lr, epochs=config.epochs,
                           batch_size=config.batch_size, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                           lora_dropout=config.lora_dropout, seed=config.seed,
-                          max_length=encoder.max_length, sim_reading=config.sim_reading, max_steps=config.max_steps,
+                          max_length=encoder.max_length, sim_reading=config.sim_reading,
                           eval_every=config.eval_every, eval_items=config.eval_items,
                           max_top_loss=config.max_top_loss, patience=config.patience)
+    settings = alignment.PairSettings(use_dc=config.use_dc, use_gc=config.use_gc, gc_outside=config.gc_outside,
+                                      max_steps=config.max_steps, max_pairs=config.max_pairs,
+                                      pairs_floor=config.pairs_floor, seed=config.seed)
     enc = encoder.encoder()
-    template = encoder.template()
-    run_key = hashlib.sha256((pairs.write_csv() + enc.version + repr(template)).encode()).hexdigest()[:12] \
-        + "-" + _cfg_hash(config)
-    adapter = home.artifact_dir("aligned_encoder", "adapters", run_key)
     with timer("train"):
-        result = gdpo.train_gdpo(enc, rm, catalog, pairs, cfg,
-                                 checkpoint_dir=home.artifact_dir("aligned_encoder", "checkpoints", run_key),
-                                 adapter_dir=adapter, progress=_progress_logger(context, "G-DPO"),
-                                 template=template)
+        stage = alignment.fit_gdpo(catalog, cooc, enc, rm, cfg, settings,
+                                   workdir=home.artifact_dir("aligned_encoder"), template=encoder.template(),
+                                   reward_source=config.reward, progress=_progress_logger(context, "G-DPO"))
+    result, pairs, adapter = stage.result, stage.pairs, stage.adapter
     home.publish("aligned_encoder", adapter)
     plot = gdpo.plot_losses(result.history, home.artifact_dir("plots") / "gdpo_losses.png")
     sources = pairs.group_by("source").len().sort("source")
@@ -249,6 +229,9 @@ def aligned_encoder(context: dg.AssetExecutionContext, config: AlignedEncoderCon
                      "heldout_evaluations": table(pl.DataFrame(result.evals))}
     return dg.MaterializeResult(metadata={
         "config": config_json(config), "pairs": pairs.height, "pair_sources": table(sources),
+        "pair_budget": dg.MetadataValue.json(allocation_summary(stage.allocation)),
+        "pairs_per_city": _allocation_table(stage.allocation, "pairs"), "reward_source": stage.reward_source,
+        **flat(stage.oracle, prefix="oracle."),
         "adapter": dg.MetadataValue.path(str(adapter)), "base_encoder_version": enc.version,
         "prompt_template": encoder.prompt_template, "loss_curves": image(plot, "G-DPO losses"), **geography,
         **flat({k: v for k, v in result.metrics.items() if isinstance(v, int | float)}), **timer.metadata(),

@@ -8,7 +8,7 @@ from pydantic import Field
 from assets.metadata import Timer, config_json, flat, table
 from assets.partitions import DELTA, city_partitions
 from lgsid_pipeline.cooccurrence import cooccurrence_pairs as compute_pairs
-from lgsid_pipeline.negatives import distance_ranked_negatives as compute_negatives
+from lgsid_pipeline.alignment import NegativeSettings, city_negatives
 from lgsid_pipeline.partitions import validate_city_key
 from resources import LgsidHome
 
@@ -41,17 +41,23 @@ def cooccurrence_pairs(context: dg.AssetExecutionContext, config: CooccurrenceCo
     })
 
 
+_N = NegativeSettings
+
+
 class NegativesConfig(dg.Config):
-    k: int = Field(default=15, description="Negatives per anchor (the paper: 15).")
-    density_k: int = Field(default=10, description="k of the anchor's k-th neighbour distance r_k, the "
-                                                   "local density scale.")
-    near_scale: float = Field(default=2.0, description="Hard negatives lie within near_scale * r_k.")
-    hard_share: float = Field(default=1 / 3, description="Share of each list drawn from the hard band.")
-    far_share: float = Field(default=0.2, description="Share of negatives drawn from other cities, so the reward "
-                             "model also sees the other-city locations that G-DPO's far items come from.")
-    max_anchors: int | None = Field(default=None, description="Cap anchors per city (seeded sample).")
-    plain_variant: bool = Field(default=True, description="Also emit uniformly random lists (DPO-LR ablation).")
-    seed: int = 0
+    k: int = Field(default=_N.k, description="Negatives per anchor (the paper: 15).")
+    density_k: int = Field(default=_N.density_k, description="k of the anchor's k-th neighbour distance r_k, the "
+                                                              "local density scale.")
+    near_scale: float = Field(default=_N.near_scale, description="Hard negatives lie within near_scale * r_k.")
+    hard_share: float = Field(default=_N.hard_share, description="Share of each list drawn from the hard band.")
+    far_share: float = Field(default=_N.far_share, description="Share of negatives drawn from other cities, so the "
+                             "reward model also sees the other-city locations that G-DPO's far items come from.")
+    max_anchors: int | None = Field(default=_N.max_anchors, description="Cap anchors per city (seeded sample).")
+    plain_variant: bool = Field(default=_N.plain_variant, description="Also emit uniformly random lists (DPO-LR "
+                                                                      "ablation).")
+    distinct_variant: bool = Field(default=_N.distinct_variant, description="Also emit lists of distinct "
+                                   "locations (one per admin tuple, nearest first, across city borders).")
+    seed: int = _N.seed
 
 
 @dg.asset(
@@ -60,7 +66,7 @@ class NegativesConfig(dg.Config):
     description="Eq. 1/3: for every anchor item, K negatives chosen by haversine distance with a "
                 "density-aware scale (hard near negatives mixed with far ones), sorted near to far with "
                 "soft labels p = K - rank + 1; plus the plain uniform variant for the DPO-LR ablation. "
-                "Core: lgsid_pipeline/negatives.py",
+                "Core: lgsid_pipeline/alignment.py (city_negatives), lgsid_pipeline/negatives.py",
 )
 def distance_ranked_negatives(context: dg.AssetExecutionContext, config: NegativesConfig,
                               item_catalog: pl.DataFrame, home: LgsidHome) -> dg.Output[pl.DataFrame]:
@@ -70,18 +76,11 @@ def distance_ranked_negatives(context: dg.AssetExecutionContext, config: Negativ
     if config.far_share > 0:
         lf = home.scan("item_catalog")
         far = lf.filter(pl.col("city_key") != city).collect() if lf is not None else None
-    kwargs = dict(k=config.k, seed=config.seed, density_k=config.density_k, max_anchors=config.max_anchors,
-                  far_items=far, far_share=config.far_share if far is not None else 0.0)
-    with timer("density"):
-        dense = compute_negatives(item_catalog, strategy="density", near_scale=config.near_scale,
-                                  hard_share=config.hard_share, **kwargs)
-    frames, meta = [dense.lists], {"rank_quantiles.density": table(dense.rank_quantiles)}
-    if config.plain_variant:
-        with timer("plain"):
-            plain = compute_negatives(item_catalog, strategy="plain", **kwargs)
-        frames.append(plain.lists)
-        meta["rank_quantiles.plain"] = table(plain.rank_quantiles)
-    lists = pl.concat(frames, how="diagonal_relaxed").with_columns(pl.lit(city).alias("city_key"))
+    with timer("compute"):
+        lists, results = city_negatives(item_catalog, far, NegativeSettings(**config.model_dump()))
+    lists = lists.with_columns(pl.lit(city).alias("city_key"))
+    meta = {f"rank_quantiles.{name}": table(r.rank_quantiles) for name, r in results.items()}
+    dense = results["density"]
     return dg.Output(lists, metadata={
         "dagster/row_count": lists.height, "config": config_json(config), "n_items": item_catalog.height,
         **meta, **flat(dense.metrics, prefix="density."), **timer.metadata(),

@@ -14,14 +14,33 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
+from lgsid_pipeline.alignment import PIPELINE_EVAL_EVERY, NegativeSettings, PairSettings, RewardSettings
 from lgsid_pipeline.encoder import EncoderConfig
 from lgsid_pipeline.gdpo import GDPOConfig
 from lgsid_pipeline.ladder import ladder_rows, paper_table, run_ladder
+
+
+def train_split(items: pl.DataFrame, inter: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The README next-item split's ranked items and their training interactions only, so that
+    aligned embeddings used downstream (``--aligned-out``) never saw a validation or test target."""
+    from lgsid_pipeline.recommenders.data import next_item_split
+
+    split = next_item_split(inter, known_items=items["item_id"].cast(pl.Utf8))
+    users = np.repeat(np.array(split.user_ids, dtype=object), [len(t) for t in split.train_seqs])
+    seqs = np.concatenate(split.train_seqs)
+    order = np.concatenate([np.arange(len(t)) for t in split.train_seqs])
+    train = pl.DataFrame({"user_id": users.astype(str), "item_id": np.array(split.item_ids, dtype=object)[seqs]
+                          .astype(str), "seq_idx": order})
+    ranked = items.filter(pl.col("item_id").cast(pl.Utf8).is_in(split.item_ids))
+    return ranked, train
 
 
 def load_data(data: str, max_items: int | None, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -57,38 +76,65 @@ def main() -> None:
     ap.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
     ap.add_argument("--gdpo-lam", type=float, default=None, help="lambda of the G-DPO row")
     ap.add_argument("--extra-lams", default="", help="extra G-DPO rows, e.g. 0.3,5")
-    ap.add_argument("--max-pairs", type=int, default=800)
-    ap.add_argument("--reward-anchors", type=int, default=300)
-    ap.add_argument("--far-share", type=float, default=0.2)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--oracle", action="store_true", help="add the 'G-DPO oracle-R' row")
+    ap.add_argument("--negatives", default="density", choices=("density", "distinct"),
+                    help="negative lists of the rows from DPO-LRD on")
+    ap.add_argument("--train-only", action="store_true",
+                    help="the next-item split's ranked items and training interactions only (for --aligned-out)")
+    ap.add_argument("--max-steps", type=int, default=None, help="G-DPO step budget (default: the pipeline's)")
+    ap.add_argument("--max-pairs", type=int, default=None)
+    ap.add_argument("--reward-anchors", default=None,
+                    help="anchors in all, or 'all' for every item (default: the pipeline's)")
+    ap.add_argument("--anchors-floor", type=int, default=None)
+    ap.add_argument("--far-share", type=float, default=None)
+    ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--sim-reading", default=None, choices=("printed", "pull"))
+    ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--max-queries", type=int, default=None)
     ap.add_argument("--model-path", default=None)
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--eval-pairs", type=int, default=256)
+    ap.add_argument("--max-length", type=int, default=None)
+    ap.add_argument("--eval-pairs", type=int, default=None)
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="markdown report")
+    ap.add_argument("--json", default=None, help="the table and diagnostics as JSON")
+    ap.add_argument("--aligned-out", default=None,
+                    help="ROW=PATH: write that row's item embeddings as parquet (item_id, embedding)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     t0 = time.perf_counter()
     items, inter = load_data(args.data, args.max_items, args.seed)
-    base = GDPOConfig()
-    gcfg = GDPOConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr or base.lr,
-                      eval_pairs=args.eval_pairs,
-                      lam=args.gdpo_lam if args.gdpo_lam is not None else base.lam)
+    if args.train_only:
+        items, inter = train_split(items, inter)
+
+    def given(**kw):
+        return {k: v for k, v in kw.items() if v is not None}
+
+    gcfg = replace(GDPOConfig(eval_every=PIPELINE_EVAL_EVERY),
+                   **given(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_pairs=args.eval_pairs,
+                           lam=args.gdpo_lam, sim_reading=args.sim_reading, eval_every=args.eval_every,
+                           max_length=args.max_length))
+    neg = replace(NegativeSettings(), **given(far_share=args.far_share))
+    rset = replace(RewardSettings(), **given(anchors_floor=args.anchors_floor))
+    if args.reward_anchors is not None:
+        rset = replace(rset, anchors_total=None if args.reward_anchors == "all" else int(args.reward_anchors))
+    pset = replace(PairSettings(), **given(max_steps=args.max_steps, max_pairs=args.max_pairs))
     extra = tuple(float(x) for x in args.extra_lams.split(",") if x)
-    rows = ladder_rows(gcfg.lam, extra)
+    rows = ladder_rows(gcfg.lam, extra, oracle=args.oracle, negatives=args.negatives)
     if args.rows:
         want = set(args.rows.split(","))
         rows = [r for r in rows if r.name in want]
     tag = Path(args.data).name
     workdir = Path(args.workdir or f"/tmp/lgsid_ladder/{tag}_{args.max_items}_{args.seed}")
-    table, diag = run_ladder(items, inter, encoder_config=EncoderConfig(model_path=args.model_path, max_length=args.max_length),
-                             rows=rows, gdpo_config=gcfg, seed=args.seed, max_pairs=args.max_pairs,
-                             reward_anchors=args.reward_anchors, far_share=args.far_share, max_queries=args.max_queries,
+    enc_cfg = EncoderConfig(**given(model_path=args.model_path, max_length=args.max_length))
+    table, diag = run_ladder(items, inter, encoder_config=enc_cfg, rows=rows, gdpo_config=gcfg, negatives=neg,
+                             reward_settings=rset, pair_settings=pset, seed=args.seed, max_queries=args.max_queries,
                              workdir=workdir)
+    if args.aligned_out:
+        row, _, path = args.aligned_out.partition("=")
+        write_embeddings(items, workdir, row, diag, Path(path))
     origin = table.filter(pl.col("variant") == "Origin").row(0, named=True)
     rel = table.select(
         "variant",
@@ -99,8 +145,11 @@ def main() -> None:
     for name, info in diag["rows"].items():
         if "gdpo" in info:
             g, r = info["gdpo"], info["reward"]
-            cost.append({"variant": name, "pairs": info["pairs"], "pairs_dc": info["pairs_dc"],
-                         "steps": g["steps"], "s_per_1k_pairs": g["seconds_per_1k_pairs"],
+            cost.append({"variant": name, "reward": info["reward_source"], "pairs": info["pairs"],
+                         "pairs_dc": info["pairs_dc"], "steps": g["steps"], "best_step": g.get("best_step"),
+                         "s_per_1k_pairs": g["seconds_per_1k_pairs"],
+                         "r_pair_acc": g["reference_pair_acc"], "policy_pair_acc": g["policy_pair_acc"],
+                         "oracle_pair_acc": info["oracle"].get("pair_acc"),
                          "policy_margin": g["policy_margin"], "ref_margin": g["reference_margin"],
                          "rm_spearman": r["heldout_spearman"], "rm_spearman_untrained": r["untrained_spearman"],
                          "rm_ndcg": r["heldout_ndcg"], "rm_ndcg_untrained": r["untrained_ndcg"]})
@@ -116,6 +165,21 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "table": table.to_dicts(),
+                                               "diagnostics": diag, "wall_s": time.perf_counter() - t0},
+                                              indent=1, default=str))
+
+
+def write_embeddings(items: pl.DataFrame, workdir: Path, row: str, diag: dict, path: Path) -> None:
+    """A ladder row's item embeddings as the shootout's --aligned parquet (item_id, embedding)."""
+    from lgsid_pipeline.ladder import _load_array, _slug
+
+    key = diag["rows"].get(row, {}).get("run_key")
+    if key is None:
+        raise SystemExit(f"error: row {row!r} was not run (rows run: {sorted(diag['rows'])})")
+    x = _load_array(workdir / f"emb_{_slug(row)}-{key}.safetensors")
+    pl.DataFrame({"item_id": items["item_id"].cast(pl.Utf8), "embedding": x.tolist()}).write_parquet(path)
 
 
 if __name__ == "__main__":

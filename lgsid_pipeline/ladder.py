@@ -17,6 +17,11 @@ G-DPO      list-wise    density    D_gc + D_dc    ``gdpo_lam``
 (The paper's Table 6 lists its lambda = 1.0 run with exactly the DPO-LRDMS numbers and its
 chosen lambda with the G-DPO numbers, so the last two rows differ only in lambda.)
 
+Every row runs through the pipeline's own alignment path (:mod:`lgsid_pipeline.alignment`,
+the functions the assets call): per-city negatives and co-occurrence pairs, anchors allocated
+across cities, the same dedupe, reward model, pair budget and G-DPO with held-out selection.
+The extra row "G-DPO oracle-R" swaps R for the distance oracle (:func:`reward.train_oracle_reward`).
+
 Everything is cached under ``workdir`` (prompt-list embeddings, reward models, adapters, item
 embeddings per row), so an interrupted run continues where it stopped.
 """
@@ -34,16 +39,18 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
-from lgsid_pipeline.gdpo import GDPOConfig, build_preference_pairs, load_aligned_encoder, train_gdpo
-from lgsid_pipeline.prompts import build_prompts
-from lgsid_pipeline.reward import (
-    common_list_length,
-    encode_prompt_lists,
-    load_reward_model,
-    save_reward_model,
-    train_reward_model,
+from lgsid_pipeline.alignment import (
+    PIPELINE_EVAL_EVERY,
+    NegativeSettings,
+    PairSettings,
+    RewardSettings,
+    city_negatives,
+    fit_gdpo,
+    fit_reward,
 )
+from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
+from lgsid_pipeline.gdpo import GDPOConfig, load_aligned_encoder
+from lgsid_pipeline.prompts import build_prompts
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +62,26 @@ class LadderRow:
     negatives: str = "plain"  # "plain" | "density"
     use_dc: bool = False
     lam: float = 0.0
+    reward_source: str = "learned"  # "learned" (R) | "oracle" (R fitted to the true distance order)
 
 
-def ladder_rows(gdpo_lam: float = 0.1, extra_lams: tuple[float, ...] = ()) -> list[LadderRow]:
+def ladder_rows(gdpo_lam: float = GDPOConfig.lam, extra_lams: tuple[float, ...] = (),
+                oracle: bool = False, negatives: str = "density") -> list[LadderRow]:
+    """The Table 3 rows; ``negatives`` is the strategy of the rows from DPO-LRD on (the paper's
+    density-aware lists, or ``distinct`` locations)."""
+    d = negatives
     rows = [
         LadderRow("Origin", None),
         LadderRow("DPO-PR", "pointwise", "plain"),
         LadderRow("DPO-LR", "listwise", "plain"),
-        LadderRow("DPO-LRD", "listwise", "density"),
-        LadderRow("DPO-LRDM", "listwise", "density", use_dc=True),
-        LadderRow("DPO-LRDMS", "listwise", "density", use_dc=True, lam=1.0),
-        LadderRow("G-DPO", "listwise", "density", use_dc=True, lam=gdpo_lam),
+        LadderRow("DPO-LRD", "listwise", d),
+        LadderRow("DPO-LRDM", "listwise", d, use_dc=True),
+        LadderRow("DPO-LRDMS", "listwise", d, use_dc=True, lam=1.0),
+        LadderRow("G-DPO", "listwise", d, use_dc=True, lam=gdpo_lam),
     ]
-    rows += [LadderRow(f"G-DPO lam={lam:g}", "listwise", "density", True, lam) for lam in extra_lams]
+    rows += [LadderRow(f"G-DPO lam={lam:g}", "listwise", d, True, lam) for lam in extra_lams]
+    if oracle:
+        rows.append(LadderRow("G-DPO oracle-R", "listwise", d, True, gdpo_lam, reward_source="oracle"))
     return rows
 
 
@@ -95,6 +109,33 @@ def _load_array(path: Path) -> np.ndarray:
     return load_file(str(path))["x"].numpy()
 
 
+def _slug(name: str) -> str:
+    return name.replace(" ", "_").replace("=", "")
+
+
+def city_signals(catalog: pl.DataFrame, interactions: pl.DataFrame, negatives: NegativeSettings,
+                 cooccurrence: dict | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """The per-city signals as the per-city assets compute them: for each city_key, its negatives
+    (far slots from the other cities) and its co-occurrence pairs (Eq. 5 over its interactions)."""
+    from lgsid_pipeline.cooccurrence import cooccurrence_pairs
+
+    lists, pairs, metrics = [], [], {}
+    city_of = catalog.select(pl.col("item_id").cast(pl.Utf8), "city_key")
+    inter = interactions.with_columns(pl.col("item_id").cast(pl.Utf8)).join(city_of, on="item_id")
+    for city in sorted(catalog["city_key"].unique().to_list()):
+        items = catalog.filter(pl.col("city_key") == city)
+        others = catalog.filter(pl.col("city_key") != city)
+        found, _ = city_negatives(items, others, negatives)
+        lists.append(found.with_columns(pl.lit(city).alias("city_key")))
+        ci = inter.filter(pl.col("city_key") == city).drop("city_key")
+        if ci.height:
+            res = cooccurrence_pairs(ci, **(cooccurrence or {}))
+            pairs.append(res.pairs.with_columns(pl.lit(city).alias("city_key")))
+            metrics[city] = res.metrics
+    cooc = pl.concat(pairs, how="diagonal_relaxed") if pairs else None
+    return pl.concat(lists, how="diagonal_relaxed"), cooc, metrics
+
+
 def run_ladder(
     items: pl.DataFrame,
     interactions: pl.DataFrame,
@@ -102,40 +143,42 @@ def run_ladder(
     encoder_config: EncoderConfig | None = None,
     rows: list[LadderRow] | None = None,
     gdpo_config: GDPOConfig | None = None,
+    negatives: NegativeSettings | None = None,
+    reward_settings: RewardSettings | None = None,
+    pair_settings: PairSettings | None = None,
     seed: int = 0,
-    k_neg: int = 15,
-    far_share: float = 0.2,
-    reward_anchors: int = 300,
-    reward_epochs: int = 40,
-    max_pairs: int = 800,
     max_queries: int | None = None,
     workdir: Path | str,
 ) -> tuple[pl.DataFrame, dict]:
-    """Run the ladder rows on ``items``; returns (overall metrics per row, diagnostics).
+    """Run the ladder rows on ``items`` through the pipeline's own alignment code path
+    (:mod:`lgsid_pipeline.alignment`); returns (overall metrics per row, diagnostics).
 
-    About ``reward_anchors`` anchors (a seeded sample per city) give the reward model's K+1
-    prompt lists, ``far_share`` of each list's K slots being items of other cities;
-    ``max_pairs`` caps G-DPO's preference pairs per row. The table has one row per variant with
-    top@K, p@K, c@K, t@K (K = 5, 10, 100) and NMI per level, from ``alignment_report``.
+    The settings default to the pipeline's (the asset defaults); each row only switches the reward
+    mode, the negatives strategy, D_dc, lambda and the reward source. The table has one row per
+    variant with top@K, p@K, c@K, t@K (K = 5, 10, 100) and NMI per level, from
+    ``alignment_report`` over all items; ``heldout_score`` is G-DPO's own held-out validation
+    figure (headroom closed on items that are no pair's target), the one to choose lambda on.
     """
     from lgsid_pipeline.alignment_metrics import alignment_report
-    from lgsid_pipeline.cooccurrence import cooccurrence_pairs
-    from lgsid_pipeline.negatives import dedupe_prompt_lists, distance_ranked_negatives, mismatched_prompts
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rows = rows or ladder_rows()
     enc_cfg = encoder_config or EncoderConfig()
-    gcfg = replace(gdpo_config or GDPOConfig(), seed=seed)
+    gcfg = replace(gdpo_config or GDPOConfig(eval_every=PIPELINE_EVAL_EVERY), seed=seed)
+    neg_cfg = replace(negatives or NegativeSettings(), seed=seed)
+    r_cfg = replace(reward_settings or RewardSettings(), seed=seed)
+    p_cfg = replace(pair_settings or PairSettings(), seed=seed)
     if "city_key" not in items.columns:
-        items = items.with_columns(pl.col("city").fill_null("unknown").alias("city_key"))
+        items = items.with_columns(pl.col("city").cast(pl.Utf8).fill_null("unknown").alias("city_key"))
     encoder = TextEncoder(enc_cfg)
     diag: dict = {"encoder_version": encoder.version, "n_items": items.height, "rows": {},
-                  "gdpo_config": asdict(gcfg), "seed": seed}
+                  "gdpo_config": asdict(gcfg), "negatives": asdict(neg_cfg), "reward_settings": asdict(r_cfg),
+                  "pair_settings": asdict(p_cfg), "seed": seed}
     texts = build_prompts(items)
 
     def item_embeddings(name: str, enc: TextEncoder) -> np.ndarray:
-        path = workdir / f"emb_{name.replace(' ', '_').replace('=', '')}.safetensors"
+        path = workdir / f"emb_{_slug(name)}.safetensors"
         if path.is_file():
             return _load_array(path)
         t = time.perf_counter()
@@ -146,69 +189,41 @@ def run_ladder(
 
     embeddings = {"origin": item_embeddings("Origin", encoder)}
     reference = dict(zip(texts, embeddings["origin"]))  # E_ref of the true prompts, shared by rows
+    lists, cooc, cooc_metrics = city_signals(items, interactions, neg_cfg)
+    diag["cooccurrence"] = {"pairs": 0 if cooc is None else cooc.height, "cities": len(cooc_metrics)}
+    rewards: dict[tuple[str, str], object] = {}
 
-    # Reward models, one per (reward mode, negatives strategy) used.
-    lists_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def prompt_lists(strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if strategy in lists_cache:
-            return lists_cache[strategy]
-        path = workdir / f"lists_{strategy}.safetensors"
-        if path.is_file():
-            t = load_file(str(path))
-            lists_cache[strategy] = (t["E"], t["labels"])
-            return lists_cache[strategy]
-        per_city = -(-reward_anchors // max(items["city_key"].n_unique(), 1))
-        neg = distance_ranked_negatives(items, k=k_neg, strategy=strategy, seed=seed, max_anchors=per_city,
-                                        far_items=items if far_share > 0 else None, far_share=far_share)
-        lists = neg.lists
-        prompts_df, dedupe = dedupe_prompt_lists(mismatched_prompts(items, lists))
-        diag.setdefault("prompt_dedupe", {})[strategy] = dedupe
-        e, labels, _ = encode_prompt_lists(encoder, prompts_df, k=common_list_length(prompts_df))
-        save_file({"E": e.contiguous(), "labels": labels.contiguous()}, str(path))
-        lists_cache[strategy] = (e, labels)
-        return e, labels
-
-    def reward_model(mode: str, strategy: str):
-        rdir = workdir / f"reward_{mode}_{strategy}"
-        if (rdir / "reward_model.json").is_file() and (rdir / "metrics.json").is_file():
-            return load_reward_model(rdir), json.loads((rdir / "metrics.json").read_text())
-        e, labels = prompt_lists(strategy)
-        res = train_reward_model(e, labels, mode=mode, epochs=reward_epochs, lr=3e-3, seed=seed,
-                                 checkpoint_dir=rdir / "ckpt")
-        save_reward_model(res.model, rdir)
-        (rdir / "metrics.json").write_text(json.dumps(res.metrics, indent=1))
-        return res.model, res.metrics
-
-    cooc = None
     for row in rows:
         if row.reward is None:
             continue
-        rm, rmetrics = reward_model(row.reward, row.negatives)
-        if row.use_dc and cooc is None:
-            cooc = cooccurrence_pairs(interactions.filter(pl.col("item_id").is_in(items["item_id"].implode())))
-            diag["cooccurrence"] = {k: v for k, v in cooc.metrics.items()}
-        pairs = build_preference_pairs(items, cooc.pairs if row.use_dc else None, seed=seed,
-                                       use_dc=row.use_dc, max_pairs=max_pairs)
-        rdir = workdir / f"gdpo_{row.name.replace(' ', '_').replace('=', '')}"
-        info: dict = {"reward": rmetrics, "pairs": pairs.height,
-                      "pairs_dc": int((pairs["source"] == "dc").sum())}
-        emb_path = workdir / f"emb_{row.name.replace(' ', '_').replace('=', '')}.safetensors"
-        if not emb_path.is_file():
-            res = train_gdpo(encoder, rm, items, pairs, replace(gcfg, lam=row.lam), checkpoint_dir=rdir,
-                             reference_embeddings=reference)
-            (rdir / "metrics.json").write_text(json.dumps(res.metrics, indent=1))
-            aligned = load_aligned_encoder(enc_cfg, res.adapter_path)
-        else:
-            aligned = None
-        info["gdpo"] = json.loads((rdir / "metrics.json").read_text())
+        key = (row.reward, row.negatives)
+        if key not in rewards:
+            rewards[key] = fit_reward(items, lists, encoder, replace(r_cfg, mode=row.reward, negatives=row.negatives),
+                                      workdir=workdir / f"reward_{row.reward}_{row.negatives}")
+            diag.setdefault("prompt_dedupe", {})[row.negatives] = rewards[key].dedupe
+        rstage = rewards[key]
+        stage = fit_gdpo(items, cooc if row.use_dc else None, encoder, rstage.model, replace(gcfg, lam=row.lam),
+                         replace(p_cfg, use_dc=row.use_dc), workdir=workdir / "gdpo", reward_source=row.reward_source,
+                         reference_embeddings=reference)
+        info: dict = {"reward": rstage.metrics, "pairs": stage.pairs.height,
+                      "pairs_dc": int((stage.pairs["source"] == "dc").sum()), "gdpo": stage.result.metrics,
+                      "reward_source": row.reward_source, "oracle": stage.oracle, "run_key": stage.run_key}
         diag["rows"].setdefault(row.name, {}).update(info)
-        embeddings[row.name] = item_embeddings(row.name, aligned) if aligned else _load_array(emb_path)
+        emb_path = workdir / f"emb_{_slug(row.name)}-{stage.run_key}.safetensors"
+        if emb_path.is_file():
+            embeddings[row.name] = _load_array(emb_path)
+        else:
+            embeddings[row.name] = load_aligned_encoder(enc_cfg, stage.adapter).encode(texts)
+            _save_array(emb_path, embeddings[row.name])
         log.info("ladder row %s done", row.name)
 
     group_col = "city_key" if "city_key" in items.columns else None
     report = alignment_report(embeddings, items, seed=seed, max_queries=max_queries, group_col=group_col)
     table = report.table.filter(pl.col("scope") == "overall").drop("scope")
     table = table.with_columns(pl.col("variant").replace("origin", "Origin"))
+    held = {name: info["gdpo"].get("heldout_headroom_closed_best") for name, info in diag["rows"].items()
+            if "gdpo" in info}
+    table = table.with_columns(pl.col("variant").replace_strict(held, default=None, return_dtype=pl.Float64)
+                               .alias("heldout_score"))
     (workdir / "diagnostics.json").write_text(json.dumps(diag, indent=1, default=str))
     return table, diag

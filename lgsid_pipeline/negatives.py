@@ -29,6 +29,16 @@ Density-aware hard negatives (``strategy="density"``), per anchor i of a city:
 ``strategy="plain"``: ``k`` uniform random items of the city (the DPO-LR ablation), still
 sorted by distance and labelled with Eq. 3.
 
+``strategy="distinct"``: distinct *locations* instead of items. Under the paper's template a
+negative only changes the prompt through its admin names (``LOCATION_COLUMNS``), so same-town
+negatives render the true prompt and are left out by :func:`dedupe_prompt_lists`; on gowalla_nyc
+that left lists of 2 negatives. Here every location (one distinct admin tuple) is represented by
+its item nearest the location's centroid, and an anchor's list holds the ``k - round(far_share
+* k)`` locations nearest to it (other than its own, across city borders: the next admin level
+up when the town level runs out), plus ``round(far_share * k)`` uniform draws among the other
+locations, all sorted by true distance and labelled with Eq. 3. The search runs on a KD-tree
+over the locations, never on all pairs.
+
 Lists are sorted by distance (ties keep the sampling order, so seeded runs repeat), ``rank`` = 1..n_i and ``label`` =
 n_i - rank + 1 (Eq. 3, with K read as the list's own length n_i). A city with fewer than
 k + 1 items gives shorter lists (every other item of the city, n_i = n_city - 1 plus far
@@ -51,10 +61,14 @@ from lgsid_pipeline.geo import (
     destination_vectors,
     haversine_km,
     tangent_basis,
+    unit_vectors,
     validate_lat_lon,
 )
 
-STRATEGIES = ("density", "plain")
+STRATEGIES = ("density", "plain", "distinct")
+LOCATION_COLUMNS = ("province", "city", "district", "town")
+"""The admin fields of the paper's location line: two items alike in all of them render one
+location text, which is what the ``distinct`` strategy de-duplicates on."""
 _CHUNK = 65_536
 """Anchors processed at once (bounds the (anchors x candidates) working arrays)."""
 _MIN_SCALE_KM = 1e-3
@@ -353,6 +367,9 @@ def distance_ranked_negatives(
     if far_share > 0 and far_items is None:
         raise ValueError("far_share > 0 needs far_items (items of other cities)")
     ids, lat, lon = _check_items(items, "items")
+    if strategy == "distinct":
+        return _distinct_negatives(items, ids, lat, lon, k=k, seed=seed, far_items=far_items, far_share=far_share,
+                                   max_anchors=max_anchors)
     has_city = "city_key" in items.columns
     city = (
         items["city_key"].cast(pl.Utf8).fill_null("")
@@ -436,6 +453,90 @@ def distance_ranked_negatives(
         ),
         "rank_quantiles": quant.to_dicts(),
     }
+    return NegativesResult(lists=lists, metrics=metrics, rank_quantiles=quant)
+
+
+def _location_keys(frame: pl.DataFrame) -> pl.Series:
+    cols = [c for c in LOCATION_COLUMNS if c in frame.columns]
+    if not cols:
+        raise ValueError(f"strategy 'distinct' needs at least one location column of {LOCATION_COLUMNS}")
+    return frame.select(pl.concat_str([pl.col(c).cast(pl.Utf8).fill_null("") for c in cols],
+                                      separator="\x1f").alias("k"))["k"]
+
+
+def _distinct_negatives(items: pl.DataFrame, ids: pl.Series, lat: np.ndarray, lon: np.ndarray, *, k: int,
+                        seed: int, far_items: pl.DataFrame | None, far_share: float,
+                        max_anchors: int | None) -> NegativesResult:
+    """The ``distinct`` strategy (module docstring): lists of distinct locations."""
+    city = (items["city_key"].cast(pl.Utf8).fill_null("") if "city_key" in items.columns
+            else pl.Series([""] * ids.len(), dtype=pl.Utf8))
+    pool = pl.DataFrame({"item_id": ids, "lat": lat, "lon": lon, "city_key": city, "loc": _location_keys(items)})
+    if far_items is not None and far_items.height:
+        f_ids, f_lat, f_lon = _check_items(far_items, "far_items")
+        f_city = (far_items["city_key"].cast(pl.Utf8).fill_null("") if "city_key" in far_items.columns
+                  else pl.Series([""] * f_ids.len(), dtype=pl.Utf8))
+        far = pl.DataFrame({"item_id": f_ids, "lat": f_lat, "lon": f_lon, "city_key": f_city,
+                            "loc": _location_keys(far_items)}).filter(~pl.col("item_id").is_in(ids.implode()))
+        pool = pl.concat([pool, far])
+    # One representative per location: its item nearest the location's centroid (ties: item_id).
+    vec = unit_vectors(pool["lat"].to_numpy(), pool["lon"].to_numpy())
+    pool = pool.with_columns(pl.Series("x", vec[:, 0]), pl.Series("y", vec[:, 1]), pl.Series("z", vec[:, 2]))
+    reps = (pool.with_columns([pl.col(c).mean().over("loc").alias(f"m{c}") for c in "xyz"])
+            .with_columns((pl.col("x") * pl.col("mx") + pl.col("y") * pl.col("my") + pl.col("z") * pl.col("mz"))
+                          .alias("dot"))
+            .sort(["loc", "dot", "item_id"], descending=[False, True, False])
+            .group_by("loc", maintain_order=True).first().sort("loc"))
+    n_loc = reps.height
+    loc_code = dict(zip(reps["loc"].to_list(), range(n_loc)))
+    own = np.fromiter((loc_code[x] for x in pool["loc"].head(ids.len()).to_list()), dtype=np.int64, count=ids.len())
+    rng = np.random.default_rng([seed, zlib.crc32(b"distinct")])
+    anchors = np.arange(ids.len())
+    if max_anchors is not None:  # per city, seeded
+        keep = []
+        for c in city.unique().sort().to_list():
+            rows = np.flatnonzero((city == c).to_numpy())
+            keep.append(rows if rows.size <= max_anchors else np.sort(rng.choice(rows, max_anchors, replace=False)))
+        anchors = np.concatenate(keep) if keep else anchors[:0]
+    n_far = min(int(round(far_share * k)), max(n_loc - 1, 0))
+    k_near = min(k - n_far, n_loc - 1)
+    if anchors.size == 0 or k_near + n_far == 0:
+        empty = pl.DataFrame(schema=LIST_SCHEMA)
+        return NegativesResult(lists=empty, metrics={"strategy": "distinct", "k": k, "n_locations": n_loc,
+                                                     "n_anchors": 0, "n_rows": 0}, rank_quantiles=_rank_quantiles(empty))
+    index = GeoIndex(reps["lat"].to_numpy(), reps["lon"].to_numpy())
+    _, near = index.query_vectors(unit_vectors(lat[anchors], lon[anchors]), k_near + 1)
+    mine = own[anchors]
+    # drop the anchor's own location (present at most once per row), keep k_near
+    is_own = near == mine[:, None]
+    order = np.argsort(is_own, axis=1, kind="stable")
+    near = np.take_along_axis(near, order, axis=1)[:, :k_near]
+    cols = [near]
+    if n_far:
+        m = min(n_loc - 1, k_near + n_far)
+        draw = _sample_distinct(rng, anchors.size, n_loc, m, mine)
+        taken = (draw[:, :, None] == near[:, None, :]).any(-1)
+        pick = np.argsort(taken, axis=1, kind="stable")[:, :n_far]
+        cols.append(np.take_along_axis(draw, pick, axis=1))
+    neg = np.concatenate(cols, axis=1)
+    r_lat, r_lon = reps["lat"].to_numpy(), reps["lon"].to_numpy()
+    dist = haversine_km(lat[anchors, None], lon[anchors, None], r_lat[neg], r_lon[neg])
+    order = np.argsort(dist, axis=1, kind="stable")  # Eq. 3: near -> far, rank 1..n, p = n - rank + 1
+    dist, neg = np.take_along_axis(dist, order, axis=1), np.take_along_axis(neg, order, axis=1)
+    width = neg.shape[1]
+    rank = np.tile(np.arange(1, width + 1, dtype=np.int32), anchors.size)
+    flat = neg.reshape(-1)
+    lists = pl.DataFrame({
+        "anchor_id": ids.gather(np.repeat(anchors, width)), "negative_id": reps["item_id"].gather(flat),
+        "rank": rank, "distance_km": dist.reshape(-1), "label": (width - rank + 1).astype(np.float64),
+        "strategy": "distinct", "negative_city_key": reps["city_key"].gather(flat),
+        "density_radius_km": np.full(flat.size, np.nan),
+    }, schema=LIST_SCHEMA)
+    other_city = float((lists["negative_city_key"] != city.gather(np.repeat(anchors, width))).mean())
+    quant = _rank_quantiles(lists)
+    metrics = {"strategy": "distinct", "k": k, "far_share": far_share, "seed": seed, "n_items": ids.len(),
+               "n_locations": n_loc, "n_anchors": int(anchors.size), "n_rows": lists.height,
+               "list_len_min": width, "list_len_max": width, "n_short_lists": int(anchors.size) if width < k else 0,
+               "share_other_city": other_city, "rank_quantiles": quant.to_dicts()}
     return NegativesResult(lists=lists, metrics=metrics, rank_quantiles=quant)
 
 

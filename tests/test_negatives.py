@@ -279,3 +279,60 @@ def test_same_town_duplicates_are_left_out_and_counted():
 
     coords = mismatched_prompts(items, lists, prompt_template("coordinates"))
     assert dedupe_prompt_lists(coords)[1]["duplicate_prompts_dropped"] == 0
+
+
+def _towns(n_towns=12, per_town=15, seed=0, city="metro", lat0=40.7, n_cities=1):
+    """Items on a grid of towns ~2 km apart; the first half of the towns in city A, the rest in B."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(n_towns):
+        c = f"{city}{t * n_cities // n_towns}"
+        for j in range(per_town):
+            rows.append({"item_id": f"{c}-t{t}-{j}", "name": f"shop {j}", "province": "NY", "city": c,
+                         "town": f"town{t}", "city_key": c,
+                         "lat": lat0 + 0.018 * (t % 4) + rng.normal(0, 0.001),
+                         "lon": -74.0 + 0.024 * (t // 4) + rng.normal(0, 0.001)})
+    return pl.DataFrame(rows)
+
+
+def test_distinct_lists_hold_distinct_locations_nearest_first():
+    items = _towns()
+    res = distance_ranked_negatives(items, k=8, strategy="distinct", seed=0)
+    lists = res.lists.join(items.select(pl.col("item_id").alias("negative_id"), pl.col("town").alias("neg_town")),
+                           on="negative_id")
+    lists = lists.join(items.select(pl.col("item_id").alias("anchor_id"), pl.col("town").alias("own_town")),
+                       on="anchor_id")
+    assert lists.group_by("anchor_id").len()["len"].unique().to_list() == [8]  # full lists
+    assert (lists["neg_town"] != lists["own_town"]).all()  # never the anchor's own location
+    assert lists.group_by("anchor_id").agg(pl.col("neg_town").n_unique())["neg_town"].unique().to_list() == [8]
+    # Eq. 3 order: distances non-decreasing along rank; labels n - rank + 1
+    d = lists.sort("anchor_id", "rank").group_by("anchor_id", maintain_order=True).agg("distance_km")
+    assert all(np.all(np.diff(x) >= 0) for x in d["distance_km"].to_list())
+    assert (lists["label"] == 8 - lists["rank"] + 1).all()
+    # with no far slots the 8 locations are the 8 nearest town representatives
+    rep_town_dist = (lists.filter(pl.col("anchor_id") == items["item_id"][0]).sort("rank")["distance_km"].to_numpy())
+    other = items.filter(pl.col("town") != items["town"][0])
+    nearest = other.group_by("town").agg(pl.col("lat").mean(), pl.col("lon").mean())
+    dk = np.sort(haversine_km(items["lat"][0], items["lon"][0], nearest["lat"].to_numpy(), nearest["lon"].to_numpy()))
+    assert np.allclose(rep_town_dist, dk[:8], atol=0.5)  # representatives lie near their town's centroid
+    # the prompts of a list are all different under the paper template: nothing to dedupe
+    _, stats = dedupe_prompt_lists(mismatched_prompts(items, res.lists))
+    assert stats["duplicate_prompts_dropped"] == 0
+
+
+def test_distinct_crosses_city_borders_and_draws_far_slots():
+    items = _towns(n_towns=12, n_cities=2)
+    a = items.filter(pl.col("city_key") == "metro0")
+    b = items.filter(pl.col("city_key") == "metro1")
+    res = distance_ranked_negatives(a, k=10, strategy="distinct", seed=3, far_items=b, far_share=0.2)
+    assert res.metrics["n_locations"] == 12
+    lens = res.lists.group_by("anchor_id").len()["len"].unique().to_list()
+    assert lens == [10]  # metro0 has only 6 towns: the rest come from metro1
+    assert res.metrics["share_other_city"] > 0.4
+    again = distance_ranked_negatives(a, k=10, strategy="distinct", seed=3, far_items=b, far_share=0.2)
+    assert again.lists.equals(res.lists)
+    capped = distance_ranked_negatives(a, k=10, strategy="distinct", seed=3, far_items=b, far_share=0.2,
+                                       max_anchors=5)
+    assert capped.lists["anchor_id"].n_unique() == 5
+    with pytest.raises(ValueError, match="location column"):
+        distance_ranked_negatives(a.drop("province", "city", "town"), k=3, strategy="distinct")
