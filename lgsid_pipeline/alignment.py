@@ -216,6 +216,16 @@ def fit_oracle(catalog: pl.DataFrame, pairs: pl.DataFrame, encoder, *, template:
                                       seed=seed)
 
 
+def weights_hash(model: torch.nn.Module) -> str:
+    """A digest of a model's weights: a G-DPO run is keyed by the R it was trained against, so a
+    refitted reward model never resumes (or reuses) an adapter trained against the old one."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class GDPOStage:
     result: gdpo.GDPOResult
@@ -252,7 +262,7 @@ def fit_gdpo(catalog: pl.DataFrame, cooc: pl.DataFrame | None, encoder, reward_m
         raise ValueError("a learned-reward G-DPO run needs the reward model")
     key_parts = {"pairs": hashlib.sha256(pairs.write_csv().encode()).hexdigest()[:16], "encoder": encoder.version,
                  "template": repr(template), "config": asdict(config), "pair_settings": asdict(pairs_settings),
-                 "reward": reward_source}
+                 "reward": reward_source, "reward_weights": weights_hash(reward_model)}
     run_key = _hash(key_parts)
     adapter = workdir / "adapters" / run_key
     result = gdpo.train_gdpo(encoder, reward_model, catalog, pairs, config,

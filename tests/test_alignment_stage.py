@@ -130,3 +130,17 @@ def test_ladder_runs_the_pipeline_path_and_the_oracle_row(encoder, tmp_path, mon
     assert diag["prompt_dedupe"]["density"]["anchors"] <= 24
     assert table.filter(pl.col("variant") == "Origin")["heldout_score"].item() is None
     assert table.filter(pl.col("variant") == "G-DPO")["heldout_score"].item() is not None
+
+
+def test_a_refitted_reward_model_never_reuses_the_old_adapter(encoder, tmp_path):
+    items = _catalog(4)
+    cfg = GDPOConfig(batch_size=4, eval_pairs=4)
+    settings = alignment.PairSettings(use_dc=False, max_steps=1, pairs_floor=1)
+    torch.manual_seed(0)
+    r1, r2 = reward.RewardModel(encoder.dim, 8), reward.RewardModel(encoder.dim, 8)
+    a = alignment.fit_gdpo(items, None, encoder, r1, cfg, settings, workdir=tmp_path)
+    b = alignment.fit_gdpo(items, None, encoder, r2, cfg, settings, workdir=tmp_path)
+    again = alignment.fit_gdpo(items, None, encoder, r1, cfg, settings, workdir=tmp_path)
+    assert a.run_key != b.run_key and again.run_key == a.run_key
+    assert again.result.metrics["steps_this_run"] == 0  # the same inputs resume the finished run
+    assert alignment.weights_hash(r1) != alignment.weights_hash(r2)
