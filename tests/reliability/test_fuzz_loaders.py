@@ -350,3 +350,86 @@ def test_invalid_utf8_csv_rows_are_quarantined_not_dropped(tmp_path, figures):
     figures.add("bad inputs tried")
     figures.add("bad rows in", 5)
     figures.add("rows quarantined", 4)
+
+
+# -- structural hostility: BOMs, duplicate headers, nested columns, epoch times, mixed types ---------
+STRUCT_SETTINGS = settings(max_examples=900, deadline=None, derandomize=True,
+                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+STRUCT_KINDS = ["bom", "duplicate_header", "nested_lat", "epoch_s", "epoch_ms", "mixed_types", "bom_epoch"]
+
+
+def _clean_rows(rows: list[dict]) -> list[dict]:
+    out = []
+    for i, r in enumerate(rows):
+        lat, lon = r["lat"], r["lon"]
+        out.append({"item_id": f"i{i}", "name": _cell(r["name"]).replace("\n", " ")[:40] or "x",
+                    "city": "New York", "lat": lat if isinstance(lat, float) else 40.7,
+                    "lon": lon if isinstance(lon, float) else -74.0})
+    return out
+
+
+@given(rows=item_rows(min_size=1, max_size=12), kind=st.sampled_from(STRUCT_KINDS),
+       epoch=st.integers(1_262_304_000, 1_893_456_000))
+@STRUCT_SETTINGS
+def test_structural_hostility_is_refused_clearly_or_loaded_without_loss(tmp_path_factory, rows, kind, epoch,
+                                                                         figures):
+    figures.add("bad inputs tried")
+    folder = tmp_path_factory.mktemp("struct")
+    items = _clean_rows(rows)
+    n = len(items)
+    header = ["item_id", "name", "city", "lat", "lon"]
+    lines = [",".join(header)] + [
+        ",".join([r["item_id"], '"' + r["name"].replace('"', "'") + '"', r["city"], repr(r["lat"]), repr(r["lon"])])
+        for r in items]
+    inter = {"user_id": [f"u{i % 3}" for i in range(n)], "item_id": [r["item_id"] for r in items],
+             "timestamp": [epoch + 60 * i for i in range(n)]}
+    expect_error = None
+    if kind in ("bom", "bom_epoch"):
+        data = b"\xef\xbb\xbf" + "\n".join(lines).encode("utf-8", "surrogatepass") + b"\n"
+    elif kind == "duplicate_header":
+        lines[0] = lines[0] + ",lat"
+        lines[1:] = [ln + ",1.0" for ln in lines[1:]]
+        data = "\n".join(lines).encode("utf-8", "surrogatepass") + b"\n"
+        expect_error = "lat"
+    elif kind == "mixed_types":  # every other latitude is text
+        lines[1:] = [ln if i % 2 else ln.replace(repr(items[i]["lat"]), "forty") for i, ln in enumerate(lines[1:])]
+        data = "\n".join(lines).encode("utf-8", "surrogatepass") + b"\n"
+    else:
+        data = "\n".join(lines).encode("utf-8", "surrogatepass") + b"\n"
+    if kind == "nested_lat":
+        pl.DataFrame({"item_id": [r["item_id"] for r in items], "name": [r["name"] for r in items],
+                      "city": [r["city"] for r in items], "lat": [[r["lat"]] for r in items],
+                      "lon": [r["lon"] for r in items]}).write_parquet(folder / "items.parquet")
+    else:
+        (folder / "items.csv").write_bytes(data)
+    if kind in ("epoch_ms",):
+        inter["timestamp"] = [t * 1000 for t in inter["timestamp"]]
+    pl.DataFrame(inter).write_parquet(folder / "interactions.parquet")
+    figures.add("bad rows in", 2 * n)  # n item rows and n interaction rows
+    try:
+        ds = load_source(SourceSpec(kind="folder", path=str(folder)))
+        res = validate_items(ds.items, source=f"{ds.name}/items")
+        ires = validate_interactions(ds.interactions, res.valid, source=f"{ds.name}/interactions")
+    except DataValidationError as exc:
+        assert expect_error is not None, f"{kind}: refused a loadable file: {exc}"
+        assert expect_error in str(exc) and "items." in str(exc), str(exc)
+        figures.add("files refused with DataValidationError")
+        return
+    except Exception:
+        figures.add("raw tracebacks")
+        raise
+    assert expect_error is None, f"{kind}: should have been refused"
+    check_items_result(res, n)
+    assert ires.valid.height + ires.quarantine.height == n
+    figures.add("rows quarantined", res.quarantine.height + ires.quarantine.height)
+    if kind in ("bom", "bom_epoch", "epoch_s", "epoch_ms"):
+        assert "item_id" in ds.items.columns  # the BOM is not part of the first column's name
+        assert not ires.quarantine.filter(pl.col("field") == "timestamp").height  # epochs are times
+        ts = ires.valid["timestamp"].drop_nulls()
+        assert ts.len() == 0 or ts.min().year >= 2010
+    lat_bad = set(res.quarantine.filter(pl.col("field") == "lat")["row_index"].to_list())
+    if kind == "nested_lat":  # a list-typed column loads; every row is quarantined as wrong_type naming lat
+        assert res.valid.height == 0 and lat_bad == set(range(n))
+        assert set(res.quarantine["reason"].to_list()) == {"wrong_type"}
+    if kind == "mixed_types":  # every text latitude is quarantined naming lat; numeric ones are judged on range
+        assert set(range(0, n, 2)) <= lat_bad
