@@ -216,17 +216,39 @@ def _require(raw: pl.DataFrame, cols, source: str) -> None:
         )
 
 
+def _location_exprs() -> list[pl.Expr]:
+    """(province, city) as validation reads them: text, stripped, an empty province is none."""
+    city = pl.col("city").cast(pl.Utf8).str.strip_chars()
+    province = pl.col("province").cast(pl.Utf8).str.strip_chars()
+    return [city.alias("city"), pl.when(province == "").then(None).otherwise(province).alias("province")]
+
+
+def landed_city_keys(landed: pl.DataFrame, locations: pl.DataFrame) -> pl.DataFrame:
+    """``item_id, city_key`` of landed rows, keyed as ``validate_items`` would key them.
+
+    ``locations`` holds the (province, city) of every item of the source (base file and every
+    landed file): a key depends on all of them, because same-name cities in two provinces
+    are disambiguated. Nothing else is validated here; the run validates every row and
+    quarantines what fails, so the sensor's tick reads two columns, not the whole dataset.
+    """
+    def pairs(df: pl.DataFrame) -> pl.DataFrame:
+        df = df.with_columns(*(pl.lit(None, dtype=pl.Utf8).alias(c) for c in ("province", "city")
+                               if c not in df.columns))
+        return df.with_columns(_location_exprs())
+    keys = city_key_table(pl.concat([pairs(locations).select("province", "city"),
+                                     pairs(landed).select("province", "city")]))
+    rows = pairs(landed).select(pl.col("item_id").cast(pl.Utf8).str.strip_chars(), "province", "city")
+    return (rows.join(keys, on=["province", "city"], how="left", nulls_equal=True)
+            .select("item_id", pl.col("city_key").fill_null(UNASSIGNED)).unique())
+
+
 def validate_items(raw: pl.DataFrame, *, source: str = "items",
                    far_from_city_km: float = FAR_FROM_CITY_KM) -> ValidationResult:
     """Validate a raw item frame; returns the catalog (with ``city_key``) and the quarantine."""
     _require(raw, REQUIRED_ITEM_COLUMNS, source)
     raw = raw.with_row_index("__row")
     coerced, type_checks = _coerce(raw, schema.ITEM_SCHEMA)
-    coerced = coerced.with_columns(
-        [pl.col(c).str.strip_chars() for c in ("item_id", "city", "province")]
-    ).with_columns(
-        [pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in ("province",)]
-    )
+    coerced = coerced.with_columns(pl.col("item_id").str.strip_chars(), *_location_exprs())
     keys = city_key_table(coerced)
     coerced = coerced.join(keys, on=["province", "city"], how="left", nulls_equal=True)
     coerced = coerced.with_columns(pl.col("city_key").fill_null(UNASSIGNED))

@@ -17,11 +17,12 @@ with the same ``item_id`` (the newest file wins).
 from __future__ import annotations
 
 import csv
+import re
 import json
 import logging
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
@@ -287,8 +288,26 @@ def load_generator(preset: str, seed: int) -> RawDataset:
     return RawDataset(world.items, world.interactions, f"world-{preset}-{seed}")
 
 
+_SEQUENCE = re.compile(r"^(\d+)")
+
+
+def landing_sequence(path: Path) -> int | None:
+    """The explicit sequence number a landed file's name starts with (``000123-items.parquet``,
+    ``20261203T0615-shops.csv`` -> 20261203), or None."""
+    m = _SEQUENCE.match(path.name)
+    return int(m.group(1)) if m else None
+
+
 def landing_files(landing_dir: str | Path | None) -> list[Path]:
-    """Item files in the landing folder, oldest first (ties broken by name)."""
+    """Item files in the landing folder, oldest first.
+
+    The order is explicit where the producer gives one: files whose names start with a
+    sequence number are ordered by it, after every unnumbered file; unnumbered files are
+    ordered by modification time, then name. (A copy or ``touch`` changes a file's mtime but
+    not its number, so numbered landings keep their order through any file transfer.) Inside
+    the files, a row's ``updated_at`` column, where the producer writes one, decides between
+    versions of an item before file order does (``load_source``).
+    """
     if not landing_dir:
         return []
     root = Path(landing_dir)
@@ -296,7 +315,42 @@ def landing_files(landing_dir: str | Path | None) -> list[Path]:
         return []
     files = [p for p in root.iterdir()
              if p.is_file() and p.suffix.lower() in (".parquet", ".csv") and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    def order(p: Path) -> tuple:
+        seq = landing_sequence(p)
+        return (0, 0, p.stat().st_mtime_ns, p.name) if seq is None else (1, seq, 0, p.name)
+    return sorted(files, key=order)
+
+
+def item_locations(spec: SourceSpec) -> pl.DataFrame:
+    """The (province, city) of every base item of ``spec`` (landed files not included).
+
+    Folder and file sources read only those two columns (a column projection of the items
+    file); other kinds have no cheaper path than loading their items."""
+    mapped = {canon: dict(spec.column_map).get(canon, canon) for canon in ("province", "city")}
+    path = None
+    if spec.kind == "folder" and spec.path:
+        path = _find(Path(spec.path), "items")
+    elif spec.kind == "files" and spec.items_file:
+        path = Path(spec.items_file)
+    if path is not None and path.is_file() and path.suffix.lower() in (".parquet", ".csv"):
+        try:
+            lazy = (pl.scan_parquet(path) if path.suffix.lower() == ".parquet"
+                    else pl.scan_csv(path, infer_schema_length=0, encoding="utf8-lossy",
+                                     truncate_ragged_lines=True))
+            names = lazy.collect_schema().names()
+            cols = [pl.col(src).cast(pl.Utf8).alias(canon) if src in names
+                    else pl.lit(None, dtype=pl.Utf8).alias(canon) for canon, src in mapped.items()]
+            df = lazy.select(cols).unique().collect()
+        except Exception as exc:
+            raise DataValidationError(f"{path}: cannot read the items file's location columns ({exc})") from exc
+    else:
+        df = load_source(replace(spec, landing_dir=None)).items
+        df = df.select(*(pl.col(c).cast(pl.Utf8) if c in df.columns else pl.lit(None, dtype=pl.Utf8).alias(c)
+                         for c in ("province", "city")))
+    if spec.default_city is not None and df["city"].null_count() == df.height:
+        df = df.with_columns(pl.lit(spec.default_city).alias("city"), pl.lit(spec.default_province).alias("province"))
+    return df.unique()
 
 
 def read_landing_items(files: list[Path], column_map: Mapping[str, str] | None = None,
@@ -316,6 +370,23 @@ def read_landing_items(files: list[Path], column_map: Mapping[str, str] | None =
     if not frames:
         return None
     return pl.concat(frames, how="diagonal_relaxed")
+
+
+def _as_sequence(col: pl.Series) -> pl.Series:
+    """``updated_at`` as a comparable integer: a number as it is, a datetime or ISO text as
+    microseconds since the epoch; a missing or unreadable value sorts oldest."""
+    oldest = -(2 ** 62)
+    if col.dtype.is_numeric():
+        return col.cast(pl.Float64).fill_nan(None).fill_null(float(oldest)).cast(pl.Int64)
+    if col.dtype == pl.Datetime or col.dtype == pl.Date:
+        return col.cast(pl.Datetime("us")).dt.epoch("us").fill_null(oldest)
+    text = col.cast(pl.Utf8).str.strip_chars()
+    as_num = text.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False)
+    try:
+        as_time = text.str.to_datetime(strict=False, time_zone="UTC").dt.epoch("us")
+    except Exception:  # a format polars cannot infer: read as numbers only
+        as_time = pl.Series(text.name, [None] * text.len(), dtype=pl.Int64)
+    return as_time.fill_null(as_num).fill_null(oldest)
 
 
 def load_source(spec: SourceSpec) -> RawDataset:
@@ -351,7 +422,13 @@ def load_source(spec: SourceSpec) -> RawDataset:
         merged = pl.concat([base, landed], how="diagonal_relaxed")
         if "item_id" in merged.columns:
             # A row landed later supersedes older versions of the same item (not a duplicate);
-            # duplicates inside one file are left for validation to quarantine.
+            # a producer's ``updated_at`` decides first where rows carry one. Duplicates inside
+            # one file are left for validation to quarantine.
+            if "updated_at" in merged.columns:
+                stamp = _as_sequence(merged["updated_at"])
+                merged = merged.with_columns(stamp.alias("__updated"))
+                merged = merged.filter(pl.col("item_id").is_null() | (
+                    pl.col("__updated") == pl.col("__updated").max().over("item_id"))).drop("__updated")
             newest = pl.col("__landing_order").max().over("item_id")
             merged = merged.filter(pl.col("item_id").is_null() | (pl.col("__landing_order") == newest))
         ds.items = merged.drop("__landing_order")

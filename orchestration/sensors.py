@@ -1,7 +1,7 @@
 """The new-items sensor: watches a landing folder and refreshes only the cities that changed.
 
-The cursor maps each landed file name to its fingerprint (mtime, size). A file is processed
-when its name is new or its fingerprint changed; the cursor is stored by the daemon, so a
+The cursor maps each landed file name to its fingerprint (mtime, size and a content digest).
+A file is processed when its name is new or its content changed (a ``touch`` is not a landing); the cursor is stored by the daemon, so a
 restart neither misses nor repeats a file, and each run request also carries a ``run_key``
 (file + fingerprint + city) so Dagster itself refuses duplicates. Landed files are read with
 the configured source's ``column_map``; a file that cannot be planned (unreadable, or no
@@ -10,6 +10,7 @@ can be, and each tick names it and the problem in its log / skip message.
 """
 
 
+import hashlib
 import json
 
 import dagster as dg
@@ -17,15 +18,39 @@ import polars as pl
 
 from assets.partitions import city_partitions
 from lgsid_pipeline import sources
-from lgsid_pipeline.catalog import DataValidationError
+from lgsid_pipeline.catalog import DataValidationError, landed_city_keys
 from lgsid_pipeline.housekeeping import prune_cursor
 from orchestration.jobs import city_refresh_job
 from resources import DataSource
 
 
-def _fingerprint(path) -> str:
+def _content_digest(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(path, seen: str | None = None) -> str:
+    """``mtime:size:sha`` of a landed file. A file is new when its *content* changed: the
+    digest is recomputed only when mtime or size moved (a ``touch`` or a copy that keeps the
+    bytes is not a new landing; a same-size rewrite within one mtime tick is caught once the
+    mtime moves). Entries of the older ``mtime:size`` form are upgraded in place."""
     st = path.stat()
-    return f"{st.st_mtime_ns}:{st.st_size}"
+    stat = f"{st.st_mtime_ns}:{st.st_size}"
+    if seen and (seen == stat or seen.rsplit(":", 1)[0] == stat):
+        return seen if seen != stat else f"{stat}:{_content_digest(path)}"
+    return f"{stat}:{_content_digest(path)}"
+
+
+def _unchanged(old: str | None, now: str) -> bool:
+    """The cursor's entry still describes the file (an old ``mtime:size`` entry included)."""
+    return old == now or (old is not None and old.count(":") == 1 and now.rsplit(":", 1)[0] == old)
+
+
+def _same_content(a: str | None, b: str) -> bool:
+    return a is not None and a.count(":") == 2 and a.rsplit(":", 1)[1] == b.rsplit(":", 1)[1]
 
 
 def plan_landing(landing_dir: str | None, cursor: str | None, source: DataSource):
@@ -39,21 +64,47 @@ def plan_landing(landing_dir: str | None, cursor: str | None, source: DataSource
     seen: dict[str, str] = json.loads(cursor) if cursor else {}
     files = sources.landing_files(landing_dir)
     present = {p.name for p in files}
-    new = [p for p in files if seen.get(p.name) != _fingerprint(p)]
+    prints = {p.name: _fingerprint(p, seen.get(p.name)) for p in files}
+    new = [p for p in files if not _unchanged(seen.get(p.name), prints[p.name])]
+    # same bytes, new mtime (a touch, a re-copy): not a landing; the cursor takes the new stat
+    refreshed = {p.name for p in new if _same_content(seen.get(p.name), prints[p.name])}
+    new = [p for p in new if p.name not in refreshed]
     if not new:
-        return [], {}, prune_cursor(cursor, present), []
-    column_map = dict(source.spec().column_map)
-    items, _, _ = source.validated()  # includes every landed file
-    id_to_city = items.valid.select("item_id", "city_key")
-    by_city: dict[str, list[str]] = {}
+        upgraded = dict(seen) | {n: prints[n] for n in refreshed | (set(seen) & present)}
+        return [], {}, prune_cursor(json.dumps(upgraded, sort_keys=True) if seen else cursor, present), []
+    spec = source.spec()
+    column_map = dict(spec.column_map)
+    # The tick reads the landed files and the items file's location columns, never the whole
+    # dataset: a city key depends on every (province, city), nothing else is needed to plan.
     errors = []
+    frames = {}
+    for path in files:
+        try:
+            frames[path.name] = sources.read_landing_items([path], column_map)
+        except DataValidationError as exc:
+            if path in new:
+                errors.append(f"{path.name}: not planned, retried next tick: {exc}")
+    try:
+        locations = sources.item_locations(spec)
+    except DataValidationError as exc:
+        return [], {}, cursor, [f"landing not planned, retried next tick: {exc}"]
+    if spec.default_city is not None:
+        frames = {n: (f if f is None or "city" in f.columns else
+                      f.with_columns(pl.lit(spec.default_city).alias("city"),
+                                     pl.lit(spec.default_province).alias("province")))
+                  for n, f in frames.items()}
+    every_landed = [f for f in frames.values() if f is not None and "item_id" in f.columns]
+    landed_locations = (pl.concat([f.select(*(pl.col(c).cast(pl.Utf8) if c in f.columns else
+                                              pl.lit(None, dtype=pl.Utf8).alias(c) for c in ("province", "city")))
+                                   for f in every_landed]) if every_landed else None)
+    if landed_locations is not None:
+        locations = pl.concat([locations.select("province", "city"), landed_locations])
+    by_city: dict[str, list[str]] = {}
     planned = []
     for path in new:
-        try:
-            df = sources.read_landing_items([path], column_map)
-        except DataValidationError as exc:
-            errors.append(f"{path.name}: not planned, retried next tick: {exc}")
+        if path.name not in frames:
             continue
+        df = frames[path.name]
         if df is None or "item_id" not in df.columns:
             found = [c for c in (df.columns if df is not None else []) if not c.startswith("__")]
             mapped = f" (column_map maps item_id from {column_map['item_id']!r})" if "item_id" in column_map else ""
@@ -61,12 +112,13 @@ def plan_landing(landing_dir: str | None, cursor: str | None, source: DataSource
                           f"item_id column{mapped}; found columns {found}")
             continue
         planned.append(path)
-        ids = df.select(pl.col("item_id").cast(pl.Utf8)).unique()
-        for key in ids.join(id_to_city, on="item_id")["city_key"].unique().sort().to_list():
-            by_city.setdefault(key, []).append(f"{path.name}@{_fingerprint(path)}")
-    new_cursor = dict(seen)
+        keys = landed_city_keys(df.filter(pl.col("item_id").is_not_null()), locations)
+        for key in keys["city_key"].unique().sort().to_list():
+            by_city.setdefault(key, []).append(f"{path.name}@{prints[path.name]}")
+    unchanged = (set(seen) & present) - {p.name for p in new}  # a changed file is recorded only once planned
+    new_cursor = dict(seen) | {n: prints[n] for n in refreshed | unchanged}
     for path in planned:
-        new_cursor[path.name] = _fingerprint(path)
+        new_cursor[path.name] = prints[path.name]
     # bounded: files that left the landing folder leave the cursor (a file that comes back is new)
     return planned, by_city, prune_cursor(json.dumps(new_cursor, sort_keys=True), present), errors
 

@@ -150,3 +150,38 @@ def test_duplicate_csv_header_is_refused_naming_the_column(tmp_path):
     ds = load_source(SourceSpec(kind="folder", path=str(tmp_path), landing_dir=str(landing)))
     assert len(ds.landing_errors) == 1 and "new.csv" in ds.landing_errors[0]
     assert "'lat'" in ds.landing_errors[0]
+
+
+def test_landed_versions_follow_the_explicit_sequence_not_mtime(tmp_path, test_world):
+    """Numbered landing files are ordered by their number, whatever their mtimes; inside the
+    files a row's ``updated_at`` decides before file order does."""
+    import os
+    import time
+
+    base = tmp_path / "base"
+    base.mkdir()
+    test_world.items.write_parquet(base / "items.parquet")
+    test_world.interactions.write_parquet(base / "interactions.parquet")
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    first_id = test_world.items["item_id"][0]
+    row = test_world.items.head(1)
+    row.with_columns(pl.lit("From 10").alias("name")).write_parquet(landing / "10-shops.parquet")
+    row.with_columns(pl.lit("From 2").alias("name")).write_parquet(landing / "2-shops.parquet")
+    # 2-shops is written last and made newest by mtime: the sequence still says 10 is newer
+    later = time.time_ns() + 10_000_000_000
+    os.utime(landing / "2-shops.parquet", ns=(later, later))
+    spec = SourceSpec(kind="folder", path=str(base), landing_dir=str(landing))
+    from lgsid_pipeline.sources import landing_files
+    assert [p.name for p in landing_files(landing)] == ["2-shops.parquet", "10-shops.parquet"]
+    name = lambda: validate_items(load_source(spec).items).valid.filter(  # noqa: E731
+        pl.col("item_id") == first_id)["name"].item()
+    assert name() == "From 10"
+    # updated_at wins over file order: the older-numbered file holds the later version
+    row.with_columns(pl.lit("From 2").alias("name"), pl.lit("2026-12-02T10:00:00Z").alias("updated_at")
+                     ).write_parquet(landing / "2-shops.parquet")
+    row.with_columns(pl.lit("From 10").alias("name"), pl.lit("2026-12-01T10:00:00Z").alias("updated_at")
+                     ).write_parquet(landing / "10-shops.parquet")
+    assert name() == "From 2"
+    res = validate_items(load_source(spec).items)
+    assert res.valid.height + res.quarantine.height == test_world.items.height

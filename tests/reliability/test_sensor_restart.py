@@ -184,3 +184,66 @@ def test_sensor_applies_the_sources_column_map_and_retries_unplannable_files(tmp
         fixed = new_items_sensor(ctx)
         assert [r.partition_key for r in fixed.run_requests] == ["portland"]
         assert "no-id.parquet" in json.loads(fixed.cursor)
+
+
+def _plan_source(tmp_path, test_world):
+    base = tmp_path / "base"
+    base.mkdir()
+    test_world.items.write_parquet(base / "items.parquet")
+    test_world.interactions.write_parquet(base / "interactions.parquet")
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    return base, landing, DataSource(kind="folder", path=str(base), landing_dir=str(landing))
+
+
+def test_the_tick_plans_from_the_landed_files_without_validating_the_dataset(tmp_path, test_world, monkeypatch):
+    """Planning reads the landed files and the items file's (province, city) columns only: a
+    corrupt interactions file, or a validator that would fail, does not stop the tick, and
+    same-name cities still get the run's own keys."""
+    from lgsid_pipeline import catalog
+    from orchestration.sensors import plan_landing
+
+    base, landing, source = _plan_source(tmp_path, test_world)
+    (base / "interactions.parquet").write_bytes(b"not parquet at all")
+
+    def refuse(*a, **k):
+        raise AssertionError("the sensor's tick validated the whole dataset")
+    monkeypatch.setattr(catalog, "validate_items", refuse)
+    monkeypatch.setattr(catalog, "validate_interactions", refuse)
+    monkeypatch.setattr(DataSource, "validated", refuse)
+    springfields = test_world.items.filter(pl.col("city") == "Springfield")
+    assert springfields["province"].n_unique() >= 2  # the test world has same-name cities
+    _land(landing, "batch.parquet", springfields.filter(pl.col("province") == "Illinois").head(2), "-s")
+    new, by_city, cursor, errors = plan_landing(str(landing), None, source)
+    assert [p.name for p in new] == ["batch.parquet"] and not errors
+    assert list(by_city) == ["springfield-illinois"]
+
+
+def test_a_touch_is_not_a_landing_but_new_content_is(tmp_path, test_world):
+    """The cursor fingerprint carries a content digest: a file whose bytes did not change is
+    not planned again when its mtime moves; a rewrite is, even at the same size."""
+    import os
+
+    from orchestration.sensors import plan_landing
+
+    _, landing, source = _plan_source(tmp_path, test_world)
+    portland = test_world.items.filter(pl.col("city") == "Portland").head(2)
+    _land(landing, "batch.parquet", portland, "-t")
+    new, by_city, cursor, _ = plan_landing(str(landing), None, source)
+    assert list(by_city) == ["portland"]
+    st = (landing / "batch.parquet").stat()
+    os.utime(landing / "batch.parquet", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    new, by_city, cursor2, _ = plan_landing(str(landing), cursor, source)
+    assert new == [] and by_city == {}
+    assert json.loads(cursor2)["batch.parquet"] != json.loads(cursor)["batch.parquet"]  # the new stat is kept
+    assert json.loads(cursor2)["batch.parquet"].split(":")[-1] == json.loads(cursor)["batch.parquet"].split(":")[-1]
+    new, _, _, _ = plan_landing(str(landing), cursor2, source)
+    assert new == []
+    _land(landing, "batch.parquet", portland, "-u")  # same shape, other ids: new content
+    new, by_city, _, _ = plan_landing(str(landing), cursor2, source)
+    assert [p.name for p in new] == ["batch.parquet"] and list(by_city) == ["portland"]
+    # A cursor written before the digest ("mtime:size") is upgraded, not replanned.
+    st = (landing / "batch.parquet").stat()
+    old = json.dumps({"batch.parquet": f"{st.st_mtime_ns}:{st.st_size}"})
+    new, by_city, upgraded, _ = plan_landing(str(landing), old, source)
+    assert new == [] and json.loads(upgraded)["batch.parquet"].count(":") == 2
