@@ -211,7 +211,9 @@ def test_compose_instance_config_validates(compose_instance_dir):
     assert set(config["storage"]) == {"postgres"}
     coordinator = config["run_coordinator"]
     assert coordinator["class"] == "QueuedRunCoordinator"
-    limits = {(lim["key"], lim["value"]): lim["limit"] for lim in coordinator["config"]["tag_concurrency_limits"]}
+    assert config["concurrency"]["pools"]["default_limit"] == 1  # lgsid_training, lgsid_encoder
+    limits = {(lim["key"], lim["value"]): lim["limit"]
+              for lim in config["concurrency"]["runs"]["tag_concurrency_limits"]}
     assert limits[("lgsid/kind", "training")] == 1
     assert limits[("lgsid/kind", "city")] > 1
     # The compose volume for compute logs is where the instance writes them.
@@ -228,7 +230,7 @@ def test_jobs_carry_the_tags_the_limits_refer_to():
     from orchestration.definitions import defs
 
     config = yaml.safe_load(INSTANCE_YAML.read_text())
-    limited = {lim["value"] for lim in config["run_coordinator"]["config"]["tag_concurrency_limits"]
+    limited = {lim["value"] for lim in config["concurrency"]["runs"]["tag_concurrency_limits"]
                if lim["key"] == "lgsid/kind"}
     kinds = {defs.resolve_job_def(name).tags.get("lgsid/kind")
              for name in ("city_refresh_job", "global_refit_job")}

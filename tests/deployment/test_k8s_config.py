@@ -68,14 +68,23 @@ def render_instance(values: dict, release: str = "lgsid", namespace: str = "lgsi
     if launcher.get("runK8sConfig"):
         cfg["run_k8s_config"] = {RUN_K8S_FIELDS[k]: v for k, v in launcher["runK8sConfig"].items() if v}
     queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
-    coordinator = {"max_concurrent_runs": queued["maxConcurrentRuns"],
-                   "tag_concurrency_limits": queued["tagConcurrencyLimits"]}
+    coordinator = {k: queued[c] for c, k in (("maxConcurrentRuns", "max_concurrent_runs"),
+                                             ("tagConcurrencyLimits", "tag_concurrency_limits")) if c in queued}
+    runs = values.get("concurrency", {}).get("runs", {})
+    pools = values.get("concurrency", {}).get("pools", {})
+    concurrency = {}
+    if pools:
+        concurrency["pools"] = {"default_limit": pools["defaultLimit"]}
+    if runs:
+        concurrency["runs"] = {"max_concurrent_runs": runs["maxConcurrentRuns"],
+                               "tag_concurrency_limits": runs["tagConcurrencyLimits"]}
     if queued.get("dequeueIntervalSeconds"):
         coordinator["dequeue_interval_seconds"] = queued["dequeueIntervalSeconds"]
     pg = values["postgresql"]
     return {
         "run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": cfg},
         "run_coordinator": {"module": "dagster", "class": "QueuedRunCoordinator", "config": coordinator},
+        "concurrency": concurrency,
         "postgres": {"hostname": pg["postgresqlHost"], "username": pg["postgresqlUsername"],
                      "db_name": pg["postgresqlDatabase"], "port": pg["service"]["port"],
                      "scheme": pg.get("postgresqlScheme") or "postgresql"},
@@ -121,6 +130,7 @@ def test_helm_values_render_to_the_instance_yaml(instance_yaml):
     rendered = render_instance(values)
     assert rendered["run_launcher"] == instance_yaml["run_launcher"]
     assert rendered["run_coordinator"] == instance_yaml["run_coordinator"]
+    assert rendered["concurrency"] == instance_yaml["concurrency"]
     validate_class_config(rendered["run_launcher"])
     validate_class_config(rendered["run_coordinator"])
     pg = instance_yaml["storage"]["postgres"]["postgres_db"]
@@ -138,12 +148,18 @@ def test_helm_values_render_to_the_instance_yaml(instance_yaml):
     assert deployment["volumes"][0]["persistentVolumeClaim"]["claimName"] == "lgsid-home"
 
 
-def test_tag_limits_serialise_training_and_parallelise_cities(instance_yaml):
-    limits = {(lim["key"], lim["value"]): lim["limit"]
-              for lim in instance_yaml["run_coordinator"]["config"]["tag_concurrency_limits"]}
+def test_tag_limits_serialise_training_and_parallelise_cities(instance_yaml, tmp_path, monkeypatch):
+    runs = instance_yaml["concurrency"]["runs"]
+    limits = {(lim["key"], lim["value"]): lim["limit"] for lim in runs["tag_concurrency_limits"]}
     assert limits[("lgsid/kind", "training")] == 1
     assert limits[("lgsid/kind", "city")] > 1
-    assert instance_yaml["run_coordinator"]["config"]["max_concurrent_runs"] >= limits[("lgsid/kind", "city")] + 1
+    assert runs["max_concurrent_runs"] >= limits[("lgsid/kind", "city")] + 1
+    assert instance_yaml["concurrency"]["pools"]["default_limit"] == 1
+    # Dagster reads them: run limits from concurrency.runs, the pools' default limit
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "secret")
+    shutil.copy(K8S / "dagster.k8s.yaml", tmp_path / "dagster.yaml")
+    config, _ = dagster_instance_config(str(tmp_path))
+    assert "max_concurrent_runs" not in config["run_coordinator"]["config"]
 
 
 def _job_config(instance_yaml) -> DagsterK8sJobConfig:

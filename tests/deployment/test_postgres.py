@@ -120,6 +120,9 @@ def test_compose_instance_config_runs_on_postgres(pg_home, postgres, tmp_path, m
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         coordinator = instance.run_coordinator
         assert type(coordinator).__name__ == "QueuedRunCoordinator"
-        limits = {(lim["key"], lim.get("value")): lim["limit"] for lim in coordinator.get_run_queue_config().tag_concurrency_limits}
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.pool_config.default_pool_limit == 1
+        limits = {(lim["key"], lim.get("value")): lim["limit"]
+                  for lim in concurrency.run_queue_config.tag_concurrency_limits}
         assert limits == {("lgsid/kind", "training"): 1, ("lgsid/kind", "city"): 4}
         assert [r.tags["dagster/partition"] for r in instance.get_runs()] == [CITY]

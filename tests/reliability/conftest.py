@@ -59,3 +59,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"quarantined={_FIGURES.get('rows quarantined', 0)} "
             f"clear_errors={_FIGURES.get('files refused with DataValidationError', 0)} "
             f"rows_lost={_FIGURES.get('rows lost', 0)} raw_tracebacks={_FIGURES.get('raw tracebacks', 0)}")
+    kills = _FIGURES.get("SIGKILLs during Delta writes survived", 0) + _FIGURES.get("training runs killed and resumed", 0)
+    same_city = _FIGURES.get("concurrent same-city runs, one complete version", 0)
+    refit = _FIGURES.get("refit plans checked", 0)
+    if kills or same_city or refit:
+        tr.write_line(
+            f"SUMMARY kills survived={kills} concurrent same-city runs={same_city} "
+            f"refit plans checked={refit} (dependencies ordered={_FIGURES.get('refit dependencies ordered', 0)})")
