@@ -12,11 +12,10 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from assets.metadata import Timer, config_json, flat, image, table
-from assets.partitions import DELTA, ENCODER_POOL, TRAINING_POOL, city_partitions
+from assets.partitions import CITY_BACKFILL, DELTA, ENCODER_POOL, TRAINING_POOL, city_partitions, emit, run_cities
 from lgsid_pipeline import alignment, alignment_metrics, gdpo, reward
 from lgsid_pipeline.budgets import allocation_summary
 from lgsid_pipeline.negatives import STRATEGIES as NEGATIVE_STRATEGIES
-from lgsid_pipeline.partitions import validate_city_key
 from lgsid_pipeline.prompts import build_prompts
 from resources import EncoderResource, LgsidHome
 
@@ -249,7 +248,8 @@ def _prompt_hash(prompts: list[str]) -> list[str]:
 
 @dg.asset(
     pool=ENCODER_POOL,
-    partitions_def=city_partitions, group_name=GROUP, owners=OWNERS, kinds={"torch", "polars", "delta"},
+    partitions_def=city_partitions, backfill_policy=CITY_BACKFILL, group_name=GROUP, owners=OWNERS,
+    kinds={"torch", "polars", "delta"},
     metadata=DELTA, io_manager_key="io_manager", deps=[dg.AssetDep("aligned_encoder")],
     description="One embedding per catalog item and variant (origin, aligned), keyed by item_id with the "
                 "encoder version. Incremental: items whose prompt and encoder version are unchanged keep their "
@@ -257,14 +257,19 @@ def _prompt_hash(prompts: list[str]) -> list[str]:
 )
 def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig, item_catalog: pl.DataFrame,
                     home: LgsidHome, encoder: EncoderResource) -> dg.Output[pl.DataFrame]:
-    city = validate_city_key(context.partition_key)
+    cities = run_cities(context)
     timer = Timer()
+    # The whole batch at once: item ids are unique across cities, so one encode call per variant
+    # covers every city's new or changed items (a batch pays the encoder's start-up once).
     prompts = build_prompts(item_catalog, template=encoder.template())
     hashes = _prompt_hash(prompts)
-    current = pl.DataFrame({"item_id": item_catalog["item_id"], "prompt_hash": hashes})
-    existing_lf = home.scan("item_embeddings", [city])
+    current = pl.DataFrame({"item_id": item_catalog["item_id"], "prompt_hash": hashes,
+                            "city_key": item_catalog["city_key"]})
+    existing_lf = home.scan("item_embeddings", cities)
     existing = existing_lf.collect() if existing_lf is not None else None
-    frames, meta = [], {}
+    frames, common = [], {}
+    counts = {c: {} for c in cities}
+    items_per_city = dict(current.group_by("city_key").len().iter_rows())
     for variant in config.variants:
         if variant == "origin":
             enc = encoder.encoder()
@@ -291,16 +296,19 @@ def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig,
             pl.lit(variant).alias("variant"), pl.lit(enc.version).alias("encoder_version"),
             pl.lit(json.dumps(enc.identity, default=str)).alias("encoder_identity"))
         frames.append(rows)
-        meta[f"{variant}.encoded"] = len(idx)
-        meta[f"{variant}.reused"] = reuse.height
-        meta[f"{variant}.encoder_version"] = enc.version
+        encoded = dict(todo.group_by("city_key").len().iter_rows())
+        for city in cities:
+            counts[city][f"{variant}.encoded"] = int(encoded.get(city, 0))
+            counts[city][f"{variant}.reused"] = int(items_per_city.get(city, 0)) - int(encoded.get(city, 0))
+        common[f"{variant}.encoder_version"] = enc.version
         if len(idx):
-            meta[f"{variant}.items_per_s"] = round(len(idx) / max(timer.seconds[f"encode_{variant}"], 1e-9), 1)
-    out = pl.concat(frames).with_columns(pl.lit(city).alias("city_key")).select(
+            common[f"{variant}.items_per_s"] = round(len(idx) / max(timer.seconds[f"encode_{variant}"], 1e-9), 1)
+    out = pl.concat(frames).select(
         "item_id", "variant", "encoder_version", "encoder_identity", "prompt_hash", "embedding", "city_key")
-    return dg.Output(out, metadata={"dagster/row_count": out.height, "config": config_json(config),
-                                    "dim": len(out["embedding"][0]) if out.height else 0, **meta,
-                                    **timer.metadata()})
+    dim = len(out["embedding"][0]) if out.height else 0
+    rows_per_city = dict(out.group_by("city_key").len().iter_rows())
+    per_city = {c: {"dagster/row_count": int(rows_per_city.get(c, 0)), **counts[c]} for c in cities}
+    return emit(context, out, per_city, {"config": config_json(config), "dim": dim, **common, **timer.metadata()})
 
 
 _ALIGNED_CACHE: dict = {}

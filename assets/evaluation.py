@@ -9,9 +9,8 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from assets.metadata import Timer, config_json, image, table
-from assets.partitions import DELTA, TRAINING_POOL, city_partitions
+from assets.partitions import CITY_BACKFILL, DELTA, TRAINING_POOL, city_partitions, emit, run_cities
 from assets.tokenization import read_manifest
-from lgsid_pipeline.partitions import validate_city_key
 from lgsid_pipeline.recommenders.data import last_value_per_user
 from lgsid_pipeline.recommenders.dien import DIENConfig
 from lgsid_pipeline.recommenders.din import DINConfig
@@ -154,23 +153,28 @@ def evaluation_regression(context: dg.AssetCheckExecutionContext) -> dg.AssetChe
 
 
 @dg.asset(
-    partitions_def=city_partitions, group_name=GROUP, owners=OWNERS, kinds={"polars", "delta", "parquet"},
+    partitions_def=city_partitions, backfill_policy=CITY_BACKFILL, group_name=GROUP, owners=OWNERS,
+    kinds={"polars", "delta", "parquet"},
     metadata=DELTA, io_manager_key="io_manager", deps=[dg.AssetDep("recommender_evaluations")],
     description="Pre-cached top-K recommendations per user (constrained beam search of the LGSID TIGER model "
                 "over each user's whole history) for online serving, for users whose latest visit is in this "
                 "city; also exported as Parquet under artifacts/user_topk_cache/.",
 )
 def user_topk_cache(context: dg.AssetExecutionContext, home: LgsidHome) -> dg.Output[pl.DataFrame]:
-    city = validate_city_key(context.partition_key)
     current = home.current("recommender_evaluations")
     path = None if current is None else current / "user_topk.parquet"
     if path is None or not path.exists():
         raise dg.Failure("no serving cache: materialize recommender_evaluations first")
-    cache = pl.read_parquet(path).filter(pl.col("city_key") == city)
-    export = home.artifact_dir("user_topk_cache") / f"{city}.parquet"
-    tmp = tmp_name(export)  # atomic: a reader sees the old file or the new one, never half of one
-    cache.write_parquet(tmp)
-    replace_durably(tmp, export)
-    return dg.Output(cache, metadata={"dagster/row_count": cache.height, "users": cache["user_id"].n_unique(),
-                                      "export": dg.MetadataValue.path(str(export)),
-                                      "source_run": current.name})
+    cities = run_cities(context)
+    everything = pl.read_parquet(path).filter(pl.col("city_key").is_in(cities))
+    by_city = everything.partition_by("city_key", as_dict=True)
+    per_city = {}
+    for city in cities:
+        cache = by_city.get((city,), everything.clear())
+        export = home.artifact_dir("user_topk_cache") / f"{city}.parquet"
+        tmp = tmp_name(export)  # atomic: a reader sees the old file or the new one, never half of one
+        cache.write_parquet(tmp)
+        replace_durably(tmp, export)
+        per_city[city] = {"dagster/row_count": cache.height, "users": cache["user_id"].n_unique(),
+                          "export": dg.MetadataValue.path(str(export))}
+    return emit(context, everything, per_city, {"source_run": current.name})

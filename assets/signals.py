@@ -6,10 +6,9 @@ import polars as pl
 from pydantic import Field
 
 from assets.metadata import Timer, config_json, flat, table
-from assets.partitions import DELTA, city_partitions
+from assets.partitions import CITY_BACKFILL, DELTA, city_partitions, emit, run_cities
 from lgsid_pipeline.cooccurrence import cooccurrence_pairs as compute_pairs
 from lgsid_pipeline.alignment import NegativeSettings, city_negatives
-from lgsid_pipeline.partitions import validate_city_key
 from resources import LgsidHome
 
 GROUP = "alignment"
@@ -23,22 +22,24 @@ class CooccurrenceConfig(dg.Config):
 
 
 @dg.asset(
-    partitions_def=city_partitions, group_name=GROUP, owners=OWNERS, kinds={"polars", "delta"},
+    partitions_def=city_partitions, backfill_policy=CITY_BACKFILL, group_name=GROUP, owners=OWNERS, kinds={"polars", "delta"},
     metadata=DELTA, io_manager_key="io_manager",
     description="Eq. 5: item pairs co-clicked by more than s_th users (domain-collaborative pairs "
                 "D_dc for G-DPO). Core: lgsid_pipeline/cooccurrence.py",
 )
 def cooccurrence_pairs(context: dg.AssetExecutionContext, config: CooccurrenceConfig,
                        user_interactions: pl.DataFrame) -> dg.Output[pl.DataFrame]:
-    city = validate_city_key(context.partition_key)
-    timer = Timer()
-    with timer("compute"):
-        result = compute_pairs(user_interactions, s_th=config.s_th, max_history=config.max_history)
-    pairs = result.pairs.with_columns(pl.lit(city).alias("city_key"))
-    return dg.Output(pairs, metadata={
-        "dagster/row_count": pairs.height, "config": config_json(config),
-        "input_interactions": user_interactions.height, **flat(result.metrics), **timer.metadata(),
-    })
+    frames, meta = [], {}
+    by_city = user_interactions.partition_by("city_key", as_dict=True)
+    for city in run_cities(context):  # Eq. 5 counts co-clicks inside each city
+        timer = Timer()
+        mine = by_city.get((city,), user_interactions.clear())
+        with timer("compute"):
+            result = compute_pairs(mine, s_th=config.s_th, max_history=config.max_history)
+        frames.append(result.pairs.with_columns(pl.lit(city).alias("city_key")))
+        meta[city] = {"dagster/row_count": frames[-1].height, "input_interactions": mine.height,
+                      **flat(result.metrics), **timer.metadata()}
+    return emit(context, pl.concat(frames), meta, {"config": config_json(config)})
 
 
 _N = NegativeSettings
@@ -61,7 +62,7 @@ class NegativesConfig(dg.Config):
 
 
 @dg.asset(
-    partitions_def=city_partitions, group_name=GROUP, owners=OWNERS, kinds={"polars", "delta"},
+    partitions_def=city_partitions, backfill_policy=CITY_BACKFILL, group_name=GROUP, owners=OWNERS, kinds={"polars", "delta"},
     metadata=DELTA, io_manager_key="io_manager", deps=[dg.AssetDep("item_catalog")],
     description="Eq. 1/3: for every anchor item, K negatives chosen by haversine distance with a "
                 "density-aware scale (hard near negatives mixed with far ones), sorted near to far with "
@@ -70,18 +71,21 @@ class NegativesConfig(dg.Config):
 )
 def distance_ranked_negatives(context: dg.AssetExecutionContext, config: NegativesConfig,
                               item_catalog: pl.DataFrame, home: LgsidHome) -> dg.Output[pl.DataFrame]:
-    city = validate_city_key(context.partition_key)
-    timer = Timer()
-    far = None
-    if config.far_share > 0:
+    everything = None
+    if config.far_share > 0:  # every city's items, read once for the batch
         lf = home.scan("item_catalog")
-        far = lf.filter(pl.col("city_key") != city).collect() if lf is not None else None
-    with timer("compute"):
-        lists, results = city_negatives(item_catalog, far, NegativeSettings(**config.model_dump()))
-    lists = lists.with_columns(pl.lit(city).alias("city_key"))
-    meta = {f"rank_quantiles.{name}": table(r.rank_quantiles) for name, r in results.items()}
-    dense = results["density"]
-    return dg.Output(lists, metadata={
-        "dagster/row_count": lists.height, "config": config_json(config), "n_items": item_catalog.height,
-        **meta, **flat(dense.metrics, prefix="density."), **timer.metadata(),
-    })
+        everything = lf.collect() if lf is not None else None
+    frames, meta = [], {}
+    by_city = item_catalog.partition_by("city_key", as_dict=True)
+    for city in run_cities(context):
+        timer = Timer()
+        mine = by_city.get((city,), item_catalog.clear())
+        far = everything.filter(pl.col("city_key") != city) if everything is not None else None
+        with timer("compute"):
+            lists, results = city_negatives(mine, far, NegativeSettings(**config.model_dump()))
+        frames.append(lists.with_columns(pl.lit(city).alias("city_key")))
+        dense = results["density"]
+        meta[city] = {"dagster/row_count": lists.height, "n_items": mine.height,
+                      **{f"rank_quantiles.{name}": table(r.rank_quantiles) for name, r in results.items()},
+                      **flat(dense.metrics, prefix="density."), **timer.metadata()}
+    return emit(context, pl.concat(frames), meta, {"config": config_json(config)})

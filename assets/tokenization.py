@@ -12,8 +12,7 @@ from pydantic import Field
 
 from assets.alignment import load_embeddings_and_versions
 from assets.metadata import Timer, config_json, image
-from assets.partitions import DELTA, TRAINING_POOL, city_partitions
-from lgsid_pipeline.partitions import validate_city_key
+from assets.partitions import CITY_BACKFILL, DELTA, TRAINING_POOL, city_partitions, emit, run_cities
 from lgsid_pipeline.train_state import load_json
 from lgsid_pipeline.tokenizers import default_codebook_sizes, load_tokenizer, make_tokenizer
 from lgsid_pipeline.prompts import build_prompts
@@ -270,15 +269,15 @@ def sid_coverage_drop(home: LgsidHome) -> dg.AssetCheckResult:
 
 
 @dg.asset(
-    partitions_def=city_partitions, group_name=GROUP, owners=OWNERS, kinds={"polars", "delta"},
-    metadata=DELTA, io_manager_key="io_manager",
+    partitions_def=city_partitions, backfill_policy=CITY_BACKFILL, group_name=GROUP, owners=OWNERS,
+    kinds={"polars", "delta"}, metadata=DELTA, io_manager_key="io_manager",
     deps=[dg.AssetDep("sid_codebook"), dg.AssetDep("item_embeddings")],
     description="item_id -> SID tuple for every tokenizer variant, with the codebook version. Stable: items "
                 "already assigned under the current version keep their SID exactly; new items get codes "
                 "from the frozen codebook and a dedup digit that clashes with no existing SID.",
 )
 def sid_table(context: dg.AssetExecutionContext, item_catalog: pl.DataFrame, home: LgsidHome) -> dg.Output[pl.DataFrame]:
-    city = validate_city_key(context.partition_key)
+    cities = run_cities(context)
     manifest = read_manifest(home)
     if manifest is None:
         raise dg.Failure("no SID codebook: materialize sid_codebook first")
@@ -287,34 +286,48 @@ def sid_table(context: dg.AssetExecutionContext, item_catalog: pl.DataFrame, hom
     previous_lf = home.scan("sid_table")
     previous = (previous_lf.filter(pl.col("codebook_version") == version).collect()
                 if previous_lf is not None else None)
-    catalog = item_catalog.sort("item_id")
-    frames, meta = [], {"codebook_version": version}
-    for name, spec in manifest["variants"].items():
-        known = fitted.filter(pl.col("method") == name).select("item_id", "sid")
+    known = {}
+    for name in manifest["variants"]:
+        k = fitted.filter(pl.col("method") == name).select("item_id", "sid")
         if previous is not None and previous.height:
             # Items assigned incrementally earlier (in any city) keep their SID.
-            known = pl.concat([known, previous.filter(pl.col("method") == name).select("item_id", "sid")]) \
-                      .unique("item_id", keep="first")
-        mine = catalog.select("item_id").join(known, on="item_id", how="left")
-        new = catalog.filter(pl.col("item_id").is_in(mine.filter(pl.col("sid").is_null())["item_id"].to_list()))
-        if new.height:
-            emb = home.read("item_embeddings", [city]).filter(pl.col("variant") == spec["embedding_variant"])
-            check_embedding_space(name, spec, version, city,
-                                  new.select("item_id").join(emb, on="item_id", how="left")["encoder_version"])
-            X = np.asarray(new.select("item_id").join(emb, on="item_id", how="left", maintain_order="left")
-                           ["embedding"].to_list(), dtype=np.float32)
-            tok = load_tokenizer(cb_dir / name)
-            codes = tok.transform(X, new)
-            existing = np.asarray(known["sid"].to_list(), dtype=np.int32).reshape(-1, codes.shape[1] + 1)
-            sids = assign_unique(codes, existing)
-            added = pl.DataFrame({"item_id": new["item_id"], "sid": pl.Series(sids.tolist(), dtype=pl.List(pl.Int32))})
-            mine = mine.filter(pl.col("sid").is_not_null()).vstack(added)
-        meta[f"{name}.incremental"] = new.height
-        frames.append(mine.with_columns(pl.lit(name).alias("method"), pl.lit(version).alias("codebook_version"),
-                                        pl.col("item_id").is_in(new["item_id"].to_list()).alias("incremental")))
-    out = pl.concat(frames).with_columns(pl.lit(city).alias("city_key")).select(
-        "item_id", "method", "codebook_version", "sid", "incremental", "city_key")
-    return dg.Output(out, metadata={"dagster/row_count": out.height, "items": catalog.height, **meta})
+            k = pl.concat([k, previous.filter(pl.col("method") == name).select("item_id", "sid")]) \
+                  .unique("item_id", keep="first")
+        known[name] = k
+    by_city = item_catalog.partition_by("city_key", as_dict=True)
+    emb_all, tokenizers = None, {}
+    frames, per_city = [], {}
+    for city in cities:  # in turn: a city's new SIDs are taken before the next city assigns its own
+        catalog = by_city.get((city,), item_catalog.clear()).sort("item_id")
+        meta = {"codebook_version": version}
+        for name, spec in manifest["variants"].items():
+            mine = catalog.select("item_id").join(known[name], on="item_id", how="left")
+            new = catalog.filter(pl.col("item_id").is_in(mine.filter(pl.col("sid").is_null())["item_id"].to_list()))
+            if new.height:
+                if emb_all is None:
+                    emb_all = home.read("item_embeddings", cities)
+                emb = emb_all.filter(pl.col("variant") == spec["embedding_variant"])
+                check_embedding_space(name, spec, version, city,
+                                      new.select("item_id").join(emb, on="item_id", how="left")["encoder_version"])
+                X = np.asarray(new.select("item_id").join(emb, on="item_id", how="left", maintain_order="left")
+                               ["embedding"].to_list(), dtype=np.float32)
+                if name not in tokenizers:
+                    tokenizers[name] = load_tokenizer(cb_dir / name)
+                codes = tokenizers[name].transform(X, new)
+                existing = np.asarray(known[name]["sid"].to_list(), dtype=np.int32).reshape(-1, codes.shape[1] + 1)
+                sids = assign_unique(codes, existing)
+                added = pl.DataFrame({"item_id": new["item_id"],
+                                      "sid": pl.Series(sids.tolist(), dtype=pl.List(pl.Int32))})
+                mine = mine.filter(pl.col("sid").is_not_null()).vstack(added)
+                known[name] = pl.concat([known[name], added])
+            meta[f"{name}.incremental"] = new.height
+            frames.append(mine.with_columns(pl.lit(name).alias("method"), pl.lit(version).alias("codebook_version"),
+                                            pl.col("item_id").is_in(new["item_id"].to_list()).alias("incremental"),
+                                            pl.lit(city).alias("city_key")))
+        per_city[city] = {"dagster/row_count": catalog.height * len(manifest["variants"]), "items": catalog.height,
+                          **meta}
+    out = pl.concat(frames).select("item_id", "method", "codebook_version", "sid", "incremental", "city_key")
+    return emit(context, out, per_city)
 
 
 @dg.asset_check(asset="sid_table", blocking=True,

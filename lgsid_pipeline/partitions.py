@@ -122,3 +122,30 @@ def confine(root: str | Path, *parts: str) -> Path:
     if target != base and base not in target.parents:
         raise ValueError(f"path {target} escapes its root {base}")
     return target
+
+
+CITY_BATCH = 64
+"""Most cities one per-city run materializes (the CLI, the schedules, the sensors and UI
+backfills): a run's fixed cost is paid once per batch, and a batch's frames stay small."""
+
+
+def city_batches(selected: list[str], order: list[str], max_per_batch: int = CITY_BATCH) -> list[list[str]]:
+    """``selected`` cut into runs of at most ``max_per_batch`` keys that are contiguous in
+    ``order`` (the partition order), so each batch is one partition-key range that holds no
+    city outside ``selected``. Keys not in ``order`` are refused."""
+    if max_per_batch < 1:
+        raise ValueError(f"max_per_batch must be >= 1, got {max_per_batch}")
+    position = {k: i for i, k in enumerate(order)}
+    unknown = sorted(set(selected) - set(position))
+    if unknown:
+        raise ValueError(f"cities {unknown[:5]} are not partitions")
+    batches: list[list[str]] = []
+    last = None
+    for key in sorted(set(selected), key=position.__getitem__):
+        i = position[key]
+        if batches and last == i - 1 and len(batches[-1]) < max_per_batch:
+            batches[-1].append(key)
+        else:
+            batches.append([key])
+        last = i
+    return batches

@@ -72,6 +72,18 @@ class UsageError(Exception):
     """A mistake in the command line or its inputs: printed as one line, exit status 2."""
 
 
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _json_arg(text: str, flag: str, file_ok: bool = False) -> dict:
     """Parse a JSON flag (or, with ``file_ok``, a JSON file named by it) into a dict."""
     if file_ok and Path(text).is_file():
@@ -119,8 +131,10 @@ class StageFailed(RuntimeError):
 
 
 def materialize_graph(defs, instance, cities: list[str], selection: set | None = None, *,
-                      run_config: dict | None = None, echo=print, tags: dict | None = None):
-    """Materialize the selected assets stage by stage (per-city stages once per city).
+                      run_config: dict | None = None, echo=print, tags: dict | None = None,
+                      batch_size: int | None = None):
+    """Materialize the selected assets stage by stage (per-city stages once per batch of at
+    most ``batch_size`` contiguous cities, default ``CITY_BATCH``; 1 gives one run per city).
 
     Returns the stage plan; raises :class:`StageFailed` naming the stage, city and run.
     """
@@ -130,13 +144,15 @@ def materialize_graph(defs, instance, cities: list[str], selection: set | None =
     # instance: a stale binding left by another, already closed instance in the same process
     # would otherwise fail with "undefined DagsterInstance weakref".
     with set_defs_state_storage(instance.defs_state_storage):
-        return _materialize_stages(defs, instance, cities, selection, run_config, echo, tags)
+        return _materialize_stages(defs, instance, cities, selection, run_config, echo, tags, batch_size)
 
 
-def _materialize_stages(defs, instance, cities, selection, run_config, echo, tags):
+def _materialize_stages(defs, instance, cities, selection, run_config, echo, tags, batch_size=None):
     import dagster as dg
 
-    from contextlib import nullcontext
+    from contextlib import ExitStack
+
+    from assets.partitions import batch_request_args, batches_for
 
     from lgsid_pipeline.partitions import validate_city_key
     from lgsid_pipeline.train_state import artefact_lock
@@ -153,17 +169,25 @@ def _materialize_stages(defs, instance, cities, selection, run_config, echo, tag
         if "ops" in stage_config:  # only the config of this stage's assets
             stage_config["ops"] = {op: c for op, c in stage_config["ops"].items()
                                    if op in {k.to_user_string() for k in keys}}
-        for part in (cities if is_city else [None]):
+        # A per-city stage runs once per batch of contiguous cities (a partition range), not once
+        # per city: the run's fixed cost is paid per batch.
+        for batch in (batches_for(instance, cities, batch_size) if is_city else [None]):
             start = time.perf_counter()
-            where = f"city {part}" if part else "all cities"
+            where = ("all cities" if batch is None else f"city {batch[0]}" if len(batch) == 1
+                     else f"cities {batch[0]}..{batch[-1]} ({len(batch)})")
             echo(f"[{i}/{len(plan)}] {where}: {names} ...", flush=True)
             # One writer per city and home: a second `lgsid materialize` of the same city waits for
-            # the first instead of interleaving its writes (the pools limit the trainers).
-            city_lock = artefact_lock(locks / f"city-{validate_city_key(part)}") if part and locks else nullcontext()
-            with city_lock:
-                result = dg.materialize(all_assets, selection=keys, partition_key=part, instance=instance,
-                                        resources=defs.resources, run_config=stage_config,
-                                        raise_on_error=False, tags={"lgsid/trigger": "cli", **(tags or {})})
+            # the first instead of interleaving its writes (the pools limit the trainers). Locks
+            # are taken in key order, so two overlapping batches cannot deadlock.
+            with ExitStack() as held:
+                for city in sorted(batch or []):
+                    if locks is not None:
+                        held.enter_context(artefact_lock(locks / f"city-{validate_city_key(city)}"))
+                args = batch_request_args(batch) if batch else {}
+                result = dg.materialize(all_assets, selection=keys, partition_key=args.get("partition_key"),
+                                        instance=instance, resources=defs.resources, run_config=stage_config,
+                                        raise_on_error=False,
+                                        tags={"lgsid/trigger": "cli", **(tags or {}), **args.get("tags", {})})
             if not result.success:
                 raise StageFailed(f"at {where}: {names} (run {result.run_id})")
             echo(f"[{i}/{len(plan)}] {where}: done in {time.perf_counter() - start:.1f}s", flush=True)
@@ -247,7 +271,8 @@ def cmd_materialize(args) -> int:
             merged = run_config.setdefault("ops", {}).setdefault(op, {}).setdefault("config", {})
             merged.update(cfg["config"])
     try:
-        plan = materialize_graph(defs, instance, cities, selection, run_config=run_config)
+        plan = materialize_graph(defs, instance, cities, selection, run_config=run_config,
+                                 batch_size=args.city_batch)
     except StageFailed as exc:
         log.error("%s", exc)
         print(f"lgsid: FAILED {exc}; see the run's logs in the UI or above", file=sys.stderr, flush=True)
@@ -548,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(reward model, G-DPO encoder, every city's embeddings, a new codebook version, "
                         "every city's SIDs, evaluations, serving cache); --select is not allowed with it")
     m.add_argument("--cities", help="comma-separated city names or keys (default: all)")
+    m.add_argument("--city-batch", type=_positive_int, default=None,
+                   help="most cities one per-city run materializes (default: CITY_BATCH, 64; 1 = a run per city)")
     m.add_argument("--encoder-json", help="EncoderResource config as JSON (e.g. a model_path)")
     m.add_argument("--tables-uri", help="where the Delta tables live: a local path or s3://bucket/prefix "
                                         "(default: $LGSID_TABLES_URI, else HOME/delta)")

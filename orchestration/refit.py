@@ -23,7 +23,9 @@ import json
 import dagster as dg
 
 from assets import CITY_ASSET_KEYS
-from assets.partitions import city_partitions
+from assets.partitions import batch_request_args, city_partitions, keys_in_range
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from lgsid_pipeline.partitions import city_batches
 
 REFIT_ROOTS = ("reward_model",)
 """The trained models a refit starts from; the refit covers them and all their dependants."""
@@ -100,7 +102,7 @@ refit_global_stage_job = dg.define_asset_job(
 refit_city_stage_job = dg.define_asset_job(
     "refit_city_stage_job",
     selection=_REFIT_CITY,
-    description="One city's share of a per-city refit stage (launched by the refit chain sensor).",
+    description="A batch of cities' share of a per-city refit stage (launched by the refit chain sensor).",
     tags={"lgsid/kind": "city"},
 )
 
@@ -110,7 +112,8 @@ _FAILED = {"FAILURE", "CANCELED", "CANCELING"}
 def advance_refit(plan, start: int, runs: list[tuple[int, str, str | None]], cities: list[str]):
     """Pure chain logic: what to do next for one refit.
 
-    ``runs`` are the refit's follow-up runs as (stage, status name, partition key or None);
+    ``runs`` are the refit's follow-up runs as (stage, status name, partition key, list of
+    partition keys for a batch, or None);
     stages ``< start`` were done by the starting run. Returns one of
     ``("request", stage, [partition keys or None])``, ``("wait", stage)``, ``("failed", stage)``,
     ``("done", None)``. A per-city stage with no cities is skipped.
@@ -125,7 +128,9 @@ def advance_refit(plan, start: int, runs: list[tuple[int, str, str | None]], cit
             return ("failed", stage)
         if any(status != "SUCCESS" for status, _ in mine):
             return ("wait", stage)
-        missing = [p for p in expected(stage) if p not in {part for _, part in mine}]
+        # a run covers one partition, a batch of them (a list), or none (a cross-city stage)
+        covered = {p for _, part in mine for p in (part if isinstance(part, list) else [part])}
+        missing = [p for p in expected(stage) if p not in covered]
         if missing:
             return ("request", stage, missing)
     nxt = stage + 1
@@ -134,6 +139,16 @@ def advance_refit(plan, start: int, runs: list[tuple[int, str, str | None]], cit
     if nxt >= len(plan):
         return ("done", None)
     return ("request", nxt, expected(nxt))
+
+
+def _run_cities(tags, order: list[str]):
+    """The partition key of a run, the list of keys of a batch run, or None."""
+    if tags.get("dagster/partition"):
+        return tags["dagster/partition"]
+    start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if start and end and start in order and end in order:
+        return keys_in_range(order, start, end)
+    return None
 
 
 @dg.sensor(jobs=[refit_global_stage_job, refit_city_stage_job], minimum_interval_seconds=30,
@@ -148,7 +163,8 @@ def refit_chain_sensor(context: dg.SensorEvaluationContext):
     newest = context.instance.get_run_records(
         dg.RunsFilter(job_name=global_refit_job.name, statuses=[dg.DagsterRunStatus.SUCCESS],
                       tags={"lgsid/refit_start": "1"}), limit=1)
-    cities = sorted(context.instance.get_dynamic_partitions(city_partitions.name))
+    order = list(context.instance.get_dynamic_partitions(city_partitions.name))
+    cities = sorted(order)
     requests, notes = [], []
     # only the newest refit advances: a newer start supersedes an older, unfinished chain
     for rec in newest:
@@ -157,7 +173,7 @@ def refit_chain_sensor(context: dg.SensorEvaluationContext):
             continue
         follow = context.instance.get_run_records(dg.RunsFilter(tags={"lgsid/refit": rid}))
         runs = [(int(r.dagster_run.tags["lgsid/refit_stage"]), r.dagster_run.status.value,
-                 r.dagster_run.tags.get("dagster/partition")) for r in follow]
+                 _run_cities(r.dagster_run.tags, order)) for r in follow]
         action = advance_refit(plan, start, runs, cities)
         if action[0] in ("done", "failed"):
             done.add(rid)
@@ -170,13 +186,18 @@ def refit_chain_sensor(context: dg.SensorEvaluationContext):
         _, stage, parts = action
         is_city, keys = plan[stage]
         job = refit_city_stage_job if is_city else refit_global_stage_job
-        for part in parts:
+        batches = city_batches(parts, order) if is_city else [None]  # one run per batch of cities
+        for batch in batches:
+            args = batch_request_args(batch) if batch else {}
+            label = "all" if batch is None else batch[0] if len(batch) == 1 else f"{batch[0]}..{batch[-1]}"
             requests.append(dg.RunRequest(
-                job_name=job.name, asset_selection=list(keys), partition_key=part,
-                run_key=f"refit:{rid}:{stage}:{part or 'all'}", run_config=stage_run_config(keys),
-                tags={"lgsid/refit": rid, "lgsid/refit_stage": str(stage), "lgsid/trigger": "refit-chain"}))
+                job_name=job.name, asset_selection=list(keys), partition_key=args.get("partition_key"),
+                run_key=f"refit:{rid}:{stage}:{label}", run_config=stage_run_config(keys),
+                tags={"lgsid/refit": rid, "lgsid/refit_stage": str(stage), "lgsid/trigger": "refit-chain",
+                      **args.get("tags", {})}))
         notes.append(f"refit {rid[:8]}: stage {stage + 1}/{len(plan)} "
-                     f"({', '.join(k.to_user_string() for k in keys)}) for {len(parts)} run(s)")
+                     f"({', '.join(k.to_user_string() for k in keys)}) for {len(parts) if is_city else 1} "
+                     f"partition(s) in {len(batches)} run(s)")
     cursor = json.dumps({"done": sorted(done)})
     if not requests:
         return dg.SensorResult(skip_reason="; ".join(notes) or "no refit in progress", cursor=cursor)

@@ -20,6 +20,8 @@ from assets.partitions import city_partitions
 from lgsid_pipeline import sources
 from lgsid_pipeline.catalog import DataValidationError, landed_city_keys
 from lgsid_pipeline.housekeeping import prune_cursor
+from lgsid_pipeline.partitions import city_batches
+from assets.partitions import batch_request_args
 from orchestration.jobs import city_refresh_job
 from resources import DataSource
 
@@ -139,16 +141,20 @@ def new_items_sensor(context: dg.SensorEvaluationContext, source: DataSource):
         if cursor != context.cursor:  # files left the folder: store the smaller cursor
             return dg.SensorResult(skip_reason="no new or changed files in the landing folder", cursor=cursor)
         return dg.SkipReason("no new or changed files in the landing folder")
-    existing = set(context.instance.get_dynamic_partitions(city_partitions.name))
-    added = sorted(set(by_city) - existing)
-    requests = [
-        dg.RunRequest(
-            partition_key=city,
-            run_key=f"{city}:" + ",".join(sorted(names)),
-            tags={"lgsid/trigger": "new-items", "lgsid/files": ",".join(sorted(names))[:200]},
-        )
-        for city, names in sorted(by_city.items())
-    ]
+    order = list(context.instance.get_dynamic_partitions(city_partitions.name))
+    added = sorted(set(by_city) - set(order))
+    # One run per batch of changed cities that are contiguous in the partition order (new cities
+    # are appended, so they batch together); cities whose items did not change are not run.
+    requests = []
+    for batch in city_batches(sorted(by_city), order + added):
+        names = sorted({n for c in batch for n in by_city[c]})
+        args = batch_request_args(batch)
+        run_key = ",".join(batch) + ":" + ",".join(names)
+        if len(run_key) > 512:  # a digest keeps Dagster's run key short and still exact
+            run_key = f"{batch[0]}..{batch[-1]}:" + hashlib.sha256(run_key.encode()).hexdigest()
+        requests.append(dg.RunRequest(
+            partition_key=args.get("partition_key"), run_key=run_key,
+            tags={"lgsid/trigger": "new-items", "lgsid/files": ",".join(names)[:200], **args.get("tags", {})}))
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[city_partitions.build_add_request(added)] if added else [],

@@ -358,16 +358,54 @@ class RetryingDeltaLakePolarsTypeHandler(DeltaLakePolarsTypeHandler):
             if not _is_commit_conflict(exc):
                 raise
 
+    @staticmethod
+    def _several_keys(table_slice) -> tuple[str, list[str]] | None:
+        """(column, keys) when the slice is a batch of several dynamic partitions; the upstream
+        handler supports one string partition per read or write ("Array partition values are
+        not yet supported"), so batches are read and written here."""
+        dims = table_slice.partition_dimensions or []
+        if len(dims) != 1 or not isinstance(dims[0].partitions, list | tuple) or len(dims[0].partitions) < 2:
+            return None
+        return dims[0].partition_expr, [str(k) for k in dims[0].partitions]
+
+    def load_input(self, context, table_slice, connection):
+        several = self._several_keys(table_slice)
+        if several is None:
+            return super().load_input(context, table_slice, connection)
+        column, keys = several
+        check_delta_log(connection.table_uri)
+        lf = pl.scan_delta(connection.table_uri, storage_options=connection.storage_options or None)
+        lf = lf.filter(pl.col(column).is_in(keys))
+        if table_slice.columns is not None:
+            lf = lf.select(table_slice.columns)
+        return lf if context.dagster_type.typing_type == pl.LazyFrame else lf.collect()
+
+    def _write_batch(self, obj, column: str, keys: list[str], connection) -> None:
+        """One Delta commit that replaces exactly the batch's partitions (a predicate overwrite
+        of ``column IN (keys)``): the other cities' rows are untouched, and a kill leaves every
+        city of the batch at its old version or all at the new one."""
+        from deltalake import write_deltalake
+
+        reader, params = self.to_arrow(obj)
+        quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
+        write_deltalake(connection.table_uri, reader, mode="overwrite", partition_by=[column],
+                        predicate=f"{column} IN ({quoted})", storage_options=connection.storage_options,
+                        **params)
+
     def handle_output(self, context, table_slice, obj, connection):
         import random
         import time
 
         rng = random.Random()
+        several = self._several_keys(table_slice)
         for attempt in range(1, self.max_attempts + 1):
             try:
                 check_delta_log(connection.table_uri)  # never write on top of a lost commit
                 self._ensure_table(obj, table_slice, connection)
-                out = super().handle_output(context, table_slice, obj, connection)
+                if several is not None:
+                    out = self._write_batch(obj, *several, connection)
+                else:
+                    out = super().handle_output(context, table_slice, obj, connection)
                 break
             except Exception as exc:
                 if not _is_commit_conflict(exc) or attempt == self.max_attempts:

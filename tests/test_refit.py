@@ -5,6 +5,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as RANGE_END
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as RANGE_START
 
 from lgsid_pipeline.recommenders.stats import metric_regressions
 from orchestration.definitions import build_defs
@@ -54,6 +56,9 @@ def test_advance_refit_walks_the_stages_and_stops_on_failure():
     ok3 = [*ok2, (3, "SUCCESS", None)]
     assert advance_refit(PLAN, 2, ok3, cities) == ("request", 4, ["x", "y"])
     assert advance_refit(PLAN, 2, [*ok3, (4, "SUCCESS", "x"), (4, "SUCCESS", "y")], cities) == ("done", None)
+    # a batch run covers a list of cities
+    assert advance_refit(PLAN, 2, [(2, "SUCCESS", ["x", "y"])], cities) == ("request", 3, [None])
+    assert advance_refit(PLAN, 2, [(2, "SUCCESS", ["x"])], cities) == ("request", 2, ["y"])
     # no cities: per-city stages are skipped, the cross-city ones still run
     assert advance_refit(PLAN, 2, [], []) == ("request", 3, [None])
     assert advance_refit(PLAN, 2, [(3, "SUCCESS", None)], []) == ("done", None)
@@ -78,12 +83,14 @@ def test_chain_sensor_requests_the_next_stage_per_city_and_stops_on_failure(defs
         rid = _add_run(instance, "global_refit_job", DagsterRunStatus.SUCCESS, {"lgsid/refit_start": "1"})
         res = refit_chain_sensor(dg.build_sensor_context(instance=instance, repository_def=repo))
         reqs = res.run_requests
-        assert sorted(r.partition_key for r in reqs) == ["portland", "tacoma"]
+        (batch,) = reqs  # both cities in one batch run (a partition range), not a run per city
+        assert batch.partition_key is None
+        assert (batch.tags[RANGE_START], batch.tags[RANGE_END]) == ("portland", "tacoma")
         assert all(r.job_name == "refit_city_stage_job" and _names(r.asset_selection) == ["item_embeddings"]
                    and r.tags["lgsid/refit"] == rid and r.tags["lgsid/refit_stage"] == "2" for r in reqs)
-        for city in ("portland", "tacoma"):
-            _add_run(instance, "refit_city_stage_job", DagsterRunStatus.SUCCESS,
-                     {"lgsid/refit": rid, "lgsid/refit_stage": "2"}, city)
+        # while the batch runs, the chain waits; a success of the range covers both cities
+        _add_run(instance, "refit_city_stage_job", DagsterRunStatus.SUCCESS,
+                 {"lgsid/refit": rid, "lgsid/refit_stage": "2", RANGE_START: "portland", RANGE_END: "tacoma"})
         res = refit_chain_sensor(dg.build_sensor_context(instance=instance, repository_def=repo, cursor=res.cursor))
         (req,) = res.run_requests
         assert req.job_name == "refit_global_stage_job" and req.partition_key is None

@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from assets.partitions import request_cities, result_cities
 from orchestration.sensors import new_items_sensor
 from resources import DataSource
 
@@ -33,10 +34,13 @@ def _tick(instance, source, requested: dict[str, list[str]], run_keys: list[str]
     result = new_items_sensor(ctx)
     if isinstance(result, dg.SkipReason):
         return result
+    order = list(instance.get_dynamic_partitions("city"))
+    for add in result.dynamic_partitions_requests or []:
+        order += [k for k in add.partition_keys if k not in order]
     for req in result.run_requests:
         run_keys.append(req.run_key)
         for name in req.tags["lgsid/files"].split(","):
-            requested.setdefault(name.split("@")[0], []).append(req.partition_key)
+            requested.setdefault(name.split("@")[0], []).extend(request_cities(req, order))
     if result.dynamic_partitions_requests:
         instance.add_dynamic_partitions("city", list(result.dynamic_partitions_requests[0].partition_keys))
     instance.run_storage.set_cursor_values({CURSOR_KEY: result.cursor})
@@ -67,14 +71,14 @@ def test_files_landed_while_daemon_is_down_are_processed_exactly_once(tmp_path, 
     assert isinstance(_tick(inst, source, requested, run_keys), dg.SkipReason)
     _land(landing, "batch-001.parquet", portland, "-a")
     first = _tick(inst, source, requested, run_keys)
-    assert [r.partition_key for r in first.run_requests] == ["portland"]
+    assert result_cities(first, inst) == ["portland"]
     inst.dispose()  # daemon stopped
 
     _land(landing, "batch-002.parquet", illinois, "-b")
     _land(landing, "batch-003.parquet", pl.concat([portland, illinois]), "-c")
     inst = _instance(home)  # daemon restarted: a fresh instance on the same storage
     second = _tick(inst, source, requested, run_keys)
-    assert sorted(r.partition_key for r in second.run_requests) == ["portland", "springfield-illinois"]
+    assert result_cities(second, inst) == ["portland", "springfield-illinois"]
     assert isinstance(_tick(inst, source, requested, run_keys), dg.SkipReason)
     inst.dispose()
 
@@ -82,13 +86,16 @@ def test_files_landed_while_daemon_is_down_are_processed_exactly_once(tmp_path, 
     assert isinstance(_tick(inst, source, requested, run_keys), dg.SkipReason)
     _land(landing, "batch-004.parquet", illinois, "-d")
     third = _tick(inst, source, requested, run_keys)
-    assert [r.partition_key for r in third.run_requests] == ["springfield-illinois"]
+    assert result_cities(third, inst) == ["springfield-illinois"]
     inst.dispose()
 
-    expected = {"batch-001.parquet": ["portland"], "batch-002.parquet": ["springfield-illinois"],
+    # Each file is carried by exactly one run request, once per city of that run. batch-002
+    # (Illinois only) landed beside batch-003 (both cities) while the daemon was down, so one
+    # batch run refreshes both cities and lists both files.
+    expected = {"batch-001.parquet": ["portland"], "batch-002.parquet": ["portland", "springfield-illinois"],
                 "batch-003.parquet": ["portland", "springfield-illinois"],
                 "batch-004.parquet": ["springfield-illinois"]}
-    assert {k: sorted(v) for k, v in requested.items()} == expected  # each file once per city
+    assert {k: sorted(v) for k, v in requested.items()} == expected
     assert len(run_keys) == len(set(run_keys))
     figures.add("sensor restarts with every file processed exactly once", 2)
     figures.add("landed files processed exactly once", len(expected))
@@ -130,7 +137,7 @@ def test_corrupt_landed_file_does_not_block_other_files(tmp_path, test_world, fi
     with dg.instance_for_test() as instance:
         ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"source": source})
         result = new_items_sensor(ctx)
-        assert [r.partition_key for r in result.run_requests] == ["portland"]  # the good file
+        assert result_cities(result, instance) == ["portland"]  # the good file
         # Not marked processed: it is retried (and named) on the next tick, never forgotten.
         assert "broken.parquet" not in json.loads(result.cursor)
         assert "good.parquet" in json.loads(result.cursor)
@@ -168,7 +175,7 @@ def test_sensor_applies_the_sources_column_map_and_retries_unplannable_files(tmp
         ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"source": source})
         result = new_items_sensor(ctx)
         assert isinstance(result, dg.SensorResult)
-        assert [r.partition_key for r in result.run_requests] == ["portland"]
+        assert result_cities(result, instance) == ["portland"]
         assert "mapped.parquet" in result.run_requests[0].tags["lgsid/files"]
         cursor = json.loads(result.cursor)
         assert "mapped.parquet" in cursor and "no-id.parquet" not in cursor
@@ -182,7 +189,7 @@ def test_sensor_applies_the_sources_column_map_and_retries_unplannable_files(tmp
             {"item_id": "shop"}).write_parquet(landing / "no-id.parquet")
         ctx = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"source": source})
         fixed = new_items_sensor(ctx)
-        assert [r.partition_key for r in fixed.run_requests] == ["portland"]
+        assert result_cities(fixed, instance) == ["portland"]
         assert "no-id.parquet" in json.loads(fixed.cursor)
 
 

@@ -1,0 +1,93 @@
+"""Per-city assets materialize a batch of cities per run: one run and one Delta commit per
+batch, metadata per partition, and no write outside the batch's cities."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from assets.data import catalog_assets, catalog_schema_and_coordinates, quarantine_rate
+from assets.partitions import batch_request_args
+from lgsid_pipeline.partitions import city_batches
+from orchestration.definitions import build_resources
+from resources import DataSource, LgsidHome
+
+SOURCE = DataSource(kind="generator", preset="test", seed=0)
+ASSETS = [catalog_assets, catalog_schema_and_coordinates, quarantine_rate]
+
+
+def test_city_batches_are_contiguous_bounded_and_cover_the_selection():
+    order = ["a", "b", "c", "d", "e", "f"]
+    assert city_batches(order, order, 64) == [order]
+    assert city_batches(order, order, 4) == [["a", "b", "c", "d"], ["e", "f"]]
+    assert city_batches(["a", "b", "d", "f"], order, 64) == [["a", "b"], ["d"], ["f"]]  # never c or e
+    assert city_batches(["f", "a", "b", "a"], order, 64) == [["a", "b"], ["f"]]  # order and duplicates
+    assert city_batches([], order) == []
+    with pytest.raises(ValueError, match="not partitions"):
+        city_batches(["zz"], order)
+    with pytest.raises(ValueError, match=">= 1"):
+        city_batches(order, order, 0)
+
+
+def test_a_batch_is_one_run_and_one_commit_that_touches_only_its_cities(tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    cities = SOURCE.city_keys()
+    assert len(cities) >= 3
+    instance.add_dynamic_partitions("city", cities)
+    resources = build_resources(str(tmp_path), SOURCE)
+    first = dg.materialize(ASSETS, partition_key=cities[-1], instance=instance, resources=resources)
+    assert first.success
+    store = LgsidHome(home=str(tmp_path))
+    outside = store.read("item_catalog").sort(pl.all())
+    version = DeltaTable(str(store.table_path("item_catalog"))).version()
+
+    batch = cities[:-1]
+    args = batch_request_args(batch)
+    assert "partition_key" not in args  # several cities: a partition range, not a key
+    result = dg.materialize(ASSETS, instance=instance, resources=resources, tags=args["tags"])
+    assert result.success
+    # one Delta commit for the whole batch; the city outside it is untouched
+    assert DeltaTable(str(store.table_path("item_catalog"))).version() == version + 1
+    table = store.read("item_catalog")
+    assert table.filter(pl.col("city_key") == cities[-1]).sort(pl.all()).equals(outside)
+    items, _, _ = SOURCE.validated()
+    for city in batch:
+        assert table.filter(pl.col("city_key") == city).height == items.valid.filter(
+            pl.col("city_key") == city).height
+    # metadata per partition: each city's materialization carries its own row count
+    mats = [m for m in result.asset_materializations_for_node("catalog_assets")
+            if m.asset_key == dg.AssetKey("item_catalog")]
+    by_city = {m.partition: m.metadata["dagster/row_count"].value for m in mats}
+    assert by_city == {c: table.filter(pl.col("city_key") == c).height for c in batch}
+    # the checks judge every city of the batch
+    checks = result.get_asset_check_evaluations()
+    assert checks and all(c.passed for c in checks)
+    rate = next(c for c in checks if c.check_name == "quarantine_rate")
+    assert rate.metadata["cities_checked"].value == len(batch)
+
+
+def test_the_quarantine_check_fails_a_batch_naming_the_bad_city(tmp_path):
+    """One city of a batch over the quarantine limit fails the batch's check, naming that city."""
+    from lgsid_pipeline.world import generate_world
+
+    world = generate_world("test", seed=0)
+    portland = world.items["city"] == "Portland"
+    bad = world.items.with_columns(pl.when(portland & (pl.int_range(pl.len()) % 2 == 0))
+                                   .then(pl.lit(999.0)).otherwise(pl.col("lat")).alias("lat"))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    bad.write_parquet(folder / "items.parquet")
+    world.interactions.write_parquet(folder / "interactions.parquet")
+    source = DataSource(kind="folder", path=str(folder))
+    instance = dg.DagsterInstance.ephemeral()
+    cities = source.city_keys()
+    instance.add_dynamic_partitions("city", cities)
+    batch = [c for c in cities if c != "unassigned"]
+    assert "portland" in batch and len(batch) >= 2
+    result = dg.materialize(ASSETS, instance=instance, resources=build_resources(str(tmp_path / "home"), source),
+                            tags=batch_request_args(batch)["tags"], raise_on_error=False)
+    rate = next(c for c in result.get_asset_check_evaluations() if c.check_name == "quarantine_rate")
+    assert not rate.passed and "portland" in rate.description
+    assert all(c not in rate.description for c in batch if c != "portland")
