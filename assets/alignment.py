@@ -341,7 +341,10 @@ def load_embeddings_and_versions(home: LgsidHome, variant: str, catalog: pl.Data
 
 
 class AlignmentReportConfig(dg.Config):
-    max_queries: int | None = Field(default=2000, description="Seeded sample of query items per scope.")
+    max_queries: int | None = Field(default=2000, description="Query items in all (a total budget, allocated "
+                                   "across cities in proportion to their size); None scores every item.")
+    queries_floor: int = Field(default=8, description="Queries per city at least (up to the city's items), so "
+                               "small cities are scored too.")
     seed: int = 0
 
 
@@ -364,7 +367,8 @@ def alignment_report(context: dg.AssetExecutionContext, config: AlignmentReportC
                                   pl.concat_str("city_key", pl.lit("/"), "town").alias("town"))
     with timer("report"):
         report = alignment_metrics.alignment_report(embeddings, labels, seed=config.seed,
-                                                    max_queries=config.max_queries)
+                                                    max_queries=config.max_queries,
+                                                    queries_floor=config.queries_floor)
     path = home.artifact_dir("alignment_report") / "alignment_report.parquet"
     report.table.write_parquet(path)
     plot = alignment_metrics.projection_plot(embeddings, catalog["city_key"].to_list(),
@@ -377,6 +381,9 @@ def alignment_report(context: dg.AssetExecutionContext, config: AlignmentReportC
             meta[f"{row['variant']}.{k}"] = float(row[k])
     return dg.MaterializeResult(metadata={
         "config": config_json(config), "variants": ", ".join(variants), "items": catalog.height,
+        **({"query_budget": dg.MetadataValue.json(allocation_summary(report.query_allocation)),
+            "queries_per_city": _allocation_table(report.query_allocation, "queries")}
+           if report.query_allocation is not None else {}),
         "overall": table(overall), "per_city": table(report.table.filter(pl.col("scope") != "overall")),
         "projection": image(plot, "embedding projection by city"), "table": dg.MetadataValue.path(str(path)),
         **meta, **timer.metadata(),

@@ -35,6 +35,8 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
+from lgsid_pipeline.budgets import allocate
+
 LEVELS: tuple[tuple[str, str], ...] = (("p", "province"), ("c", "city"), ("t", "town"))
 _BLOCK_ELEMENTS = 1 << 25
 """Query rows x items per similarity block (32M floats, 128 MB)."""
@@ -147,6 +149,8 @@ class AlignmentReport:
     table: pl.DataFrame
     """One row per variant x scope: variant, scope, n_items, n_queries, top@K, p@K, c@K, t@K,
     nmi_province, nmi_city, nmi_town."""
+    query_allocation: dict[str, int] | None = None
+    """Queries per group when the budget was allocated across groups (``queries_floor``)."""
 
     def markdown(self, digits: int = 4) -> str:
         cols = self.table.columns
@@ -189,11 +193,16 @@ def alignment_report(
     group_col: str | None = "city_key",
     max_clusters: int = 100,
     nmi_max_items: int = 20_000,
+    queries_floor: int = 0,
 ) -> AlignmentReport:
     """Table 3 metrics and NMI for every variant in ``embeddings`` (rows aligned to ``items``).
 
     ``max_queries`` evaluates a seeded sample of query items (neighbours still come from all
-    items); ``nmi_max_items`` caps the items clustered per scope (seeded sample).
+    items); ``nmi_max_items`` caps the items clustered per scope (seeded sample). With
+    ``queries_floor > 0`` and a ``group_col``, the ``max_queries`` budget is allocated across the
+    groups (cities) in proportion to their size with that floor per group (``budgets.allocate``),
+    so a small city is still scored and a large one does not take the whole budget; the
+    allocation is returned in ``AlignmentReport.query_allocation``.
     """
     if origin_key not in embeddings:
         raise ValueError(f"embeddings lack the origin variant {origin_key!r}")
@@ -210,22 +219,38 @@ def alignment_report(
     origin_n = l2_normalise(embs[origin_key])
     codes = {col: _codes(items, col) for _, col in LEVELS}
     rng = np.random.default_rng(seed)
-    queries = np.arange(n)
-    if max_queries is not None and max_queries < n:
-        queries = np.sort(rng.choice(n, size=max_queries, replace=False))
-
-    scopes: list[tuple[str, np.ndarray]] = [("overall", np.arange(n))]
+    # groups by one sort, not one scan per group: O(N log N) at any number of cities
+    group_of = np.zeros(n, dtype=np.int64)
+    names: list[str] = []
+    members_of: list[np.ndarray] = []
     if group_col:
-        groups = items[group_col].cast(pl.Utf8).fill_null("").to_numpy()
-        for g in sorted(set(groups.tolist())):
-            scopes.append((g, np.flatnonzero(groups == g)))
+        uniq, group_of = np.unique(items[group_col].cast(pl.Utf8).fill_null("").to_numpy().astype(str),
+                                   return_inverse=True)
+        order = np.argsort(group_of, kind="stable")
+        bounds = np.searchsorted(group_of[order], np.arange(len(uniq) + 1))
+        names = [str(g) for g in uniq]
+        members_of = [order[bounds[i]:bounds[i + 1]] for i in range(len(uniq))]
+    queries = np.arange(n)
+    allocation: dict[str, int] | None = None
+    if max_queries is not None and max_queries < n:
+        if group_col and queries_floor > 0:
+            allocation = allocate({g: m.size for g, m in zip(names, members_of)}, max_queries, queries_floor)
+            picked = [rng.choice(m, size=allocation[g], replace=False) for g, m in zip(names, members_of)
+                      if allocation[g]]
+            queries = np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+        else:
+            queries = np.sort(rng.choice(n, size=max_queries, replace=False))
+
+    scopes: list[tuple[str, np.ndarray, np.ndarray]] = [("overall", np.arange(n), np.ones(queries.size, bool))]
+    query_group = group_of[queries]
+    for i, (g, members) in enumerate(zip(names, members_of)):
+        scopes.append((g, members, query_group == i))
 
     rows = []
     for name, emb in embs.items():
         per_q = _per_query(emb, origin_n, queries, codes, ks)
         emb_n = l2_normalise(emb)
-        for scope, members in scopes:
-            in_scope = np.isin(queries, members)
+        for scope, members, in_scope in scopes:
             row: dict[str, object] = {
                 "variant": name, "scope": scope, "n_items": int(members.size),
                 "n_queries": int(in_scope.sum()),
@@ -247,7 +272,7 @@ def alignment_report(
     order += [f"{s}@{k}" for s, _ in LEVELS for k in ks]
     order += [f"nmi_{c}" for _, c in LEVELS]
     table = pl.DataFrame(rows).select(order)
-    return AlignmentReport(table=table)
+    return AlignmentReport(table=table, query_allocation=allocation)
 
 
 def _pca_2d(x: np.ndarray) -> np.ndarray:

@@ -153,3 +153,24 @@ def test_projection_plot(tmp_path):
     with Image.open(out) as img:
         w, h = img.size
     assert w > 1.7 * h  # two panels side by side
+
+
+def test_query_budget_is_allocated_across_cities_with_a_floor():
+    """A total query budget with a floor per city: the small city is still scored, the shares
+    follow the cities' sizes, and every scope's query count is what the allocation says."""
+    big = _items(n_per_town=40)
+    small = pl.DataFrame({"item_id": [f"s{i}" for i in range(6)], "province": ["P9"] * 6, "city": ["C9"] * 6,
+                          "town": ["T9"] * 6, "city_key": ["c9"] * 6})
+    items = pl.concat([big, small])
+    emb = np.random.default_rng(0).normal(size=(items.height, 8))
+    rep = alignment_report({"origin": emb}, items, ks=(3,), max_queries=30, queries_floor=4, seed=0)
+    alloc = rep.query_allocation
+    assert sum(alloc.values()) == 30 and alloc["c9"] >= 4
+    equal = [alloc[c] for c in ("c0", "c1", "c2")]  # three equal cities: equal shares up to one remainder
+    assert max(equal) - min(equal) <= 1 and min(equal) > alloc["c9"]
+    per_scope = dict(rep.table.filter(pl.col("variant") == "origin").select("scope", "n_queries").iter_rows())
+    assert per_scope["overall"] == 30
+    assert {k: per_scope[k] for k in alloc} == alloc
+    # without a floor the old uniform sample is kept (results stay reproducible)
+    plain = alignment_report({"origin": emb}, items, ks=(3,), max_queries=30, seed=0)
+    assert plain.query_allocation is None and plain.table.row(0, named=True)["n_queries"] == 30
