@@ -17,6 +17,17 @@ def test_world():
 
 
 @pytest.fixture
+def landing_folder(tmp_path, test_world):
+    """(base folder with the test world's items and interactions, empty landing folder)."""
+    base, landing = tmp_path / "base", tmp_path / "landing"
+    base.mkdir()
+    landing.mkdir()
+    test_world.items.write_parquet(base / "items.parquet")
+    test_world.interactions.write_parquet(base / "interactions.parquet")
+    return base, landing
+
+
+@pytest.fixture
 def home(tmp_path):
     path = tmp_path / "home"
     path.mkdir()

@@ -136,18 +136,13 @@ def test_older_table_without_source_row_takes_the_new_column(home):
         pl.col("city_key") == cities[1]).height
 
 
-def _landing_setup(tmp_path, test_world):
-    base = tmp_path / "base"
-    base.mkdir()
-    test_world.items.write_parquet(base / "items.parquet")
-    test_world.interactions.write_parquet(base / "interactions.parquet")
-    landing = tmp_path / "landing"
-    landing.mkdir()
+def _landing_setup(landing_folder):
+    base, landing = landing_folder
     return DataSource(kind="folder", path=str(base), landing_dir=str(landing)), landing
 
 
-def test_sensor_cursor_new_cities_and_exactly_once(tmp_path, test_world):
-    source, landing = _landing_setup(tmp_path, test_world)
+def test_sensor_cursor_new_cities_and_exactly_once(landing_folder, test_world):
+    source, landing = _landing_setup(landing_folder)
     instance = dg.DagsterInstance.ephemeral()
 
     def tick(cursor):

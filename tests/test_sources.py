@@ -102,13 +102,8 @@ def test_unreadable_file_names_the_file(tmp_path):
         load_source(SourceSpec(kind="folder", path=str(tmp_path)))
 
 
-def test_landing_files_supersede_older_rows(tmp_path, test_world):
-    base = tmp_path / "base"
-    base.mkdir()
-    test_world.items.write_parquet(base / "items.parquet")
-    test_world.interactions.write_parquet(base / "interactions.parquet")
-    landing = tmp_path / "landing"
-    landing.mkdir()
+def test_landing_files_supersede_older_rows(landing_folder, test_world):
+    base, landing = landing_folder
     first = test_world.items.head(1).with_columns(pl.lit("Renamed Shop").alias("name"))
     new = test_world.items.head(1).with_columns(pl.lit("brand-new-item").alias("item_id"))
     pl.concat([first, new]).write_parquet(landing / "batch1.parquet")
@@ -152,18 +147,13 @@ def test_duplicate_csv_header_is_refused_naming_the_column(tmp_path):
     assert "'lat'" in ds.landing_errors[0]
 
 
-def test_landed_versions_follow_the_explicit_sequence_not_mtime(tmp_path, test_world):
+def test_landed_versions_follow_the_explicit_sequence_not_mtime(landing_folder, test_world):
     """Numbered landing files are ordered by their number, whatever their mtimes; inside the
     files a row's ``updated_at`` decides before file order does."""
     import os
     import time
 
-    base = tmp_path / "base"
-    base.mkdir()
-    test_world.items.write_parquet(base / "items.parquet")
-    test_world.interactions.write_parquet(base / "interactions.parquet")
-    landing = tmp_path / "landing"
-    landing.mkdir()
+    base, landing = landing_folder
     first_id = test_world.items["item_id"][0]
     row = test_world.items.head(1)
     row.with_columns(pl.lit("From 10").alias("name")).write_parquet(landing / "10-shops.parquet")

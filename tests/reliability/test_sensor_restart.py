@@ -52,13 +52,8 @@ def _land(landing: Path, name: str, items: pl.DataFrame, suffix: str) -> None:
     items.with_columns((pl.col("item_id") + suffix).alias("item_id")).write_parquet(landing / name)
 
 
-def test_files_landed_while_daemon_is_down_are_processed_exactly_once(tmp_path, test_world, figures):
-    base = tmp_path / "base"
-    base.mkdir()
-    test_world.items.write_parquet(base / "items.parquet")
-    test_world.interactions.write_parquet(base / "interactions.parquet")
-    landing = tmp_path / "landing"
-    landing.mkdir()
+def test_files_landed_while_daemon_is_down_are_processed_exactly_once(tmp_path, landing_folder, test_world, figures):
+    base, landing = landing_folder
     source = DataSource(kind="folder", path=str(base), landing_dir=str(landing))
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -101,15 +96,10 @@ def test_files_landed_while_daemon_is_down_are_processed_exactly_once(tmp_path, 
     figures.add("landed files processed exactly once", len(expected))
 
 
-def test_tick_lost_before_cursor_saved_repeats_same_run_keys(tmp_path, test_world, figures):
+def test_tick_lost_before_cursor_saved_repeats_same_run_keys(landing_folder, test_world, figures):
     """Daemon killed after evaluating a tick but before storing its cursor: the re-evaluated
     tick requests the same runs with the same ``run_key``s, which Dagster launches only once."""
-    base = tmp_path / "base"
-    base.mkdir()
-    test_world.items.write_parquet(base / "items.parquet")
-    test_world.interactions.write_parquet(base / "interactions.parquet")
-    landing = tmp_path / "landing"
-    landing.mkdir()
+    base, landing = landing_folder
     source = DataSource(kind="folder", path=str(base), landing_dir=str(landing))
     _land(landing, "batch-001.parquet", test_world.items.filter(pl.col("city") == "Portland").head(2), "-x")
     with dg.instance_for_test() as instance:
@@ -122,15 +112,10 @@ def test_tick_lost_before_cursor_saved_repeats_same_run_keys(tmp_path, test_worl
     figures.add("sensor crash-before-cursor drills (deduplicated by run_key)")
 
 
-def test_corrupt_landed_file_does_not_block_other_files(tmp_path, test_world, figures):
+def test_corrupt_landed_file_does_not_block_other_files(landing_folder, test_world, figures):
     """A landed file that cannot be read is reported with its name and skipped; it must not
     wedge the sensor (before the fix every tick failed on it)."""
-    base = tmp_path / "base"
-    base.mkdir()
-    test_world.items.write_parquet(base / "items.parquet")
-    test_world.interactions.write_parquet(base / "interactions.parquet")
-    landing = tmp_path / "landing"
-    landing.mkdir()
+    base, landing = landing_folder
     source = DataSource(kind="folder", path=str(base), landing_dir=str(landing))
     (landing / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     _land(landing, "good.parquet", test_world.items.filter(pl.col("city") == "Portland").head(2), "-g")
@@ -193,24 +178,19 @@ def test_sensor_applies_the_sources_column_map_and_retries_unplannable_files(tmp
         assert "no-id.parquet" in json.loads(fixed.cursor)
 
 
-def _plan_source(tmp_path, test_world):
-    base = tmp_path / "base"
-    base.mkdir()
-    test_world.items.write_parquet(base / "items.parquet")
-    test_world.interactions.write_parquet(base / "interactions.parquet")
-    landing = tmp_path / "landing"
-    landing.mkdir()
+def _plan_source(landing_folder):
+    base, landing = landing_folder
     return base, landing, DataSource(kind="folder", path=str(base), landing_dir=str(landing))
 
 
-def test_the_tick_plans_from_the_landed_files_without_validating_the_dataset(tmp_path, test_world, monkeypatch):
+def test_the_tick_plans_from_the_landed_files_without_validating_the_dataset(landing_folder, test_world, monkeypatch):
     """Planning reads the landed files and the items file's (province, city) columns only: a
     corrupt interactions file, or a validator that would fail, does not stop the tick, and
     same-name cities still get the run's own keys."""
     from lgsid_pipeline import catalog
     from orchestration.sensors import plan_landing
 
-    base, landing, source = _plan_source(tmp_path, test_world)
+    base, landing, source = _plan_source(landing_folder)
     (base / "interactions.parquet").write_bytes(b"not parquet at all")
 
     def refuse(*a, **k):
@@ -226,14 +206,14 @@ def test_the_tick_plans_from_the_landed_files_without_validating_the_dataset(tmp
     assert list(by_city) == ["springfield-illinois"]
 
 
-def test_a_touch_is_not_a_landing_but_new_content_is(tmp_path, test_world):
+def test_a_touch_is_not_a_landing_but_new_content_is(landing_folder, test_world):
     """The cursor fingerprint carries a content digest: a file whose bytes did not change is
     not planned again when its mtime moves; a rewrite is, even at the same size."""
     import os
 
     from orchestration.sensors import plan_landing
 
-    _, landing, source = _plan_source(tmp_path, test_world)
+    _, landing, source = _plan_source(landing_folder)
     portland = test_world.items.filter(pl.col("city") == "Portland").head(2)
     _land(landing, "batch.parquet", portland, "-t")
     new, by_city, cursor, _ = plan_landing(str(landing), None, source)
