@@ -65,16 +65,22 @@ def batch_request_args(batch: list[str]) -> dict:
     return {"partition_key": batch[0]} if len(batch) == 1 else {"tags": range_tags(batch)}
 
 
-def run_partition_keys(context) -> list[str] | None:
-    """The city keys of the run a check or sensor looks at: its one partition, its range
-    (resolved in the instance's partition order), or None for an unpartitioned run."""
-    tags = context.run.tags
+def tags_cities(tags, order: list[str]) -> list[str] | None:
+    """The city keys run tags target: the one partition, the range ``start..end`` in ``order``
+    (the instance's partition order), or None (an unpartitioned run, or a range whose ends are
+    not partitions)."""
+    tags = tags or {}
     if tags.get("dagster/partition"):
         return [tags["dagster/partition"]]
     start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
-    if not start or not end:
+    if not start or not end or start not in order or end not in order:
         return None
-    return keys_in_range(context.instance.get_dynamic_partitions(city_partitions.name), start, end)
+    return keys_in_range(order, start, end)
+
+
+def run_partition_keys(context) -> list[str] | None:
+    """The city keys of the run a check looks at (see ``tags_cities``)."""
+    return tags_cities(context.run.tags, list(context.instance.get_dynamic_partitions(city_partitions.name)))
 
 
 def keys_in_range(order: list[str], start: str, end: str) -> list[str]:
@@ -93,9 +99,7 @@ def request_cities(request: dg.RunRequest, order: list[str]) -> list[str]:
     """The city keys a run request targets: its partition key, or its range in ``order``."""
     if request.partition_key:
         return [request.partition_key]
-    tags = request.tags or {}
-    start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
-    return keys_in_range(order, start, end) if start and end else []
+    return tags_cities(request.tags, order) or []
 
 
 def result_cities(result, instance: dg.DagsterInstance) -> list[str]:

@@ -23,8 +23,7 @@ import json
 import dagster as dg
 
 from assets import CITY_ASSET_KEYS
-from assets.partitions import batch_request_args, city_partitions, keys_in_range
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from assets.partitions import batch_request_args, city_partitions, tags_cities
 from lgsid_pipeline.partitions import city_batches
 
 REFIT_ROOTS = ("reward_model",)
@@ -141,16 +140,6 @@ def advance_refit(plan, start: int, runs: list[tuple[int, str, str | None]], cit
     return ("request", nxt, expected(nxt))
 
 
-def _run_cities(tags, order: list[str]):
-    """The partition key of a run, the list of keys of a batch run, or None."""
-    if tags.get("dagster/partition"):
-        return tags["dagster/partition"]
-    start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
-    if start and end and start in order and end in order:
-        return keys_in_range(order, start, end)
-    return None
-
-
 @dg.sensor(jobs=[refit_global_stage_job, refit_city_stage_job], minimum_interval_seconds=30,
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Advances each refit started by global_refit_job (from the UI or the weekly refit "
@@ -173,7 +162,7 @@ def refit_chain_sensor(context: dg.SensorEvaluationContext):
             continue
         follow = context.instance.get_run_records(dg.RunsFilter(tags={"lgsid/refit": rid}))
         runs = [(int(r.dagster_run.tags["lgsid/refit_stage"]), r.dagster_run.status.value,
-                 _run_cities(r.dagster_run.tags, order)) for r in follow]
+                 tags_cities(r.dagster_run.tags, order)) for r in follow]
         action = advance_refit(plan, start, runs, cities)
         if action[0] in ("done", "failed"):
             done.add(rid)
