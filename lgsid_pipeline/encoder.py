@@ -8,6 +8,12 @@ network: everything is loaded with ``local_files_only=True``.
   once, sorted by length, and each batch is padded only to its own longest item (dynamic
   padding); the output is returned in the caller's order.
 - ``embed_batch`` is the differentiable path used by G-DPO (same pooling and normalisation).
+  It always runs the exact (float32 unless configured otherwise) model.
+- ``dtype="auto"`` (the default) keeps the model in float32 for training and gives ``encode``
+  a bfloat16 copy where the hardware runs bfloat16 natively (AVX512-BF16/AMX CPUs, bf16 CUDA
+  GPUs), but only if that copy reproduces the float32 embeddings of a fixed probe set to a mean
+  cosine of at least ``FAST_COSINE_MIN``; otherwise ``encode`` stays on float32. The choice is
+  part of ``identity`` (``encode_dtype``), so caches never mix the two.
 - ``version`` is a short hash of ``identity`` (weights hash, adapter hash, pooling, ...), so a
   downstream cache can tell whether the encoder changed.
 
@@ -37,6 +43,26 @@ log = logging.getLogger(__name__)
 POOLINGS = ("cls", "mean", "last")
 Pooling = Literal[POOLINGS]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("auto", *_DTYPES)
+# The fast inference path must reproduce the float32 embeddings to this mean cosine (speed issue's
+# bound); measured on the bundled MiniLM with Appendix A prompts: 0.99995 (benchmarks/bench_encoder.py).
+FAST_COSINE_MIN = 0.999
+# Fixed probe texts for that check: prompt-shaped, short to long, ASCII lowercase so any WordPiece
+# vocabulary (the tests' tiny BERT included) tokenises them.
+_PROBE_TEXTS = tuple(
+    f"name: {name}\ncategory: {cat}\nlocation: {town}, new york city, new york\nprice: {price}"
+    + (f"\ntop selling items: {goods}" if goods else "")
+    for name, cat, town, price, goods in [
+        ("green river pizza", "food > pizza", "brooklyn", 2, ""),
+        ("upper west coffee", "food > coffee", "manhattan", 1, "coffee, tea, bakery"),
+        ("central park museum", "arts > museum", "manhattan", 3, ""),
+        ("old town noodle bar", "food > noodle", "queens", 2, "noodle, ramen, tea, beer, dumplings"),
+        ("lake hill gym", "sport > gym", "staten island", 2, ""),
+        ("north market deli", "food > deli", "bronx", 1, "sandwich, coffee, bagels, soup, salad, cake, tea"),
+        ("south street hotel", "travel > hotel", "jersey city", 4, ""),
+        ("east district sushi", "food > sushi", "brooklyn", 3, "sushi, sashimi, tea, rolls"),
+    ]
+)
 
 
 def default_model_path() -> Path:
@@ -62,15 +88,16 @@ class EncoderConfig:
     max_length: int = 128
     batch_size: int = 32
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # "auto": float32 weights, bfloat16 inference where the hardware has it and the probe passes.
+    dtype: Literal[DTYPES] = "auto"
 
     def __post_init__(self) -> None:
         if self.pooling not in ("cls", "mean", "last"):
             raise ValueError(f"EncoderConfig.pooling must be cls|mean|last, got {self.pooling!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"EncoderConfig.device must be auto|cpu|cuda, got {self.device!r}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"EncoderConfig.dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"EncoderConfig.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.max_length < 2:
             raise ValueError(f"EncoderConfig.max_length must be >= 2, got {self.max_length}")
         if self.batch_size < 1:
@@ -88,6 +115,16 @@ class EncoderConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("EncoderConfig.device='cuda' but no CUDA device is available")
         return torch.device(self.device)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 matrix products natively (not by emulation)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 or AMX
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
 
 
 def hash_files(paths: Sequence[Path]) -> str:
@@ -144,9 +181,40 @@ class TextEncoder:
             self.tokenizer.padding_side = "right"
         if model is None:
             model = AutoModel.from_pretrained(str(self.model_path), local_files_only=True, use_safetensors=True)
-        self.model = model.to(device=self.device, dtype=_DTYPES[self.config.dtype]).eval()
+        exact = "float32" if self.config.dtype == "auto" else self.config.dtype
+        self._exact_dtype = exact
+        self.model = model.to(device=self.device, dtype=_DTYPES[exact]).eval()
         self._weights_hash = hash_files(model_files(self.model_path))
         self._extra_identity = dict(extra_identity or {})
+        self._fast: torch.nn.Module | None = None
+        self.fast_check: dict = {"encode_dtype": exact}
+        if self.config.dtype == "auto":
+            self._try_fast_path()
+
+    def _try_fast_path(self) -> None:
+        """Give ``encode`` a bfloat16 copy if the hardware has bf16 and it passes the probe."""
+        if not native_bf16(self.device):
+            self.fast_check = {"encode_dtype": "float32", "fast_path": "no native bfloat16 on this device"}
+            return
+        fast = copy.deepcopy(self.model).to(torch.bfloat16).eval()
+        probe = list(_PROBE_TEXTS)
+        exact, approx = self._encode_with(self.model, probe), self._encode_with(fast, probe)
+        cos = (exact * approx).sum(1) / np.maximum(
+            np.linalg.norm(exact, axis=1) * np.linalg.norm(approx, axis=1), 1e-12)
+        check = {"probe_cosine_mean": float(cos.mean()), "probe_cosine_min": float(cos.min()),
+                 "cosine_bound": FAST_COSINE_MIN}
+        if cos.mean() >= FAST_COSINE_MIN:
+            self._fast = fast
+            self.fast_check = {"encode_dtype": "bfloat16", "fast_path": "on", **check}
+        else:
+            self.fast_check = {"encode_dtype": "float32", "fast_path": "off: probe cosine below the bound",
+                               **check}
+            log.warning("bfloat16 inference misses the cosine bound (%.5f < %.3f); encoding in float32",
+                        cos.mean(), FAST_COSINE_MIN)
+
+    def _encode_with(self, model: torch.nn.Module, texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            return self._forward(model, self.tokenize(texts)).cpu().numpy()
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -159,7 +227,8 @@ class TextEncoder:
             "pooling": cfg["pooling"],
             "max_length": cfg["max_length"],
             "normalize": cfg["normalize"],
-            "dtype": cfg["dtype"],
+            "dtype": self._exact_dtype,  # "auto" resolves here: same numbers, same version
+            "encode_dtype": self.fast_check["encode_dtype"],
             **self._extra_identity,
         }
 
@@ -207,7 +276,9 @@ class TextEncoder:
     ) -> np.ndarray:
         """Embeddings (N, d) float32 of ``texts``, in order, without gradients.
 
-        ``model`` overrides the encoder's own model (G-DPO encodes its reference this way).
+        Runs the fast (bfloat16) copy when ``dtype="auto"`` enabled it. ``model`` overrides the
+        encoder's own model and always runs as given (G-DPO encodes its reference and policy
+        this way, on the exact path).
         """
         _check_texts(texts)
         n = len(texts)
@@ -220,6 +291,7 @@ class TextEncoder:
         order = np.argsort(-lengths, kind="stable")  # longest first: the first batch sizes memory
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
         out = np.empty((n, self.dim), dtype=np.float32)
+        run = model if model is not None else (self._fast if self._fast is not None else self.model)
         t0 = time.perf_counter()
         last_log = t0
         with torch.inference_mode():
@@ -227,7 +299,7 @@ class TextEncoder:
                 idx = order[start:start + bs]
                 feats = [{k: enc[k][i] for k in keys} for i in idx]
                 batch = self.tokenizer.pad(feats, padding=True, return_tensors="pt")
-                out[idx] = self._forward(self.model if model is None else model, batch).cpu().numpy()
+                out[idx] = self._forward(run, batch).cpu().numpy()
                 done = min(start + bs, n)
                 now = time.perf_counter()
                 rate = done / max(now - t0, 1e-9)

@@ -25,6 +25,7 @@ def bert_dir(tmp_path_factory):
 
 
 def _enc(path, **kw):
+    kw.setdefault("dtype", "float32")  # the exact path; the fast path has its own tests below
     return TextEncoder(EncoderConfig(model_path=str(path), device="cpu", **kw))
 
 
@@ -117,3 +118,48 @@ def test_default_bundled_model_resolves():
     assert (path / "config.json").is_file()
     assert any(path.glob("*.safetensors"))
     assert EncoderConfig().resolved_model_path() == path
+
+
+# -- the fast inference path (dtype="auto") -----------------------------------------------------
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_auto_dtype_encodes_in_bf16_within_the_bound_and_trains_exact(bert_dir, monkeypatch):
+    import lgsid_pipeline.encoder as encoder_mod
+
+    monkeypatch.setattr(encoder_mod, "native_bf16", lambda device: True)
+    fast = _enc(bert_dir, dtype="auto")
+    exact = _enc(bert_dir, dtype="float32")
+    assert fast.fast_check["encode_dtype"] == "bfloat16", fast.fast_check
+    assert fast.fast_check["probe_cosine_mean"] >= encoder_mod.FAST_COSINE_MIN
+    got, want = fast.encode(TEXTS), exact.encode(TEXTS)
+    assert not np.array_equal(got, want)  # it really ran in bfloat16
+    assert _cos(got, want).mean() >= encoder_mod.FAST_COSINE_MIN
+    # Training and explicit models stay exact: float32 weights, gradients, same numbers as float32.
+    assert all(p.dtype == torch.float32 for p in fast.model.parameters())
+    assert all(p.dtype == torch.float32 for p in fast.clone_model().parameters())
+    emb = fast.embed_batch(TEXTS[:3])
+    assert emb.requires_grad
+    np.testing.assert_allclose(emb.detach().numpy(), want[:3], atol=1e-5)
+    np.testing.assert_allclose(fast.encode(TEXTS, model=fast.model), want, atol=1e-5)
+    # Caches keyed on the version never mix bf16 and fp32 embeddings.
+    assert fast.identity["encode_dtype"] == "bfloat16" and exact.identity["encode_dtype"] == "float32"
+    assert fast.version != exact.version
+
+
+def test_auto_dtype_falls_back_to_float32_when_the_probe_misses_or_no_bf16(bert_dir, monkeypatch):
+    import lgsid_pipeline.encoder as encoder_mod
+
+    exact = _enc(bert_dir, dtype="float32")
+    monkeypatch.setattr(encoder_mod, "native_bf16", lambda device: True)
+    monkeypatch.setattr(encoder_mod, "FAST_COSINE_MIN", 1.0 + 1e-6)  # no bf16 copy can meet this
+    strict = _enc(bert_dir, dtype="auto")
+    assert strict.fast_check["encode_dtype"] == "float32"
+    assert strict.fast_check["fast_path"].startswith("off")
+    np.testing.assert_array_equal(strict.encode(TEXTS), exact.encode(TEXTS))
+    assert strict.version == exact.version
+    monkeypatch.setattr(encoder_mod, "native_bf16", lambda device: False)
+    plain = _enc(bert_dir, dtype="auto")
+    assert plain.fast_check == {"encode_dtype": "float32", "fast_path": "no native bfloat16 on this device"}
+    np.testing.assert_array_equal(plain.encode(TEXTS), exact.encode(TEXTS))
