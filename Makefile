@@ -8,12 +8,16 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 PY := .venv/bin/python
 
-.PHONY: setup demo test ui report validate bench clean
+.PHONY: setup runtime demo test ui report validate bench clean
 
 setup:
 	@bash scripts/setup.sh
 
-demo: setup
+# the runtime only (no test extras): what demo, ui, report and validate need
+runtime:
+	@LGSID_EXTRAS= bash scripts/setup.sh
+
+demo: runtime
 	.venv/bin/lgsid materialize --home $(HOME_DIR)
 	@echo ""
 	@echo "Done. Open the Dagster UI on these materializations with:  make ui"
@@ -22,15 +26,15 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests
 
-ui: setup
+ui: runtime
 	@mkdir -p $(DAGSTER_HOME)
 	@test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	exec .venv/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
-report: setup
+report: runtime
 	.venv/bin/lgsid report --home $(HOME_DIR)
 
-validate: setup
+validate: runtime
 	.venv/bin/dagster definitions validate -w workspace.yaml
 
 clean:

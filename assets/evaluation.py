@@ -14,7 +14,7 @@ from assets.tokenization import read_manifest
 from lgsid_pipeline.recommenders.data import last_value_per_user
 from lgsid_pipeline.recommenders.dien import DIENConfig
 from lgsid_pipeline.recommenders.din import DINConfig
-from lgsid_pipeline.recommenders.evaluate import DISC_MODELS, evaluate_all, plot_results, user_topk
+from lgsid_pipeline.recommenders.evaluate import DEFAULT_JOBS, DISC_MODELS, evaluate_all, plot_results, user_topk
 from lgsid_pipeline.recommenders.stats import metric_regressions
 from lgsid_pipeline.recommenders.tiger import TigerConfig, save_tiger
 from lgsid_pipeline.train_state import replace_durably, tmp_name
@@ -31,12 +31,16 @@ class EvaluationConfig(dg.Config):
     methods: list[str] | None = Field(default=None, description="Tokenizer variants to score (default: all).")
     tiger_epochs: int = 10
     tiger_d_model: int = 64
-    tiger_max_seconds: float | None = Field(default=10.0, description="Training time cap per TIGER run. The "
-                                            "default keeps the demo within its 10-minute budget on 2 CPU "
-                                            "cores; raise it (or None) for real evaluations.")
-    tiger_max_steps: int | None = Field(default=None, ge=1, description="Optimiser-step budget per TIGER run, "
-                                        "across epochs. Unlike the time cap it gives the same model on any "
-                                        "machine and under any load, so the real-data tables use it.")
+    tiger_max_seconds: float | None = Field(default=None, description="Training time cap per TIGER run "
+                                            "(checked between batches). It depends on the machine and its load; "
+                                            "prefer tiger_max_steps.")
+    tiger_max_steps: int | None = Field(default=90, ge=1, description="Optimiser-step budget per TIGER run, "
+                                        "across epochs: the same model on any machine and under any load. The "
+                                        "default (2 epochs of the demo world) keeps the demo within its budget "
+                                        "on 2 CPU cores; the real-data tables use 1,500.")
+    jobs: int = Field(default=DEFAULT_JOBS, ge=1, description="Worker processes for the independent runs "
+                      "(variant x seed x model), one torch thread each; the tables are the same for any value "
+                      "(with a step budget). 1 = in this process, with torch's default threads.")
     din_epochs: int = Field(default=2, description="Training epochs of each discriminative run (DIN and DIEN).")
     disc_models: list[str] = Field(default=["DIN"], description=f"Discriminative models, of {list(DISC_MODELS)}. "
                                    "Each runs on every variant and seed, scored on the same impressions. A DIEN run "
@@ -102,7 +106,7 @@ def recommender_evaluations(context: dg.AssetExecutionContext, config: Evaluatio
                               tiger_config=tiger, din_config=din, dien_config=dien,
                               disc_models=tuple(config.disc_models), reach_km=config.reach_km,
                               reach_last_n=config.reach_last_n, ours=config.ours,
-                              split_kwargs={"min_core": config.min_core}, log=log)
+                              split_kwargs={"min_core": config.min_core}, log=log, jobs=config.jobs)
     out = home.artifact_dir("recommender_evaluations", "runs", context.run.run_id)
     for name in ("runs", "table1", "table2", "seed_stats", "user_paired", "user_scores", "reachability",
                  "per_city"):

@@ -265,6 +265,18 @@ def run(args) -> dict:
     out["unconstrained_valid_share"] = {"top1": float((free[:, 0] >= 0).float().mean()),
                                         "all_beams": float((free >= 0).float().mean())}
 
+    # The bf16 option (TigerConfig.bf16, off by default): autocast matrix products, in training
+    # (its own run, same seed and steps) and in beam search on the fast model's float32 weights.
+    bf_cfg = replace(base, bf16=True)
+    bf_model, _, tk_bf, bf_sps = _train(split, sid_map, bf_cfg)
+    bfi, bf_ups = _rank(_as(fast_model, bf_cfg), tk_bf, hist, users, masked, bf_cfg)
+    bf_hit = topk_metrics(_rank(bf_model, tk_bf, hist, users, masked, bf_cfg)[0], split.valid_target[users])["hit@10"]
+    out["bf16"] = {"steps_per_s": bf_sps, "ratio_train_vs_reference": bf_sps / ref_sps,
+                   "users_per_s": bf_ups, "ratio_rank_vs_reference": bf_ups / ref_ups,
+                   "same_top10_as_fp32_fast": float((bfi == fi).all(1).mean()),
+                   "valid_hit@10": bf_hit, "note": "trained its own run (same seed, steps); ranking on the "
+                   "fast model's weights, so same_top10 isolates the decode change"}
+
     tgt = split.valid_target[users]
     ri2, _ = _rank(ref_model.eval(), tk_ref, hist, users, masked, ref_cfg)
     out["valid_hit@10"] = {"reference": topk_metrics(ri2, tgt)["hit@10"], "fast": topk_metrics(fi, tgt)["hit@10"],
@@ -306,6 +318,10 @@ def main(argv=None) -> dict:
     print(f"no-trie valid beams: top-1 {res['unconstrained_valid_share']['top1']:.3f}  "
           f"all {res['unconstrained_valid_share']['all_beams']:.3f}")
     print(f"valid hit@10 reference {res['valid_hit@10']['reference']:.4f}  fast {res['valid_hit@10']['fast']:.4f}")
+    b = res["bf16"]
+    print(f"bf16 option: train {b['steps_per_s']:.2f} steps/s ({b['ratio_train_vs_reference']:.2f}x reference), rank "
+          f"{b['users_per_s']:.0f} users/s ({b['ratio_rank_vs_reference']:.2f}x), same top-10 as fp32 fast "
+          f"{b['same_top10_as_fp32_fast']:.3f}, valid hit@10 {b['valid_hit@10']:.4f}")
     c = res["cornac"]
     if isinstance(c, dict):
         print(f"cornac {c['version']}: train {c['steps_per_s']:.2f} steps/s"

@@ -145,6 +145,29 @@ def test_din_beats_random_on_learnable_signal_and_is_seeded(planted):
     assert (per_user["p"] == 1).all() and (per_user["n"] == 5).all()
 
 
+def test_evaluate_all_in_worker_processes_matches_inline(planted):
+    """jobs=2 trains the runs in two spawned workers (one torch thread each) and gathers them in
+    order: every number equals the inline run with one thread."""
+    d, _ = planted
+    kw = dict(seeds=(0, 1), tiger_config=TigerConfig(**SMALL, epochs=2, max_steps=5, threads=1),
+              din_config=DINConfig(epochs=1, batch_size=256, threads=1), disc_models=("DIN", "DIEN"),
+              split_kwargs={"min_core": 0})
+    inline = evaluate_all(d.interactions, d.items, d.sids, jobs=1, **kw)
+    logged = []
+    pooled = evaluate_all(d.interactions, d.items, d.sids, jobs=2, log=logged.append, **kw)
+    timing = pl.col("metric") != "cpu_seconds"
+    assert inline.runs.height == pooled.runs.height > 0
+    assert inline.runs.filter(timing).equals(pooled.runs.filter(timing))
+    assert inline.table1.equals(pooled.table1) and inline.table2.equals(pooled.table2)
+    assert inline.user_scores.equals(pooled.user_scores)
+    for m in ("hgit", "rqvae"):
+        np.testing.assert_array_equal(inline.tiger_results[m].topk_idx["test"], pooled.tiger_results[m].topk_idx["test"])
+    finished = [(r["model"], r["variant"], r["seed"]) for r in logged if "epoch" not in r and r["model"] != "heuristic"]
+    assert len(finished) == 2 * (2 + 2 * 3)  # per seed: 2 TIGER runs, DIN and DIEN on Origin + 2 methods
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        evaluate_all(d.interactions, d.items, d.sids, jobs=0, **kw)
+
+
 def test_evaluate_all_tables_and_cache(planted, tmp_path):
     d, _ = planted
     res = evaluate_all(

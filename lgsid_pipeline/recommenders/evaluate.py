@@ -12,12 +12,21 @@
 over the same seeds, and adds seed statistics (Table 5 shape: mean ± SD, t-based 95% CI,
 median (IQR), Wilcoxon signed-rank against the best baseline), the reachability of top-K
 lists, and a per-city breakdown (users grouped by the city of their test target).
+
+The runs (variant x seed x model) are independent. ``jobs > 1`` trains them in that many
+worker processes (spawned, so no thread pool of the parent is forked), each with one torch
+thread; results are gathered in the sequential order, so every table is the same as with
+``jobs=1`` and one torch thread. A time cap (``TigerConfig.max_seconds``) then buys fewer steps per
+run, so parallel runs should use a step budget (``max_steps``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +47,9 @@ TIGER_METRICS = ("test_hit@5", "test_hit@10", "test_ndcg@5", "test_ndcg@10")
 DIN_METRICS = ("auc", "gauc")
 ORIGIN = "Origin"
 DISC_MODELS = ("DIN", "DIEN")  # discriminative models (AUC / GAUC, Table 1), in table order
+# Worker processes for the runs: two fill the 2-core machine the demo is sized for (two one-thread
+# TIGER runs finish more steps per second than one two-thread run); more where there are more cores.
+DEFAULT_JOBS = min(2, os.cpu_count() or 1)
 
 
 @dataclass
@@ -153,6 +165,63 @@ def _tagged(log, model: str, variant: str, seed: int):
     return lambda rec: log({"model": model, "variant": variant, "seed": seed, **rec})
 
 
+_TRAIN = {"DIN": train_and_evaluate_din, "DIEN": train_and_evaluate_dien}
+_WORKER: dict = {}  # the split and SID frames, sent once to each worker process
+
+
+def _init_worker(split: SplitData, sids: dict[str, pl.DataFrame]) -> None:
+    from ..progress import ENV
+
+    os.environ.pop(ENV, None)  # one terminal: the parent's bar counts finished runs, workers draw none
+    _WORKER.update(split=split, sids=sids)
+
+
+def _run_job(model: str, variant: str, cfg, split: SplitData | None = None, sids: dict | None = None, log=None):
+    """One run: TIGER on ``variant``'s SIDs, or a discriminative ``model`` (``variant`` may be
+    Origin, the ID-only model). In a worker the split and SIDs come from :func:`_init_worker`."""
+    split = _WORKER["split"] if split is None else split
+    sids = _WORKER["sids"] if sids is None else sids
+    if model == "TIGER":
+        return train_and_evaluate_tiger(split, sids[variant], cfg, log=log)
+    return _TRAIN[model](split, None if variant == ORIGIN else sids[variant], cfg)
+
+
+class _Runs:
+    """Runs jobs in order: inline (``jobs=1``) or on a pool of ``jobs`` spawned workers with one
+    torch thread each; ``result(i)`` returns job ``i``'s result either way."""
+
+    def __init__(self, jobs: int, split: SplitData, sids: dict[str, pl.DataFrame], log) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
+        self.jobs, self.split, self.sids, self.log = jobs, split, sids, log
+        self.queue: list[tuple[str, str, int, object]] = []
+        self.pool: ProcessPoolExecutor | None = None
+        self.futures: list[Future] = []
+
+    def add(self, model: str, variant: str, seed: int, cfg) -> None:
+        cfg = _with_seed(cfg, seed)
+        self.queue.append((model, variant, seed, replace(cfg, threads=1) if self.jobs > 1 else cfg))
+
+    def __enter__(self) -> "_Runs":
+        if self.jobs > 1 and len(self.queue) > 1:
+            self.pool = ProcessPoolExecutor(max_workers=min(self.jobs, len(self.queue)),
+                                            mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_init_worker, initargs=(self.split, self.sids))
+            self.futures = [self.pool.submit(_run_job, m, v, cfg) for m, v, _, cfg in self.queue]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def result(self, i: int):
+        if self.pool is not None:
+            return self.futures[i].result()
+        model, variant, seed, cfg = self.queue[i]
+        log = _tagged(self.log, model, variant, seed) if model == "TIGER" else None
+        return _run_job(model, variant, cfg, self.split, self.sids, log)
+
+
 def evaluate_all(
     interactions: pl.DataFrame,
     items: pl.DataFrame,
@@ -173,12 +242,14 @@ def evaluate_all(
     run_din: bool = True,
     split_kwargs: dict | None = None,
     log=None,
+    jobs: int = 1,
 ) -> EvaluationResult:
     """Train and score every variant on one split and the same seeds; see the module docstring.
 
     ``ours`` names the method whose IMP is reported (default: ``"hgit"`` when present).
     ``disc_models`` names the discriminative models (of ``DISC_MODELS``) run when ``run_din``;
     DIEN takes ``dien_config``, by default ``din_config``'s settings with DIEN's ``aux_weight``.
+    ``jobs`` > 1 trains the runs in that many worker processes (see the module docstring).
     """
     if not seeds:
         raise ValueError("seeds must not be empty")
@@ -188,10 +259,7 @@ def evaluate_all(
         raise ValueError(f"unknown disc_models {unknown}; choose from {list(DISC_MODELS)}")
     tiger_config = tiger_config or TigerConfig()
     din_config = din_config or DINConfig()
-    disc = {
-        "DIN": (train_and_evaluate_din, din_config),
-        "DIEN": (train_and_evaluate_dien, dien_config or DIENConfig.from_din(din_config)),
-    }
+    disc_config = {"DIN": din_config, "DIEN": dien_config or DIENConfig.from_din(din_config)}
     split = next_item_split(interactions, known_items=items["item_id"], **(split_kwargs or {}))
     all_methods: list[str] = []
     if sid_frame is not None and sid_frame.height:
@@ -254,38 +322,36 @@ def evaluate_all(
         if log:
             log({"model": "heuristic", "variant": h, **r.metrics})
 
-    n_runs = len(seeds) * ((len(methods) if run_tiger else 0)
-                           + (len(disc_models) * (len(methods) + 1) if run_din else 0))
-    finished = 0
+    runner = _Runs(jobs, split, sids, log)
     for seed in seeds:
         if run_tiger:
             for m in methods:
-                cfg = _with_seed(tiger_config, seed)
-                res = train_and_evaluate_tiger(split, sids[m], cfg, log=_tagged(log, "TIGER", m, seed))
-                record("TIGER", m, seed, res.metrics, res.cpu_seconds)
-                reach("TIGER", m, seed, res.topk_idx["test"])
-                hit, ndcg = per_user("TIGER", m, res.topk_idx["test"])
-                if city_of_target is not None:
-                    city_rows += _per_city_rows("TIGER", m, seed, hit, ndcg, city_of_target)
-                if m not in tiger_results:
-                    tiger_results[m] = res
-                if log:
-                    log({"model": "TIGER", "variant": m, "seed": seed, **res.metrics})
-                finished += 1
-                advance("evaluation runs", finished, n_runs, unit="run")
+                runner.add("TIGER", m, seed, tiger_config)
         for model in disc_models if run_din else ():
-            train, base_cfg = disc[model]
             for variant in [ORIGIN, *methods]:
-                cfg = _with_seed(base_cfg, seed)
-                res = train(split, None if variant == ORIGIN else sids[variant], cfg)
+                runner.add(model, variant, seed, disc_config[model])
+    n_runs = len(runner.queue)
+    with runner:
+        for i, (model, variant, seed, _) in enumerate(runner.queue):
+            res = runner.result(i)
+            if model == "TIGER":
+                record("TIGER", variant, seed, res.metrics, res.cpu_seconds)
+                reach("TIGER", variant, seed, res.topk_idx["test"])
+                hit, ndcg = per_user("TIGER", variant, res.topk_idx["test"])
+                if city_of_target is not None:
+                    city_rows += _per_city_rows("TIGER", variant, seed, hit, ndcg, city_of_target)
+                if variant not in tiger_results:
+                    tiger_results[variant] = res
+                if log:
+                    log({"model": "TIGER", "variant": variant, "seed": seed, **res.metrics})
+            else:
                 metrics = {**res.metrics, "test_samples": res.test_scores.height}
                 record(model, variant, seed, metrics, res.cpu_seconds)
                 if user_city:
                     city_rows += _din_city_rows(variant, seed, res, user_city, model)
                 if log:
                     log({"model": model, "variant": variant, "seed": seed, **res.metrics})
-                finished += 1
-                advance("evaluation runs", finished, n_runs, unit="run")
+            advance("evaluation runs", i + 1, n_runs, unit="run")
 
     runs_df = pl.DataFrame(runs, schema={"model": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64, "metric": pl.Utf8, "value": pl.Float64})
     table1 = _table1(runs_df)
@@ -356,8 +422,6 @@ def _user_scores(user_means: dict[tuple[str, str], np.ndarray], user_runs: dict[
 
 
 def _with_seed(cfg, seed):
-    from dataclasses import replace
-
     return replace(cfg, seed=seed)
 
 

@@ -71,6 +71,10 @@ class TigerConfig:
     threads: int | None = None
     fast: bool = True  # lean forward + level-sliced head + KV-cached beam search; False = nn.Transformer reference
     length_buckets: int = 16  # sort each run of this many batches by history length (less padding); 0 = plain shuffle
+    # bfloat16 autocast of the matrix products in training and beam search (weights, optimiser,
+    # losses and beam scores stay float32). Off by default: it changes the numbers, and the
+    # real-data tables were measured in float32 (benchmarks/results/speed.md).
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.beams < self.k + 1:
@@ -350,9 +354,14 @@ class TigerModel(nn.Module):
         for lvl in range(codec.levels):
             off, size = int(codec.offsets[lvl]), int(codec.sizes[lvl])
             total = total + nn.functional.cross_entropy(
-                self.level_logits(h[:, lvl], off, size), tgt[:, lvl] - off, reduction="sum"
+                self.level_logits(h[:, lvl], off, size).float(), tgt[:, lvl] - off, reduction="sum"
             )
         return total / tgt.numel()
+
+
+def _autocast(cfg: TigerConfig):
+    """bfloat16 autocast where ``cfg.bf16`` asks for it; a no-op context otherwise."""
+    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
 
 def _user_token(user_ids: list[str], buckets: int, base: int) -> np.ndarray:
@@ -505,6 +514,11 @@ def beam_search(
     -inf for dead beams), best first.
     """
     model.eval()
+    with _autocast(model.cfg):
+        return _beam_search(model, codec, src, beams, allowed, constrained)
+
+
+def _beam_search(model, codec, src, beams, allowed, constrained):
     dev = src.device
     memory, mem_pad = model.encode(src)
     b = src.shape[0]
@@ -674,7 +688,8 @@ def train_tiger(split: SplitData, sids, config: TigerConfig | None = None, log=N
         for idx in _epoch_batches(perm, s_len, cfg, gen):
             src = tk.encoder_input(_trim(s_hist[idx], cfg), s_users[idx]).to(cfg.device)
             tgt = tk.decoder_target(s_tgt[idx]).to(cfg.device)
-            loss = model.train_loss(src, tgt, codec)
+            with _autocast(cfg):
+                loss = model.train_loss(src, tgt, codec)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
