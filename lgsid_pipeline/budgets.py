@@ -53,10 +53,10 @@ def sample_by_city(frame: pl.DataFrame, id_col: str, total: int | None, floor: i
     alloc = allocate(sizes, total, floor)
     quota = pl.DataFrame({city_col: list(alloc), "_quota": list(alloc.values())},
                          schema={city_col: frame.schema[city_col], "_quota": pl.Int64})
-    picked = (ids.join(quota, on=city_col)
+    picked = (ids.join(quota, on=city_col, maintain_order="left")  # the shuffle below ranks rows in this order
               .with_columns(pl.int_range(pl.len()).shuffle(seed=seed).over(city_col).alias("_r"))
               .filter(pl.col("_r") < pl.col("_quota")))
-    return frame.join(picked.select(id_col), on=id_col), alloc
+    return frame.join(picked.select(id_col), on=id_col, maintain_order="left"), alloc
 
 
 def allocation_summary(alloc: Mapping[str, int], sizes: Mapping[str, int] | None = None) -> dict:

@@ -285,6 +285,11 @@ class LgsidHome(dg.ConfigurableResource):
         lf = pl.scan_delta(self.table_uri(name), storage_options=self.delta_storage_options())
         if cities is not None:
             lf = lf.filter(pl.col("city_key").is_in(cities))
+        # Rows in city order (stable inside a city): the Delta log lists partitions' files in
+        # the order they were written, which differs between runs, and seeded samples
+        # downstream (anchors, pairs, held-out items) index rows.
+        if "city_key" in lf.collect_schema().names():
+            lf = lf.sort("city_key", maintain_order=True)
         return lf
 
     def read(self, name: str, cities: list[str] | None = None) -> pl.DataFrame:
@@ -375,7 +380,9 @@ class RetryingDeltaLakePolarsTypeHandler(DeltaLakePolarsTypeHandler):
         column, keys = several
         check_delta_log(connection.table_uri)
         lf = pl.scan_delta(connection.table_uri, storage_options=connection.storage_options or None)
-        lf = lf.filter(pl.col(column).is_in(keys))
+        # Cities in key order (stable inside a city): the Delta log's file order differs between
+        # runs, and seeded samples downstream index rows.
+        lf = lf.filter(pl.col(column).is_in(keys)).sort(column, maintain_order=True)
         if table_slice.columns is not None:
             lf = lf.select(table_slice.columns)
         return lf if context.dagster_type.typing_type == pl.LazyFrame else lf.collect()

@@ -163,3 +163,20 @@ def test_auto_dtype_falls_back_to_float32_when_the_probe_misses_or_no_bf16(bert_
     plain = _enc(bert_dir, dtype="auto")
     assert plain.fast_check == {"encode_dtype": "float32", "fast_path": "no native bfloat16 on this device"}
     np.testing.assert_array_equal(plain.encode(TEXTS), exact.encode(TEXTS))
+
+
+def test_embed_batch_in_length_sorted_chunks_equals_one_padded_batch(bert_dir):
+    """More than EMBED_CHUNK texts run as length-sorted chunks: same embeddings and gradients as
+    one batch padded to the longest text, in the caller's order."""
+    import lgsid_pipeline.encoder as encoder_mod
+
+    enc = _enc(bert_dir, pooling="mean")
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(TEXTS, size=int(rng.integers(1, 5)))) for _ in range(3 * encoder_mod.EMBED_CHUNK + 5)]
+    chunked = enc.embed_batch(texts)
+    whole = enc._forward(enc.model, enc.tokenize(texts))
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    weight = enc.model.embeddings.word_embeddings.weight
+    g1 = torch.autograd.grad((chunked * torch.arange(chunked.shape[1])).sum(), weight)[0]
+    g2 = torch.autograd.grad((whole * torch.arange(whole.shape[1])).sum(), weight)[0]
+    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-4)
