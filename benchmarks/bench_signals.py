@@ -190,6 +190,41 @@ def step_pairs_naive(items: pl.DataFrame, inter: pl.DataFrame, args) -> dict:
             "gram_nnz": int(g.nnz)}
 
 
+def _step_pairs_workers(workers: int | None):
+    """``cooccurrence_pairs`` at s_th = 1 with ``workers`` block threads (None = the default, both
+    cores; 1 = the single-thread code the threads replaced). One subprocess each, so each peak
+    RSS is its own."""
+    def step(items: pl.DataFrame, inter: pl.DataFrame, args) -> dict:
+        from lgsid_pipeline.cooccurrence import DEFAULT_WORKERS, cooccurrence_pairs
+
+        w = DEFAULT_WORKERS if workers is None else workers
+        t = time.perf_counter()
+        res = cooccurrence_pairs(inter, s_th=1, max_history=50, workers=w)
+        pairs = res.pairs
+        digest = pairs.hash_rows(seed=0).sum()  # the frame's content: equal digests = identical pairs
+        return {"seconds": round(time.perf_counter() - t, 2), "workers": w, "n_pairs": pairs.height,
+                "pairs_digest": int(digest)}
+    return step
+
+
+def step_pairs_naive_capped(items: pl.DataFrame, inter: pl.DataFrame, args) -> dict:
+    """scipy ``X.T @ X`` of the same capped binary matrix ours counts (each user's 50 most recent
+    distinct items), then the upper triangle and ``> 1``: the same pairs as ours at s_th = 1, so
+    the like-for-like baseline of the speed target."""
+    import scipy.sparse as sp
+
+    from lgsid_pipeline.cooccurrence import capped_histories
+
+    t = time.perf_counter()
+    h = capped_histories(inter, 50)
+    u = h["user_id"].rank("dense").cast(pl.Int64).to_numpy() - 1
+    i = h["item_id"].rank("dense").cast(pl.Int64).to_numpy() - 1
+    x = sp.csr_matrix((np.ones(u.size, np.int32), (u, i)), shape=(u.max() + 1, i.max() + 1))
+    g = sp.triu(x.T @ x, k=1).tocoo()
+    n_pairs = int((g.data > 1).sum())
+    return {"seconds": round(time.perf_counter() - t, 2), "n_pairs_s_th_1": n_pairs, "gram_nnz": int(g.nnz)}
+
+
 def step_negatives(items: pl.DataFrame, inter: pl.DataFrame, args) -> dict:
     from lgsid_pipeline.negatives import distance_ranked_negatives
 
@@ -238,6 +273,9 @@ def step_negatives_naive(items: pl.DataFrame, inter: pl.DataFrame, args) -> dict
 STEPS = {
     "pairs": step_pairs,
     "pairs_naive": step_pairs_naive,
+    "pairs_1thread": _step_pairs_workers(1),
+    "pairs_threads": _step_pairs_workers(None),
+    "pairs_naive_capped": step_pairs_naive_capped,
     "negatives": step_negatives,
     "negatives_naive": step_negatives_naive,
 }

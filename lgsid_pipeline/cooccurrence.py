@@ -19,11 +19,16 @@ Implementation (never an N x N dense matrix):
 5. Eq. 5 counts are the upper triangle of X^T X, computed in row blocks of X^T sized by their
    multiply-adds, each block filtered to s > s_th as soon as it is produced, so the peak
    memory is one block's output plus the kept pairs.
+6. ``workers`` threads multiply blocks at once (scipy's sparse product releases the GIL); the
+   block size is divided by ``workers``, so the blocks in flight hold as much memory as one
+   block did. The pairs do not depend on ``workers`` (tested).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +49,10 @@ PAIR_SCHEMA: dict[str, pl.DataType] = {
 }
 
 _BLOCK_WORK = 40_000_000
-"""Target multiply-adds per block of X^T X (bounds the memory of one block's output)."""
+"""Target multiply-adds of the blocks in flight of X^T X (bounds the memory of their output)."""
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
+"""Threads for the block products: two use both cores of the 2-core machine (the product stage
+2.1x faster at 1M items; the whole call 1.37x at 2.3M, benchmarks/results/speed.md)."""
 
 
 def default_threshold(n_interactions: int, n_items: int) -> int:
@@ -164,36 +172,45 @@ def capped_histories(interactions: pl.DataFrame, max_history: int) -> pl.DataFra
     return pl.DataFrame({"user_id": user_ids.gather(u), "item_id": item_ids.gather(x.indices)})
 
 
-def _pair_blocks(x: sp.csr_matrix, s_th: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Upper-triangle entries of X^T X with value > s_th, computed block by block."""
+def _pair_blocks(x: sp.csr_matrix, s_th: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Upper-triangle entries of X^T X with value > s_th, computed block by block (``workers``
+    blocks at a time, each ``1 / workers`` of the single-thread block size)."""
     n_items = x.shape[1]
     xt = x.T.tocsr()  # items x users
     user_len = np.diff(x.indptr).astype(np.int64)
     # Multiply-adds of row j of X^T X: sum over the users of j of their history length.
     row_work = xt @ user_len
-    block_id = np.cumsum(row_work) // _BLOCK_WORK
+    block_id = np.cumsum(row_work) // max(_BLOCK_WORK // workers, 1)
     bounds = [0, *(np.flatnonzero(np.diff(block_id)) + 1).tolist(), n_items]
-    rows, cols, vals = [], [], []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        if hi <= lo:
-            continue
+    blocks = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+    def one(block_rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lo, hi = block_rows
         block = xt[lo:hi] @ x  # rows lo..hi-1 of X^T X, CSR
         pos = np.flatnonzero(block.data > s_th)  # most entries are small: filter first
         r = np.searchsorted(block.indptr, pos, side="right") - 1 + lo
         c = block.indices[pos]
         upper = c > r
-        rows.append(r[upper].astype(np.int64))
-        cols.append(c[upper].astype(np.int64))
-        vals.append(block.data[pos[upper]].astype(np.int64))
-        del block
-    if not rows:
+        r, c, v = r[upper].astype(np.int64), c[upper].astype(np.int64), block.data[pos[upper]].astype(np.int64)
+        # Row-major order (a product's column indices are unsorted within a row); the blocks
+        # follow each other in row order, so the concatenation is sorted by (item_a, item_b).
+        order = np.argsort(r * n_items + c)  # distinct keys: any sort gives this order
+        return r[order], c[order], v[order]
+
+    if workers > 1 and len(blocks) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(one, blocks))  # in block order: the same arrays as one thread
+    else:
+        parts = [one(b) for b in blocks]
+    if not parts:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
 def cooccurrence_pairs(
-    interactions: pl.DataFrame, *, s_th: int | None = None, max_history: int = 50
+    interactions: pl.DataFrame, *, s_th: int | None = None, max_history: int = 50,
+    workers: int = DEFAULT_WORKERS,
 ) -> CooccurrenceResult:
     """Eq. 5 co-occurrence pairs with s > s_th over one city's interactions.
 
@@ -203,6 +220,8 @@ def cooccurrence_pairs(
     """
     if s_th is not None and s_th < 0:
         raise ValueError(f"s_th must be >= 0, got {s_th}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     x, user_ids, item_ids = _history_matrix(interactions, max_history)
     n_items_total = item_ids.len()
     threshold = (
@@ -218,9 +237,14 @@ def cooccurrence_pairs(
     x = x[np.flatnonzero(np.diff(x.indptr) >= 2)]
 
     if x.nnz:
-        a, b, s = _pair_blocks(x, threshold)  # Eq. 5, restricted to s > s_th
-        # Score desc, then item_a, item_b (codes follow the ids' string order).
-        order = np.lexsort((b, a, -s))
+        a, b, s = _pair_blocks(x, threshold, workers)  # Eq. 5, restricted to s > s_th
+        # Score desc, then item_a, item_b (codes follow the ids' string order): the pairs come
+        # sorted by (item_a, item_b), so a stable sort by score alone gives it (a radix sort when
+        # scores fit in 16 bits: linear, where a 3-key lexsort of 47M pairs took most of the time).
+        neg = -s
+        if s.size and s.max() < 2**15:
+            neg = neg.astype(np.int16)
+        order = np.argsort(neg, kind="stable")
         a, b, s = a[order], b[order], s[order]
         n_items_in_pairs = int(np.count_nonzero(np.bincount(np.r_[a, b], minlength=1)))
         pairs = pl.DataFrame(

@@ -60,10 +60,15 @@ def test_matches_brute_force_on_random_data(s_th, monkeypatch):
     df = _random_interactions()
     expected = _brute(df, s_th)
     assert _as_dict(cooccurrence_pairs(df, s_th=s_th, max_history=1000)) == expected
-    # Force many small blocks of X^T X: same answer.
+    # Force many small blocks of X^T X: same answer, with one thread or several at once (the
+    # frame is identical, row order included).
     monkeypatch.setattr(cooc, "_BLOCK_WORK", 7)
-    res = cooccurrence_pairs(df, s_th=s_th, max_history=1000)
+    res = cooccurrence_pairs(df, s_th=s_th, max_history=1000, workers=1)
     assert _as_dict(res) == expected
+    for workers in (2, 3):
+        assert cooccurrence_pairs(df, s_th=s_th, max_history=1000, workers=workers).pairs.equals(res.pairs)
+    # sorted by score desc, then item_a, item_b (string order)
+    assert res.pairs.equals(res.pairs.sort(["score", "item_a", "item_b"], descending=[True, False, False]))
     assert all(a < b for a, b in expected)
     if expected:
         assert res.metrics["score_max"] == max(expected.values())
@@ -153,3 +158,9 @@ def test_history_cap_matches_brute_force(max_history):
     got = cooc.capped_histories(df, max_history)
     assert sorted(got.rows()) == sorted(ref.rows())
     assert _as_dict(cooccurrence_pairs(df, s_th=0, max_history=max_history)) == _brute(ref, 0)
+
+
+def test_workers_must_be_positive():
+    df = pl.DataFrame({"user_id": ["u1", "u1"], "item_id": ["a", "b"]})
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        cooccurrence_pairs(df, s_th=0, workers=0)
