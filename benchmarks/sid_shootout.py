@@ -125,10 +125,14 @@ def ranked_items(split: SplitData, items: pl.DataFrame) -> pl.DataFrame:
     return vocab.join(items.unique("item_id", keep="first"), on="item_id", how="left", maintain_order="left")
 
 
-def origin_embeddings(prompts: list[str], cache: Path, encoder: str | None) -> np.ndarray:
+def origin_embeddings(prompts: list[str], cache: Path, encoder: str | None, dtype: str = "float32") -> np.ndarray:
+    """Origin embeddings of ``prompts``, cached by their text and the encoder's version.
+
+    ``dtype`` defaults to the exact float32 path, the one the recorded tables were measured
+    with; ``"auto"`` is the pipeline's default (bfloat16 inference where the CPU has it)."""
     from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
 
-    enc = TextEncoder(EncoderConfig(model_path=encoder, device="cpu"))
+    enc = TextEncoder(EncoderConfig(model_path=encoder, device="cpu", dtype=dtype))
     key = hashlib.sha1(("\x1e".join(prompts) + enc.version).encode()).hexdigest()[:16]
     path = cache / f"origin-{key}.npy"
     if path.is_file():
@@ -268,7 +272,7 @@ def run(args: argparse.Namespace) -> dict:
     template = prompt_template(args.template, args.instruction)
     prompts = build_prompts(ranked, template=template)
     specs = [parse_method(m, args.dedup_order) for m in args.methods]
-    X = {"origin": origin_embeddings(prompts, Path(args.cache), args.encoder)}
+    X = {"origin": origin_embeddings(prompts, Path(args.cache), args.encoder, args.encoder_dtype)}
     if any(s.embeddings == "aligned" for s in specs):
         if not args.aligned:
             raise SystemExit("error: a ':aligned' method needs --aligned PARQUET (item_id, embedding)")
@@ -436,6 +440,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="prompt template of the origin embeddings (paper: no coordinates line)")
     ap.add_argument("--instruction", action="store_true", help="prefix prompts with the paper's instruction")
     ap.add_argument("--encoder", default=None, help="model directory (default: the bundled all-MiniLM-L6-v2)")
+    ap.add_argument("--encoder-dtype", default="float32", choices=("float32", "auto"),
+                    help="float32 (default: how the recorded tables were measured) or auto (the pipeline's default)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in all (split across --jobs)")
     ap.add_argument("--jobs", type=int, default=2, help="TIGER/DIN runs in parallel processes")
     ap.add_argument("--runs", default=None,
