@@ -39,8 +39,9 @@ class EvaluationConfig(dg.Config):
                                         "default (2 epochs of the demo world) keeps the demo within its budget "
                                         "on 2 CPU cores; the real-data tables use 1,500.")
     jobs: int = Field(default=DEFAULT_JOBS, ge=1, description="Worker processes for the independent runs "
-                      "(variant x seed x model), one torch thread each; the tables are the same for any value "
-                      "(with a step budget). 1 = in this process, with torch's default threads.")
+                      "(variant x seed x model), one torch thread each, results in the sequential order. 1 = in "
+                      "this process, with torch's default threads (float reductions may then differ in "
+                      "the last bits from the one-thread workers).")
     din_epochs: int = Field(default=2, description="Training epochs of each discriminative run (DIN and DIEN).")
     disc_models: list[str] = Field(default=["DIN"], description=f"Discriminative models, of {list(DISC_MODELS)}. "
                                    "Each runs on every variant and seed, scored on the same impressions. A DIEN run "

@@ -16,7 +16,10 @@ and the same seed for both paths:
 - the share of beams that are real items when the search runs without the trie (top-1 and
   all 20 beams), on the trained model;
 - validation Hit@10 of both trained models over the same users (both paths trained the same
-  number of steps), to show the fast path learns the same.
+  number of steps), to show the fast path learns the same;
+- the ``TigerConfig.bf16`` option (off by default): its own training run (same seed and
+  steps), its beam search on the fast model's weights, and the share of users whose top-10
+  it keeps.
 
 Prints every figure with the ratio fast / reference and the 1-minute load average, and writes
 them to ``--out`` as JSON.

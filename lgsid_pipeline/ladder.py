@@ -188,7 +188,10 @@ def run_ladder(
         return x
 
     embeddings = {"origin": item_embeddings("Origin", encoder)}
-    reference = dict(zip(texts, embeddings["origin"]))  # E_ref of the true prompts, shared by rows
+    # E_ref of the true prompts, shared by rows. G-DPO's reference must come from the exact path
+    # the policy trains on: when encode() ran the bfloat16 copy, G-DPO encodes its own.
+    exact = encoder.fast_check["encode_dtype"] == encoder.identity["dtype"]
+    reference = dict(zip(texts, embeddings["origin"])) if exact else None
     lists, cooc, cooc_metrics = city_signals(items, interactions, neg_cfg)
     diag["cooccurrence"] = {"pairs": 0 if cooc is None else cooc.height, "cities": len(cooc_metrics)}
     rewards: dict[tuple[str, str], object] = {}

@@ -367,12 +367,13 @@ def distance_ranked_negatives(
     if far_share > 0 and far_items is None:
         raise ValueError("far_share > 0 needs far_items (items of other cities)")
     _check_items(items, "items")  # errors name the caller's rows, before any reordering
-    if far_items is not None:
+    if far_items is not None and far_share > 0:
         _check_items(far_items, "far_items")
+    if far_items is not None and "item_id" in far_items.columns:
+        far_items = far_items.sort("item_id", maintain_order=True)
     # The lists depend only on the items, never on their row order: a batch run reads the far pool
     # from several Delta partitions, whose order differs between runs (the seeded draws index rows).
     items = items.sort("item_id", maintain_order=True)
-    far_items = far_items.sort("item_id", maintain_order=True) if far_items is not None else None
     ids, lat, lon = _check_items(items, "items")
     if strategy == "distinct":
         return _distinct_negatives(items, ids, lat, lon, k=k, seed=seed, far_items=far_items, far_share=far_share,

@@ -16,7 +16,8 @@ lists, and a per-city breakdown (users grouped by the city of their test target)
 The runs (variant x seed x model) are independent. ``jobs > 1`` trains them in that many
 worker processes (spawned, so no thread pool of the parent is forked), each with one torch
 thread; results are gathered in the sequential order, so every table is the same as with
-``jobs=1`` and one torch thread. A time cap (``TigerConfig.max_seconds``) then buys fewer steps per
+``jobs=1`` and configs pinned to one torch thread (``threads=1``; with torch's default
+threads, float reductions may differ in the last bits). A time cap (``TigerConfig.max_seconds``) then buys fewer steps per
 run, so parallel runs should use a step budget (``max_steps``).
 """
 
@@ -173,7 +174,7 @@ def _init_worker(split: SplitData, sids: dict[str, pl.DataFrame]) -> None:
     from ..progress import ENV
 
     os.environ.pop(ENV, None)  # one terminal: the parent's bar counts finished runs, workers draw none
-    _WORKER.update(split=split, sids=sids)
+    _WORKER.update(split=split, sids=sids, inline=False)
 
 
 def _run_job(model: str, variant: str, cfg, split: SplitData | None = None, sids: dict | None = None, log=None):
@@ -182,7 +183,10 @@ def _run_job(model: str, variant: str, cfg, split: SplitData | None = None, sids
     split = _WORKER["split"] if split is None else split
     sids = _WORKER["sids"] if sids is None else sids
     if model == "TIGER":
-        return train_and_evaluate_tiger(split, sids[variant], cfg, log=log)
+        res = train_and_evaluate_tiger(split, sids[variant], cfg, log=log)
+        if not _WORKER.get("inline", True):
+            res.model = res.model.cpu()  # a CUDA tensor would come back through IPC tied to the worker
+        return res
     return _TRAIN[model](split, None if variant == ORIGIN else sids[variant], cfg)
 
 
@@ -199,15 +203,15 @@ class _Runs:
         self.futures: list[Future] = []
 
     def add(self, model: str, variant: str, seed: int, cfg) -> None:
-        cfg = _with_seed(cfg, seed)
-        self.queue.append((model, variant, seed, replace(cfg, threads=1) if self.jobs > 1 else cfg))
+        self.queue.append((model, variant, seed, _with_seed(cfg, seed)))
 
     def __enter__(self) -> "_Runs":
         if self.jobs > 1 and len(self.queue) > 1:
             self.pool = ProcessPoolExecutor(max_workers=min(self.jobs, len(self.queue)),
                                             mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_init_worker, initargs=(self.split, self.sids))
-            self.futures = [self.pool.submit(_run_job, m, v, cfg) for m, v, _, cfg in self.queue]
+            self.futures = [self.pool.submit(_run_job, m, v, replace(cfg, threads=1))
+                            for m, v, _, cfg in self.queue]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -216,7 +220,8 @@ class _Runs:
 
     def result(self, i: int):
         if self.pool is not None:
-            return self.futures[i].result()
+            res, self.futures[i] = self.futures[i].result(), None  # the caller keeps what it needs
+            return res
         model, variant, seed, cfg = self.queue[i]
         log = _tagged(self.log, model, variant, seed) if model == "TIGER" else None
         return _run_job(model, variant, cfg, self.split, self.sids, log)
