@@ -261,6 +261,20 @@ class TextEncoder:
         return self.tokenizer(list(texts), padding=True, truncation=True,
                               max_length=max_length or self.config.max_length, return_tensors="pt")
 
+    def _unpadded(self, texts: Sequence[str], max_length: int | None):
+        """Tokenise once without padding; returns (``pad(rows)``: the batch of those rows padded to
+        their own longest, token lengths)."""
+        enc = self.tokenizer(list(texts), padding=False, truncation=True,
+                             max_length=max_length or self.config.max_length)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        lengths = np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
+
+        def pad(rows) -> dict[str, torch.Tensor]:
+            return self.tokenizer.pad([{k: enc[k][i] for k in keys} for i in rows], padding=True,
+                                      return_tensors="pt")
+
+        return pad, lengths
+
     def embed_batch(self, texts: Sequence[str], model: torch.nn.Module | None = None,
                     max_length: int | None = None) -> torch.Tensor:
         """Differentiable embeddings (B, d) of ``texts`` through ``model`` (default: this one).
@@ -276,14 +290,9 @@ class TextEncoder:
         model = self.model if model is None else model
         if len(texts) <= EMBED_CHUNK:
             return self._forward(model, self.tokenize(texts, max_length))
-        enc = self.tokenizer(list(texts), padding=False, truncation=True,
-                             max_length=max_length or self.config.max_length)
-        order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-        parts = []
-        for idx in np.array_split(order, -(-len(texts) // EMBED_CHUNK)):
-            feats = [{k: enc[k][i] for k in keys} for i in idx]
-            parts.append(self._forward(model, self.tokenizer.pad(feats, padding=True, return_tensors="pt")))
+        pad, lengths = self._unpadded(texts, max_length)
+        order = np.argsort(lengths, kind="stable")
+        parts = [self._forward(model, pad(idx)) for idx in np.array_split(order, -(-len(texts) // EMBED_CHUNK))]
         back = torch.from_numpy(np.argsort(order, kind="stable")).to(parts[0].device)
         return torch.cat(parts)[back]
 
@@ -306,11 +315,8 @@ class TextEncoder:
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         bs = batch_size or self.config.batch_size
-        enc = self.tokenizer(list(texts), padding=False, truncation=True,
-                             max_length=max_length or self.config.max_length)
-        lengths = np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=n)
+        pad, lengths = self._unpadded(texts, max_length)
         order = np.argsort(-lengths, kind="stable")  # longest first: the first batch sizes memory
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
         out = np.empty((n, self.dim), dtype=np.float32)
         run = model if model is not None else (self._fast if self._fast is not None else self.model)
         t0 = time.perf_counter()
@@ -318,9 +324,7 @@ class TextEncoder:
         with torch.inference_mode():
             for start in range(0, n, bs):
                 idx = order[start:start + bs]
-                feats = [{k: enc[k][i] for k in keys} for i in idx]
-                batch = self.tokenizer.pad(feats, padding=True, return_tensors="pt")
-                out[idx] = self._forward(run, batch).cpu().numpy()
+                out[idx] = self._forward(run, pad(idx)).cpu().numpy()
                 done = min(start + bs, n)
                 now = time.perf_counter()
                 rate = done / max(now - t0, 1e-9)

@@ -174,17 +174,18 @@ def _init_worker(split: SplitData, sids: dict[str, pl.DataFrame]) -> None:
     from ..progress import ENV
 
     os.environ.pop(ENV, None)  # one terminal: the parent's bar counts finished runs, workers draw none
-    _WORKER.update(split=split, sids=sids, inline=False)
+    _WORKER.update(split=split, sids=sids)
 
 
 def _run_job(model: str, variant: str, cfg, split: SplitData | None = None, sids: dict | None = None, log=None):
     """One run: TIGER on ``variant``'s SIDs, or a discriminative ``model`` (``variant`` may be
     Origin, the ID-only model). In a worker the split and SIDs come from :func:`_init_worker`."""
-    split = _WORKER["split"] if split is None else split
-    sids = _WORKER["sids"] if sids is None else sids
+    in_worker = split is None
+    split = _WORKER["split"] if in_worker else split
+    sids = _WORKER["sids"] if in_worker else sids
     if model == "TIGER":
         res = train_and_evaluate_tiger(split, sids[variant], cfg, log=log)
-        if not _WORKER.get("inline", True):
+        if in_worker:
             res.model = res.model.cpu()  # a CUDA tensor would come back through IPC tied to the worker
         return res
     return _TRAIN[model](split, None if variant == ORIGIN else sids[variant], cfg)
