@@ -5,7 +5,7 @@ Usage:
         [--seeds 0,1,2] [--tiger-steps N] [--methods M,M,...] [--aligned PARQUET]
         [--dedup-order item_id|spatial|popularity] [--local-km 5] [--din-epochs 3]
         [--cache DIR] [--encoder DIR] [--codebook-size K] [--threads 2] [--jobs 2]
-        [--template paper|coordinates] [--instruction]
+        [--template paper|coordinates] [--instruction] [--paired-seeds] [--dry-run]
 
 What it does, in order:
 
@@ -215,11 +215,18 @@ def _one_run(task: tuple) -> tuple[tuple[str, int], dict]:
     return (name, seed), out
 
 
+# TigerConfig fields added after runs were recorded, with the value that reproduces the code
+# before them: a run with that value is keyed as before, so recorded runs stay reusable
+# (bf16=False computes exactly what the code before the option computed).
+_KEY_NEUTRAL = {"bf16": False}
+
+
 def _run_key(name: str, sids: np.ndarray, seed: int, ctx: dict) -> str:
     """What one saved run depends on: the SIDs, the seed, the TIGER/DIN configs and the split."""
     h = hashlib.sha1()
     h.update(np.ascontiguousarray(sids, dtype=np.int64).tobytes())
-    h.update(repr((name, seed, sorted(ctx["tiger_cfg"].__dict__.items()), sorted(ctx["din_cfg"].__dict__.items()),
+    tiger = sorted((k, v) for k, v in ctx["tiger_cfg"].__dict__.items() if _KEY_NEUTRAL.get(k, object()) != v)
+    h.update(repr((name, seed, tiger, sorted(ctx["din_cfg"].__dict__.items()),
                    ctx["din_epochs"], ctx["local_km"], ctx["split"].metadata())).encode())
     return h.hexdigest()[:16]
 
@@ -314,10 +321,14 @@ def run(args: argparse.Namespace) -> dict:
     runs = Path(args.runs) if args.runs else Path(args.out).with_suffix(".runs")
     tasks, entries, keys, done = [], {}, {}, {}
     for spec in specs:
-        sids, figures = build_sids(spec, X, ranked, sizes, args.levels, popularity, args.codebook_seed)
-        entries[spec.name] = {"family": spec.family, "tokenizer": spec.tokenizer, "embeddings": spec.embeddings,
-                              "dedup_order": spec.order, "collisions": figures, "tiger": [], "din": []}
+        fits: dict[int, tuple[np.ndarray, dict]] = {}
         for seed in args.seeds:
+            # --paired-seeds: run seed s fits its own codebooks with seed codebook_seed + s, so the
+            # spread over seeds includes the tokenizer's; otherwise one fit serves every seed
+            t_seed = args.codebook_seed + (seed if args.paired_seeds else 0)
+            if t_seed not in fits:
+                fits[t_seed] = build_sids(spec, X, ranked, sizes, args.levels, popularity, t_seed)
+            sids = fits[t_seed][0]
             keys[(spec.name, seed)] = k = _run_key(spec.name, sids, seed, ctx)
             saved = _load_run(runs, k)
             if saved is not None:
@@ -325,6 +336,15 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"{spec.name} seed {seed}: reusing the finished run {runs / (k + '.npz')}", flush=True)
             else:
                 tasks.append((spec.name, sids, seed))
+                print(f"{spec.name} seed {seed}: to run (key {k}, tokenizer seed {t_seed})", flush=True)
+        figs = [f for _, f in fits.values()]
+        entries[spec.name] = {"family": spec.family, "tokenizer": spec.tokenizer, "embeddings": spec.embeddings,
+                              "dedup_order": spec.order, "collisions": figs[0], "tiger": [], "din": []}
+        if len(figs) > 1:
+            entries[spec.name]["collisions_per_tokenizer_seed"] = {str(s): f for s, (_, f) in fits.items()}
+    if args.dry_run:
+        print(f"dry run: {len(tasks)} of {len(keys)} (method, seed) runs to train; {len(done)} reused", flush=True)
+        return {"dry_run": True, "to_run": [[t[0], t[2]] for t in tasks], "reused": [list(k) for k in done]}
     for key, r in _run_all(tasks, ctx, args.jobs):
         done[key] = r
         _save_run(runs, keys[key], r)
@@ -385,6 +405,7 @@ def run(args: argparse.Namespace) -> dict:
         "split": split.metadata(),
         "settings": {"seeds": args.seeds, "tiger_steps": args.tiger_steps, "din_epochs": args.din_epochs,
                      "codebook_sizes": sizes, "levels": args.levels, "codebook_seed": args.codebook_seed,
+                     "tokenizer_seed": "codebook_seed + run seed" if args.paired_seeds else "codebook_seed",
                      "local_km": args.local_km, "dedup": "append", "fitted_on": "the ranked (5-core) items",
                      "tiger": {k: v for k, v in tiger_cfg.__dict__.items()}, "threads": args.threads,
                      "jobs": args.jobs, "prompt_template": args.template, "instruction": args.instruction},
@@ -435,6 +456,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--levels", type=int, default=3)
     ap.add_argument("--codebook-size", type=int, default=None)
     ap.add_argument("--codebook-seed", type=int, default=0)
+    ap.add_argument("--paired-seeds", action="store_true",
+                    help="refit every tokenizer per run: seed s uses codebook seed CODEBOOK_SEED + s, so the "
+                         "seed spread and CIs include the tokenizer's variance (default: one fit for all seeds)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="fit the SIDs, list which (method, seed) runs are saved and which would train, and stop")
     ap.add_argument("--cache", default=str(ROOT / ".lgsid" / "shootout-cache"))
     ap.add_argument("--template", default=DEFAULT_TEMPLATE_NAME, choices=sorted(TEMPLATE_LINES),
                     help="prompt template of the origin embeddings (paper: no coordinates line)")
@@ -457,6 +483,8 @@ def main(argv=None) -> dict:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     result = run(args)
+    if result.get("dry_run"):
+        return result
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=float))

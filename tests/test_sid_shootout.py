@@ -114,3 +114,52 @@ def test_bad_method_names_are_clear_errors(tmp_path):
         sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "hgit@zz"])
     with pytest.raises(SystemExit, match="has no items.parquet"):
         sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "hgit"])
+
+
+def test_paired_seeds_refit_the_tokenizer_per_run_and_a_dry_run_trains_nothing(tmp_path, monkeypatch):
+    data = tiny_dataset(tmp_path / "tiny")
+    bert = build_tiny_bert(tmp_path / "bert")
+    common = ["--data", str(data), "--tiger-steps", "4", "--din-epochs", "0", "--encoder", str(bert),
+              "--cache", str(tmp_path / "cache"), "--threads", "1", "--codebook-size", "8", "--jobs", "1",
+              "--runs", str(tmp_path / "runs"), "--methods", "res_kmeans:origin", "--seeds", "0,1"]
+    fitted = []
+    real_build = sid_shootout.build_sids
+
+    def counting_build(spec, X, ranked, sizes, levels, popularity, seed):
+        fitted.append(seed)
+        return real_build(spec, X, ranked, sizes, levels, popularity, seed)
+
+    monkeypatch.setattr(sid_shootout, "build_sids", counting_build)
+    monkeypatch.setattr(sid_shootout, "train_and_evaluate_tiger", lambda *a, **k: pytest.fail("a dry run trained"))
+    plan = sid_shootout.main([*common, "--out", str(tmp_path / "d.json"), "--dry-run", "--paired-seeds"])
+    assert fitted == [0, 1]  # one fit per run seed, codebook seed 0 + s
+    assert plan["to_run"] == [["res_kmeans:origin", 0], ["res_kmeans:origin", 1]] and not (tmp_path / "d.json").exists()
+    fitted.clear()
+    sid_shootout.main([*common, "--out", str(tmp_path / "d.json"), "--dry-run"])
+    assert fitted == [0]  # without --paired-seeds one fit serves both seeds
+    monkeypatch.undo()
+    paired = sid_shootout.main([*common, "--out", str(tmp_path / "p.json"), "--paired-seeds"])
+    per_seed = paired["methods"]["res_kmeans:origin"]["collisions_per_tokenizer_seed"]
+    assert set(per_seed) == {"0", "1"}
+    assert paired["settings"]["tokenizer_seed"] == "codebook_seed + run seed"
+    # seed 0 of the paired run is the fixed-seed run's seed 0: the same SIDs, the same saved run
+    plan = sid_shootout.main([*common, "--out", str(tmp_path / "f.json"), "--dry-run", "--seeds", "0"])
+    assert plan["to_run"] == [] and plan["reused"] == [["res_kmeans:origin", 0]]
+
+
+def test_run_keys_ignore_config_fields_at_their_neutral_value():
+    from lgsid_pipeline.recommenders.tiger import TigerConfig
+
+    class _Split:
+        def metadata(self):
+            return {"users": 3}
+
+    sids = np.arange(6).reshape(3, 2)
+    ctx = {"tiger_cfg": TigerConfig(), "din_cfg": sid_shootout.DINConfig(), "din_epochs": 1, "local_km": 5.0,
+           "split": _Split()}
+    base = sid_shootout._run_key("m", sids, 0, ctx)
+    legacy = dict(ctx, tiger_cfg=TigerConfig())
+    del legacy["tiger_cfg"].__dict__["bf16"]  # a config recorded before the bf16 option existed
+    assert sid_shootout._run_key("m", sids, 0, legacy) == base
+    assert sid_shootout._run_key("m", sids, 0, dict(ctx, tiger_cfg=TigerConfig(bf16=True))) != base
+    assert sid_shootout._run_key("m", sids, 1, ctx) != base
