@@ -5,7 +5,7 @@ Usage:
         [--seeds 0,1,2] [--tiger-steps N] [--methods M,M,...] [--aligned PARQUET]
         [--dedup-order item_id|spatial|popularity] [--local-km 5] [--din-epochs 3]
         [--cache DIR] [--encoder DIR] [--codebook-size K] [--threads 2] [--jobs 2]
-        [--template paper|coordinates] [--instruction] [--paired-seeds] [--dry-run]
+        [--template paper|coordinates] [--instruction] [--paired-seeds] [--dry-run] [--hub-share 0.01]
 
 What it does, in order:
 
@@ -19,7 +19,9 @@ What it does, in order:
    ``hgit_geo_last:origin``, ``res_kmeans:origin``, ``rqvae:origin``, ``geo_prefix:origin``,
    ``gnpr_rqvae`` (RQ-VAE on GNPR-SID numeric features), ``random_id`` (control); ``:aligned``
    fits on the ``--aligned`` embeddings; ``@spatial`` / ``@popularity`` order the dedup digit
-   (training visit counts only, so nothing of the validation or test targets leaks);
+   (training visit counts only, so nothing of the validation or test targets leaks); ``+hubs``
+   gives the ``--hub-share`` most visited items (training visits) ID-like codes of their own
+   (``dedup.hub_codes``), e.g. ``hgit_geo_last:aligned+hubs``;
 4. TIGER (the same config and step budget for every method) and DIN, for every seed, plus the
    peer heuristics; per user Hit@10 / NDCG@10 on validation and test (averaged over seeds);
 5. per method: ``valid``, ``test``, ``test_no_airports`` (gowalla_nyc's LGA / JFK / EWR targets
@@ -67,7 +69,8 @@ from lgsid_pipeline.recommenders.stats import paired_over_users  # noqa: E402
 from lgsid_pipeline.recommenders.strata import stratified_scores, target_reachability, target_strata  # noqa: E402
 from lgsid_pipeline.recommenders.tiger import TigerConfig, _Tokens, train_and_evaluate_tiger  # noqa: E402
 from lgsid_pipeline.tokenizers import default_codebook_sizes, make_tokenizer  # noqa: E402
-from lgsid_pipeline.tokenizers.dedup import DEDUP_ORDERS, collision_figures, dedup_order_key, unique_sids  # noqa: E402
+from lgsid_pipeline.tokenizers.dedup import (DEDUP_ORDERS, collision_figures, dedup_order_key,  # noqa: E402
+                                              hub_codes, unique_sids)
 from lgsid_pipeline.tokenizers.features import gnpr_features  # noqa: E402
 
 DEFAULT_METHODS = ("hgit:origin", "hgit_geo_last:origin", "res_kmeans:origin", "rqvae:origin", "geo_prefix:origin",
@@ -82,6 +85,7 @@ class MethodSpec:
     tokenizer: str
     embeddings: str  # origin | aligned | gnpr | none
     order: str
+    hubs: bool = False  # the most visited items get ID-like codes of their own (dedup.hub_codes)
 
     @property
     def family(self) -> str:
@@ -91,22 +95,26 @@ class MethodSpec:
 
 
 def parse_method(spec: str, default_order: str) -> MethodSpec:
-    """``tokenizer[:embeddings][@order]`` -> MethodSpec (clear errors for unknown parts)."""
-    body, _, order = spec.partition("@")
+    """``tokenizer[:embeddings][@order][+hubs]`` -> MethodSpec (clear errors for unknown parts)."""
+    core, plus, extra = spec.partition("+")
+    if plus and extra != "hubs":
+        raise ValueError(f"method {spec!r}: unknown modifier {'+' + extra!r}; the one modifier is '+hubs'")
+    hubs = bool(plus)
+    body, _, order = core.partition("@")
     tok, _, emb = body.partition(":")
     order = order or default_order
     if order not in DEDUP_ORDERS:
         raise ValueError(f"method {spec!r}: unknown dedup order {order!r}; choose from {DEDUP_ORDERS}")
     if tok == "gnpr_rqvae":
-        return MethodSpec(spec, "rqvae", "gnpr", order)
+        return MethodSpec(spec, "rqvae", "gnpr", order, hubs)
     if tok == "random_id":
-        return MethodSpec(spec, "random_id", "origin", order)
+        return MethodSpec(spec, "random_id", "origin", order, hubs)
     if tok not in ("hgit", "hgit_geo_last", "res_kmeans", "rqvae", "geo_prefix"):
         raise ValueError(f"method {spec!r}: unknown tokenizer {tok!r}")
     emb = emb or "origin"
     if emb not in ("origin", "aligned"):
         raise ValueError(f"method {spec!r}: embeddings must be 'origin' or 'aligned', got {emb!r}")
-    return MethodSpec(spec, tok, emb, order)
+    return MethodSpec(spec, tok, emb, order, hubs)
 
 
 def load_dataset(data: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -155,17 +163,23 @@ def aligned_embeddings(path: Path, ranked: pl.DataFrame) -> np.ndarray:
 
 
 def build_sids(spec: MethodSpec, X: dict[str, np.ndarray], ranked: pl.DataFrame, sizes: list[int], levels: int,
-               popularity: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+               popularity: np.ndarray, seed: int, hub_share: float = 0.01) -> tuple[np.ndarray, dict]:
     emb = X[spec.embeddings]
     params = {"min_steps": 1000} if spec.tokenizer == "rqvae" else {}
     tok = make_tokenizer(spec.tokenizer, codebook_sizes=list(sizes), levels=levels, seed=seed, **params)
     t0 = time.perf_counter()
     codes = tok.fit(emb, ranked).transform(emb, ranked)
+    n_hubs = 0
+    if spec.hubs:
+        codes, hubs = hub_codes(codes, popularity, hub_share)
+        n_hubs = int(hubs.size)
     key = dedup_order_key(ranked, spec.order, popularity)
     sids, _ = unique_sids(codes, "append", order_key=key)
     figures = collision_figures(codes, sids)
     figures["fit_seconds"] = time.perf_counter() - t0
     figures["codebook_sizes"] = list(tok.codebook_sizes_)
+    if spec.hubs:
+        figures["hubs"] = n_hubs
     return sids, figures
 
 
@@ -327,7 +341,7 @@ def run(args: argparse.Namespace) -> dict:
             # spread over seeds includes the tokenizer's; otherwise one fit serves every seed
             t_seed = args.codebook_seed + (seed if args.paired_seeds else 0)
             if t_seed not in fits:
-                fits[t_seed] = build_sids(spec, X, ranked, sizes, args.levels, popularity, t_seed)
+                fits[t_seed] = build_sids(spec, X, ranked, sizes, args.levels, popularity, t_seed, args.hub_share)
             sids = fits[t_seed][0]
             keys[(spec.name, seed)] = k = _run_key(spec.name, sids, seed, ctx)
             saved = _load_run(runs, k)
@@ -453,6 +467,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--aligned", default=None)
     ap.add_argument("--dedup-order", default="item_id", choices=DEDUP_ORDERS)
     ap.add_argument("--local-km", type=float, default=5.0)
+    ap.add_argument("--hub-share", type=float, default=0.01,
+                    help="share of the items, most visited in training first, that a '+hubs' method gives ID-like codes")
     ap.add_argument("--levels", type=int, default=3)
     ap.add_argument("--codebook-size", type=int, default=None)
     ap.add_argument("--codebook-seed", type=int, default=0)

@@ -112,6 +112,8 @@ def test_bad_method_names_are_clear_errors(tmp_path):
         sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "nope"])
     with pytest.raises(SystemExit, match="unknown dedup order"):
         sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "hgit@zz"])
+    with pytest.raises(SystemExit, match="unknown modifier"):
+        sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "hgit+ids"])
     with pytest.raises(SystemExit, match="has no items.parquet"):
         sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "hgit"])
 
@@ -163,3 +165,20 @@ def test_run_keys_ignore_config_fields_at_their_neutral_value():
     assert sid_shootout._run_key("m", sids, 0, legacy) == base
     assert sid_shootout._run_key("m", sids, 0, dict(ctx, tiger_cfg=TigerConfig(bf16=True))) != base
     assert sid_shootout._run_key("m", sids, 1, ctx) != base
+
+
+def test_a_hubs_method_gives_the_most_visited_items_their_own_first_code(tmp_path):
+    spec = sid_shootout.parse_method("hgit_geo_last:aligned@spatial+hubs", "item_id")
+    assert (spec.tokenizer, spec.embeddings, spec.order, spec.hubs, spec.family) == (
+        "hgit_geo_last", "aligned", "spatial", True, "lgsid")
+    data = tiny_dataset(tmp_path / "tiny")
+    bert = build_tiny_bert(tmp_path / "bert")
+    res = sid_shootout.main(["--data", str(data), "--out", str(tmp_path / "h.json"), "--seeds", "0",
+                             "--tiger-steps", "4", "--din-epochs", "0", "--methods", "res_kmeans:origin,res_kmeans:origin+hubs",
+                             "--encoder", str(bert), "--cache", str(tmp_path / "cache"), "--threads", "1",
+                             "--codebook-size", "8", "--jobs", "1", "--hub-share", "0.05"])
+    plain, hubs = res["methods"]["res_kmeans:origin"], res["methods"]["res_kmeans:origin+hubs"]
+    n_ranked = res["split"]["items"]
+    assert hubs["collisions"]["hubs"] == int(np.ceil(0.05 * n_ranked)) > 0 and "hubs" not in plain["collisions"]
+    assert hubs["collisions"]["codebook_sizes"] == plain["collisions"]["codebook_sizes"]
+    assert 0.0 <= hubs["valid"]["hit@10"] <= 1.0

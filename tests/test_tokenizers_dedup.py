@@ -9,6 +9,7 @@ import torch
 
 from lgsid_pipeline.tokenizers import make_tokenizer
 from lgsid_pipeline.tokenizers.dedup import (
+    hub_codes,
     append_dedup_level,
     assign_unique,
     collision_rate,
@@ -181,3 +182,25 @@ def test_diagnostics_without_categories():
     d = tokenizer_diagnostics(tok, X, bare, tok.transform(X))
     assert d["category_purity"]["cat1@L1"] is None and d["geo_purity"]["city@L1"] is None
     assert "-" in diagnostics_markdown({"res_kmeans": d})
+
+
+def test_hub_codes_give_the_most_visited_items_first_level_codes_of_their_own():
+    codes = np.array([[0, 1, 2], [0, 1, 2], [1, 0, 0], [1, 0, 0], [2, 2, 1], [0, 1, 2]], dtype=np.int32)
+    pop = np.array([5.0, 40.0, 0.0, 40.0, 1.0, 3.0])
+    out, hubs = hub_codes(codes, pop, share=0.34)  # ceil(0.34 * 6) = 3 hubs
+    assert hubs.tolist() == [1, 3, 0]  # most visited first, the tie 40/40 to the lower row
+    assert out[hubs].tolist() == [[3, 0, 0], [4, 0, 0], [5, 0, 0]]  # past the largest first-level code (2)
+    rest = np.setdiff1d(np.arange(6), hubs)
+    assert (out[rest] == codes[rest]).all()  # everyone else keeps the tokenizer's code
+    sids = append_dedup_level(out)
+    assert (sids[hubs, -1] == 0).all() and n_duplicates(sids) == 0
+    assert collision_rate(out[hubs]) == 0.0
+    # never-visited items are never hubs, and share 0 changes nothing
+    out, hubs = hub_codes(codes, np.array([0, 0, 7.0, 0, 0, 0]), share=0.5)
+    assert hubs.tolist() == [2] and out[2].tolist() == [3, 0, 0]
+    same, none = hub_codes(codes, pop, share=0.0)
+    assert none.size == 0 and (same == codes).all()
+    with pytest.raises(ValueError, match="one entry per row"):
+        hub_codes(codes, pop[:3], share=0.1)
+    with pytest.raises(ValueError, match="hub share"):
+        hub_codes(codes, pop, share=1.0)
