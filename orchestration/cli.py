@@ -132,66 +132,154 @@ class StageFailed(RuntimeError):
 
 def materialize_graph(defs, instance, cities: list[str], selection: set | None = None, *,
                       run_config: dict | None = None, echo=print, tags: dict | None = None,
-                      batch_size: int | None = None):
+                      batch_size: int | None = None, jobs: int = 1, rebuild: dict | None = None):
     """Materialize the selected assets stage by stage (per-city stages once per batch of at
     most ``batch_size`` contiguous cities, default ``CITY_BATCH``; 1 gives one run per city).
 
+    ``jobs > 1`` runs the batches of one per-city stage in that many spawned worker processes
+    (each its own Dagster run, as the daemon's run queue would; stages still follow each other
+    in order). A worker rebuilds the definitions from ``rebuild``, the ``lgsid materialize``
+    options as plain values (resources do not cross a process boundary), and opens the same
+    instance. The per-city file locks keep each city's writer
+    alone across processes, and each worker gets ``cores // jobs`` torch threads.
+
     Returns the stage plan; raises :class:`StageFailed` naming the stage, city and run.
     """
+    if jobs > 1 and rebuild is None:
+        raise ValueError("jobs > 1 needs `rebuild` (the materialize options the worker processes rebuild from)")
     from dagster._core.storage.defs_state.base import set_defs_state_storage
 
     # Loading definitions reads "defs state" through a context variable. Bind it to this run's
     # instance: a stale binding left by another, already closed instance in the same process
     # would otherwise fail with "undefined DagsterInstance weakref".
     with set_defs_state_storage(instance.defs_state_storage):
-        return _materialize_stages(defs, instance, cities, selection, run_config, echo, tags, batch_size)
+        return _materialize_stages(defs, instance, cities, selection, run_config, echo, tags, batch_size,
+                                   jobs, rebuild)
 
 
-def _materialize_stages(defs, instance, cities, selection, run_config, echo, tags, batch_size=None):
+def _where(batch: list[str] | None) -> str:
+    return ("all cities" if batch is None else f"city {batch[0]}" if len(batch) == 1
+            else f"cities {batch[0]}..{batch[-1]} ({len(batch)})")
+
+
+def _run_batch(defs, instance, keys, batch, stage_config, tags):
+    """One Dagster run of the stage ``keys`` over ``batch`` (None: a cross-city stage), holding
+    the batch's city locks; returns the run's result."""
     import dagster as dg
 
     from contextlib import ExitStack
 
-    from assets.partitions import batch_request_args, batches_for
+    from assets.partitions import batch_request_args
 
     from lgsid_pipeline.partitions import validate_city_key
     from lgsid_pipeline.train_state import artefact_lock
 
-    plan = stages(defs, selection)
-    all_assets = list(defs.assets or []) + list(defs.asset_checks or [])
     home = (defs.resources or {}).get("home")
     locks = Path(home.root()) / "locks" if home is not None else None
     if locks is not None:
         locks.mkdir(exist_ok=True)
-    for i, (is_city, keys) in enumerate(plan, 1):
-        names = ", ".join(k.to_user_string() for k in keys)
-        stage_config = dict(run_config or {})
-        if "ops" in stage_config:  # only the config of this stage's assets
-            stage_config["ops"] = {op: c for op, c in stage_config["ops"].items()
-                                   if op in {k.to_user_string() for k in keys}}
-        # A per-city stage runs once per batch of contiguous cities (a partition range), not once
-        # per city: the run's fixed cost is paid per batch.
-        for batch in (batches_for(instance, cities, batch_size) if is_city else [None]):
-            start = time.perf_counter()
-            where = ("all cities" if batch is None else f"city {batch[0]}" if len(batch) == 1
-                     else f"cities {batch[0]}..{batch[-1]} ({len(batch)})")
-            echo(f"[{i}/{len(plan)}] {where}: {names} ...", flush=True)
-            # One writer per city and home: a second `lgsid materialize` of the same city waits for
-            # the first instead of interleaving its writes (the pools limit the trainers). Locks
-            # are taken in key order, so two overlapping batches cannot deadlock.
-            with ExitStack() as held:
-                for city in sorted(batch or []):
-                    if locks is not None:
-                        held.enter_context(artefact_lock(locks / f"city-{validate_city_key(city)}"))
-                args = batch_request_args(batch) if batch else {}
-                result = dg.materialize(all_assets, selection=keys, partition_key=args.get("partition_key"),
-                                        instance=instance, resources=defs.resources, run_config=stage_config,
-                                        raise_on_error=False,
-                                        tags={"lgsid/trigger": "cli", **(tags or {}), **args.get("tags", {})})
-            if not result.success:
-                raise StageFailed(f"at {where}: {names} (run {result.run_id})")
-            echo(f"[{i}/{len(plan)}] {where}: done in {time.perf_counter() - start:.1f}s", flush=True)
+    all_assets = list(defs.assets or []) + list(defs.asset_checks or [])
+    # One writer per city and home: a second `lgsid materialize` of the same city waits for
+    # the first instead of interleaving its writes (the pools limit the trainers). Locks
+    # are taken in key order, so two overlapping batches cannot deadlock.
+    with ExitStack() as held:
+        for city in sorted(batch or []):
+            if locks is not None:
+                held.enter_context(artefact_lock(locks / f"city-{validate_city_key(city)}"))
+        args = batch_request_args(batch) if batch else {}
+        return dg.materialize(all_assets, selection=keys, partition_key=args.get("partition_key"),
+                              instance=instance, resources=defs.resources, run_config=stage_config,
+                              raise_on_error=False,
+                              tags={"lgsid/trigger": "cli", **(tags or {}), **args.get("tags", {})})
+
+
+_WORKER: dict = {}
+
+
+def _batch_worker_init(options: dict, threads: int) -> None:
+    """A spawned batch worker: its own definitions (from the materialize command's ``options``)
+    and instance handle, and ``threads`` torch threads."""
+    os.environ.setdefault("POLARS_MAX_THREADS", str(threads))
+    import torch
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    from orchestration.definitions import build_defs
+
+    torch.set_num_threads(threads)
+    _, rebuild = _defs_inputs(argparse.Namespace(**options))
+    _WORKER["instance"] = instance = open_instance(Path(rebuild["home"]))
+    with set_defs_state_storage(instance.defs_state_storage):
+        _WORKER["defs"] = build_defs(**rebuild)
+
+
+def _batch_worker_run(task: tuple) -> tuple[list[str], bool, str, float]:
+    import dagster as dg
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    keys, batch, stage_config, tags = task
+    start = time.perf_counter()
+    instance = _WORKER["instance"]
+    with set_defs_state_storage(instance.defs_state_storage):
+        result = _run_batch(_WORKER["defs"], instance, [dg.AssetKey.from_user_string(k) for k in keys], batch,
+                            stage_config, tags)
+    return batch, bool(result.success), result.run_id, time.perf_counter() - start
+
+
+def _materialize_stages(defs, instance, cities, selection, run_config, echo, tags, batch_size=None, jobs=1,
+                        rebuild=None):
+    plan = stages(defs, selection)
+    pool = None
+    try:
+        for i, (is_city, keys) in enumerate(plan, 1):
+            pool = _stage(i, plan, is_city, keys, defs, instance, cities, run_config, echo, tags, batch_size, jobs,
+                          rebuild, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return plan
+
+
+def _stage(i, plan, is_city, keys, defs, instance, cities, run_config, echo, tags, batch_size, jobs, rebuild, pool):
+    """Run stage ``i`` of ``plan``; returns the worker pool (created on the first parallel stage)."""
+    from assets.partitions import batches_for
+
+    names = ", ".join(k.to_user_string() for k in keys)
+    stage_config = dict(run_config or {})
+    if "ops" in stage_config:  # only the config of this stage's assets
+        stage_config["ops"] = {op: c for op, c in stage_config["ops"].items()
+                               if op in {k.to_user_string() for k in keys}}
+    # A per-city stage runs once per batch of contiguous cities (a partition range), not once
+    # per city: the run's fixed cost is paid per batch.
+    batches = batches_for(instance, cities, batch_size) if is_city else [None]
+    if jobs > 1 and len(batches) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        if pool is None:
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_batch_worker_init,
+                                       initargs=(rebuild, threads))
+        echo(f"[{i}/{len(plan)}] {len(batches)} batches of cities on {jobs} workers: {names} ...", flush=True)
+        futures = [pool.submit(_batch_worker_run, ([k.to_user_string() for k in keys], b, stage_config, tags))
+                   for b in batches]
+        failed = []
+        for f in as_completed(futures):
+            batch, ok, run_id, seconds = f.result()
+            if not ok:
+                failed.append(f"{_where(batch)} (run {run_id})")
+            echo(f"[{i}/{len(plan)}] {_where(batch)}: {'done' if ok else 'FAILED'} in {seconds:.1f}s", flush=True)
+        if failed:
+            raise StageFailed(f"at {'; '.join(sorted(failed))}: {names}")
+        return pool
+    for batch in batches:
+        start = time.perf_counter()
+        where = _where(batch)
+        echo(f"[{i}/{len(plan)}] {where}: {names} ...", flush=True)
+        result = _run_batch(defs, instance, keys, batch, stage_config, tags)
+        if not result.success:
+            raise StageFailed(f"at {where}: {names} (run {result.run_id})")
+        echo(f"[{i}/{len(plan)}] {where}: done in {time.perf_counter() - start:.1f}s", flush=True)
+    return pool
 
 
 def resolve_cities(requested: str | None, available: list[str]) -> list[str]:
@@ -209,13 +297,9 @@ def resolve_cities(requested: str | None, available: list[str]) -> list[str]:
     return wanted
 
 
-def cmd_materialize(args) -> int:
-    if sys.stderr.isatty() and "LGSID_PROGRESS" not in os.environ:
-        os.environ["LGSID_PROGRESS"] = "bar"  # tqdm bars for the long steps; plain logs otherwise
-    home = prepare_home(args.home)
-    import dagster as dg
-
-    from orchestration.definitions import build_defs
+def _defs_inputs(args):
+    """(source, build_defs keyword arguments) from the materialize command line; batch workers
+    call it on the same options, so they build the same definitions."""
     from resources import EncoderResource
 
     from resources.storage import parse_storage_options
@@ -230,12 +314,24 @@ def cmd_materialize(args) -> int:
             raise UsageError(f"--encoder-json: {exc}") from None
     storage_options = (parse_storage_options(args.storage_options, "--storage-options")
                        if args.storage_options else None)
+    return source, {"home": str(Path(args.home).expanduser().resolve()), "source": source, "encoder": encoder,
+                    "tables_uri": args.tables_uri or None, "storage_options": storage_options}
+
+
+def cmd_materialize(args) -> int:
+    if sys.stderr.isatty() and "LGSID_PROGRESS" not in os.environ:
+        os.environ["LGSID_PROGRESS"] = "bar"  # tqdm bars for the long steps; plain logs otherwise
+    home = prepare_home(args.home)
+    import dagster as dg
+
+    from orchestration.definitions import build_defs
+
+    source, rebuild = _defs_inputs(args)
     if args.tables_uri:  # the same location for anything in this process that reads the environment
         os.environ["LGSID_TABLES_URI"] = args.tables_uri
     if args.storage_options:
-        os.environ["LGSID_STORAGE_OPTIONS"] = json.dumps(storage_options)
-    defs = build_defs(str(home), source, encoder, tables_uri=args.tables_uri or None,
-                      storage_options=storage_options)
+        os.environ["LGSID_STORAGE_OPTIONS"] = json.dumps(rebuild["storage_options"])
+    defs = build_defs(**rebuild)
     instance = open_instance(home)
     log = logging.getLogger("lgsid")
     t0 = time.perf_counter()
@@ -272,7 +368,8 @@ def cmd_materialize(args) -> int:
             merged.update(cfg["config"])
     try:
         plan = materialize_graph(defs, instance, cities, selection, run_config=run_config,
-                                 batch_size=args.city_batch)
+                                 batch_size=args.city_batch, jobs=args.jobs,
+                                 rebuild={k: v for k, v in vars(args).items() if k != "func"})
     except StageFailed as exc:
         log.error("%s", exc)
         print(f"lgsid: FAILED {exc}; see the run's logs in the UI or above", file=sys.stderr, flush=True)
@@ -575,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--cities", help="comma-separated city names or keys (default: all)")
     m.add_argument("--city-batch", type=_positive_int, default=None,
                    help="most cities one per-city run materializes (default: CITY_BATCH, 64; 1 = a run per city)")
+    m.add_argument("--jobs", type=_positive_int, default=1,
+                   help="worker processes for the batches of one per-city stage (default 1: batches in turn; "
+                        "each worker gets cores/jobs threads; combine with --city-batch to have several batches)")
     m.add_argument("--encoder-json", help="EncoderResource config as JSON (e.g. a model_path)")
     m.add_argument("--tables-uri", help="where the Delta tables live: a local path or s3://bucket/prefix "
                                         "(default: $LGSID_TABLES_URI, else HOME/delta)")

@@ -109,3 +109,44 @@ def test_reads_across_cities_come_back_in_city_order_whatever_the_write_order(tm
         reads.append(home.read("item_catalog"))
     assert reads[0]["city_key"].to_list()[::3] == ["a-city", "b-city", "c-city"]
     assert reads[0].equals(reads[1])
+
+
+def test_cli_batches_in_worker_processes_equal_batches_in_turn(tmp_path, monkeypatch):
+    """`lgsid materialize --jobs 2` runs a per-city stage's batches in two spawned processes:
+    the same tables as one process, one Dagster run per batch, and no city written twice."""
+    from orchestration.cli import main
+
+    for var in ("DAGSTER_HOME", "LGSID_HOME"):  # prepare_home points these at each home; restore after
+        monkeypatch.setenv(var, str(tmp_path))
+    select = "item_catalog,user_interactions,catalog_quarantine,cooccurrence_pairs"
+    tables = {}
+    for jobs in (1, 2):
+        home = tmp_path / f"home{jobs}"
+        assert main(["materialize", "--home", str(home), "--preset", "test", "--select", select,
+                     "--city-batch", "1", "--jobs", str(jobs)]) == 0
+        store = LgsidHome(home=str(home))
+        tables[jobs] = {t: store.read(t).sort(pl.all()) for t in ("item_catalog", "cooccurrence_pairs")}
+        if jobs == 2:
+            instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+            runs = instance.get_runs()
+            cities = SOURCE.city_keys()
+            assert len(runs) == 2 * len(cities)  # two per-city stages, one run per city each
+            assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+            done = sorted(r.tags.get("dagster/partition") for r in runs)
+            assert done == sorted(cities * 2)
+    for t in tables[1]:
+        assert tables[1][t].height > 0 and tables[1][t].equals(tables[2][t]), t
+
+
+def test_a_failing_batch_in_a_worker_process_fails_the_command_naming_its_cities(tmp_path, monkeypatch, capsys):
+    from orchestration.cli import main
+
+    for var in ("DAGSTER_HOME", "LGSID_HOME"):
+        monkeypatch.setenv(var, str(tmp_path))
+    rc = main(["materialize", "--home", str(tmp_path / "home"), "--preset", "test", "--city-batch", "2",
+               "--jobs", "2", "--select", "item_catalog,user_interactions,catalog_quarantine,cooccurrence_pairs",
+               "--run-config", '{"ops": {"cooccurrence_pairs": {"config": {"max_history": 0}}}}'])
+    err = capsys.readouterr().err
+    assert rc == 1
+    cities = SOURCE.city_keys()
+    assert "FAILED at cities" in err and "cooccurrence_pairs" in err and cities[0] in err
