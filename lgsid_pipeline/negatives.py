@@ -227,6 +227,14 @@ def _local_r_k(index: GeoIndex, anchors: np.ndarray, density_k: int) -> np.ndarr
     return np.maximum(d[:, min(density_k, index.n - 1) - 1], _MIN_SCALE_KM)
 
 
+def _unskipped(draw: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """Map draws ``j`` over the positions not in ``skip`` (sorted, unique) to pool positions: the
+    ``j``-th unskipped position is ``j + #{i : skip[i] - i <= j}``."""
+    if skip.size == 0:
+        return draw
+    return draw + np.searchsorted(skip - np.arange(skip.size), draw, side="right")
+
+
 def _city_lists(
     ids: pl.Series,
     lat: np.ndarray,
@@ -237,13 +245,19 @@ def _city_lists(
     n_far: int,
     strategy: str,
     rng: np.random.Generator,
-    far: tuple[pl.Series, np.ndarray, np.ndarray, pl.Series] | None,
+    far: tuple[pl.Series, np.ndarray, np.ndarray, pl.Series, np.ndarray] | None,
     density_k: int,
     near_scale: float,
     hard_share: float,
     max_anchors: int | None,
 ) -> pl.DataFrame | None:
-    """Ranked, labelled lists for the anchors of one city (see the module docstring)."""
+    """Ranked, labelled lists for the anchors of one city (see the module docstring).
+
+    ``far`` is the whole far pool ``(ids, lat, lon, city_key, skip)``; ``skip`` holds the sorted
+    pool positions this city may not draw (its own items). Far draws are uniform over the other
+    positions: draw ``j`` in ``[0, pool - len(skip))`` maps to the ``j``-th position not in
+    ``skip`` (:func:`_unskipped`), so a city never copies or filters the pool (O(draws), not
+    O(pool) per city, which matters at a million items over a thousand cities)."""
     n = ids.len()
     if n < 2:
         return None
@@ -253,12 +267,7 @@ def _city_lists(
     k_local = min(k - n_far, n - 1)
     index = GeoIndex(lat, lon)
     city_scale = _city_scale_km(index.vectors) if strategy == "density" else 0.0
-    # Negatives index a pool: the city's items, then (with far negatives) the far items.
-    pool_ids = ids
-    pool_city = pl.Series([city_key] * n, dtype=pl.Utf8)
-    if n_far and far is not None:
-        pool_ids = pl.concat([ids, far[0]])
-        pool_city = pl.concat([pool_city, far[3]])
+    # Negatives index the city's items 0..n-1, then (with far negatives) n + their pool position.
     frames = []
     for lo in range(0, anchors_all.size, _CHUNK):
         anchors = anchors_all[lo : lo + _CHUNK]
@@ -278,8 +287,8 @@ def _city_lists(
         dist = haversine_km(lat[anchors, None], lon[anchors, None], lat[local], lon[local])
         neg = local
         if n_far and far is not None:
-            _, f_lat, f_lon, _ = far
-            fi = _sample_distinct(rng, a, f_lat.size, n_far, None)
+            _, f_lat, f_lon, _, skip = far
+            fi = _unskipped(_sample_distinct(rng, a, f_lat.size - skip.size, n_far, None), skip)
             dist = np.concatenate(
                 [dist, haversine_km(lat[anchors, None], lon[anchors, None], f_lat[fi], f_lon[fi])],
                 axis=1,
@@ -293,17 +302,25 @@ def _city_lists(
         width = neg.shape[1]
         rank = np.tile(np.arange(1, width + 1, dtype=np.int32), a)
         flat = neg.reshape(-1)
+        is_far = flat >= n
+        neg_ids = ids.gather(np.where(is_far, 0, flat))
+        neg_city = pl.Series([city_key] * flat.size, dtype=pl.Utf8)
+        if is_far.any():
+            local_mask = pl.Series(~is_far)
+            pos = np.where(is_far, flat - n, 0)
+            neg_ids = neg_ids.zip_with(local_mask, far[0].gather(pos))
+            neg_city = neg_city.zip_with(local_mask, far[3].gather(pos))
         frames.append(
             pl.DataFrame(
                 {
                     "anchor_id": ids.gather(np.repeat(anchors, width)),
-                    "negative_id": pool_ids.gather(flat),
+                    "negative_id": neg_ids,
                     "rank": rank,
                     "distance_km": dist.reshape(-1),
                     "label": (width - rank + 1).astype(np.float64),
-                    "negative_city_key": pool_city.gather(flat),
+                    "negative_city_key": neg_city,
                     "density_radius_km": np.repeat(r_k, width),
-                    "_far": flat >= n,
+                    "_far": is_far,
                 }
             ).with_columns(pl.lit(strategy, dtype=pl.Utf8).alias("strategy"))
         )
@@ -403,6 +420,12 @@ def distance_ranked_negatives(
         )
         far = (f_ids, f_lat, f_lon, f_city)
         n_far = int(round(far_share * k))
+        # Pool positions grouped by city, once: each city then finds its own items in the pool
+        # without a pass over it (null cities are never skipped, as the ids check alone decides).
+        f_code = pl.DataFrame({"c": f_city}).select(pl.col("c").rank("dense").fill_null(0))["c"].to_numpy()
+        f_by_code = np.argsort(f_code, kind="stable")
+        f_bounds = np.searchsorted(f_code[f_by_code], np.arange(int(f_code.max(initial=0)) + 2))
+        f_code_of = dict(pl.DataFrame({"c": f_city, "k": f_code}).drop_nulls().unique("c").iter_rows())
 
     frames = []
     for ci, c in enumerate(cities):
@@ -412,12 +435,15 @@ def distance_ranked_negatives(
         city_far = None
         n_far_c = 0
         if far is not None:
-            keep = ~far[0].is_in(city_ids.implode())
-            if has_city:
-                keep &= far[3].ne_missing(c)
-            keep_np = keep.to_numpy()
-            city_far = (far[0].filter(keep), far[1][keep_np], far[2][keep_np], far[3].filter(keep))
-            n_far_c = min(n_far, int(keep_np.sum()))
+            # the city's own items in the pool: its rows by city key, and its ids (the pool is
+            # sorted by item_id, so a binary search each)
+            code = f_code_of.get(c) if has_city else None
+            own = f_by_code[f_bounds[code] : f_bounds[code + 1]] if code else np.zeros(0, dtype=np.int64)
+            hit = np.clip(far[0].search_sorted(city_ids, side="left").to_numpy(), 0, max(far[0].len() - 1, 0))
+            same = (far[0].gather(hit) == city_ids).to_numpy() if far[0].len() else np.zeros(0, dtype=bool)
+            skip = np.union1d(own, hit[same]).astype(np.int64)
+            city_far = (*far, skip)
+            n_far_c = min(n_far, far[1].size - skip.size)
         out = _city_lists(
             city_ids, lat[rows], lon[rows], c if has_city else None, k=k, n_far=n_far_c,
             strategy=strategy, rng=rng, far=city_far, density_k=density_k,

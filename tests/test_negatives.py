@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 
 from lgsid_pipeline.geo import GeoIndex, haversine_km
-from lgsid_pipeline.negatives import dedupe_prompt_lists, distance_ranked_negatives, mismatched_prompts
+from lgsid_pipeline.negatives import _unskipped, dedupe_prompt_lists, distance_ranked_negatives, mismatched_prompts
 
 
 def _city(n_dense=300, n_sparse=120, seed=0, key="metro", centre=(40.75, -73.98)):
@@ -183,6 +183,33 @@ def test_far_items_and_max_anchors():
     assert res.metrics["share_other_city"] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="far_items"):
         distance_ranked_negatives(items, far_share=0.2)
+
+
+def test_far_draws_skip_the_citys_own_items_without_filtering_the_pool():
+    rng = np.random.default_rng(0)
+    for pool, n_skip in ((10, 0), (10, 3), (200, 50), (50, 49)):
+        skip = np.sort(rng.choice(pool, n_skip, replace=False))
+        kept = np.setdiff1d(np.arange(pool), skip)  # the filtered pool the old code built per city
+        draw = rng.integers(0, kept.size, size=(7, 3))
+        assert (_unskipped(draw, skip) == kept[draw]).all()
+    # The whole pathway: the pool holds every city, some rows have no city key (those are
+    # excluded by item id alone), and no far negative is ever one of the anchor's city.
+    a = _city(n_dense=60, n_sparse=10, seed=1, key="a")
+    b = _city(n_dense=40, n_sparse=0, seed=2, key="b", centre=(34.0, -118.2))
+    c = _city(n_dense=40, n_sparse=0, seed=3, key="c", centre=(41.9, -87.6))
+    pool = pl.concat([a, b, c]).with_columns(
+        pl.when(pl.int_range(pl.len()) % 9 == 0).then(None).otherwise(pl.col("city_key")).alias("city_key"))
+    res = distance_ranked_negatives(pl.concat([a, b]), k=10, far_items=pool, far_share=0.5, seed=4)
+    lists = res.lists.join(pl.concat([a, b]).select(pl.col("item_id").alias("anchor_id"),
+                                                     pl.col("city_key").alias("anchor_city")), on="anchor_id")
+    far = lists.filter(pl.col("rank") > 5)
+    own = pl.concat([a, b]).select(pl.col("item_id").alias("negative_id"), pl.col("city_key").alias("own_city"))
+    far = far.join(own, on="negative_id", how="left")
+    assert far.height == lists["anchor_id"].n_unique() * 5
+    assert (far["own_city"].is_null() | (far["own_city"] != far["anchor_city"])).all()
+    # negatives from the pool keep the pool's city key, null included
+    assert far["negative_city_key"].null_count() > 0
+    assert set(far.filter(pl.col("own_city").is_null())["negative_id"].str.slice(0, 1).to_list()) <= {"c"}
 
 
 def test_bad_input():
