@@ -194,6 +194,22 @@ def _summary(arr: np.ndarray, mask: np.ndarray | None = None) -> dict:
             "ndcg@10": float(a[1].mean()) if a.shape[1] else float("nan"), "users": int(a.shape[1])}
 
 
+def _seed_ari(fits: dict[int, tuple[np.ndarray, dict]]) -> dict[str, list[float]]:
+    """How much a reseed moves the SIDs: per tokenizer seed after the first, the adjusted Rand
+    index of the items' SID prefixes (levels 1, 1-2, ..., all raw levels) against the first
+    seed's. 1 means the same partition of the items."""
+    from sklearn.metrics import adjusted_rand_score
+
+    seeds = sorted(fits)
+    ref = fits[seeds[0]][0]
+
+    def labels(sids: np.ndarray, depth: int) -> np.ndarray:
+        return np.unique(sids[:, :depth], axis=0, return_inverse=True)[1].reshape(-1)
+
+    return {str(s): [float(adjusted_rand_score(labels(ref, d), labels(fits[s][0], d)))
+                     for d in range(1, ref.shape[1])] for s in seeds[1:]}
+
+
 _CTX: dict = {}
 
 
@@ -356,6 +372,7 @@ def run(args: argparse.Namespace) -> dict:
                               "dedup_order": spec.order, "collisions": figs[0], "tiger": [], "din": []}
         if len(figs) > 1:
             entries[spec.name]["collisions_per_tokenizer_seed"] = {str(s): f for s, (_, f) in fits.items()}
+            entries[spec.name]["tokenizer_seed_ari"] = _seed_ari(fits)
     if args.dry_run:
         print(f"dry run: {len(tasks)} of {len(keys)} (method, seed) runs to train; {len(done)} reused", flush=True)
         return {"dry_run": True, "to_run": [[t[0], t[2]] for t in tasks], "reused": [list(k) for k in done]}
@@ -435,18 +452,20 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(result: dict) -> str:
     rows = ["| method | family | embeddings | order | valid H@10 | valid N@10 | test H@10 | test N@10 | test no-airport H@10 "
-            "| local H@10 | reach@3km | collide before dedup | max digit | vs best baseline (valid H@10 diff, 95% CI) |",
-            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "| local H@10 | reach@3km | collide before dedup | max digit | vs best baseline (valid H@10 diff, 95% CI) "
+            "| valid H@10 per seed |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for name, e in result["methods"].items():
         p = e.get("paired", {}).get("valid", {}).get("hit@10")
         pv = f"{p['mean_diff']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]" if p else "-"
         c = e.get("collisions", {})
         local = f"{e['local']['hit@10']:.4f}" if "local" in e else "-"
+        per_seed = " / ".join(f"{t['valid_hit@10']:.4f}" for t in e.get("tiger", []))
         rows.append(f"| {name} | {e['family']} | {e.get('embeddings', '-')} | {e.get('dedup_order', '-')} | "
                     f"{e['valid']['hit@10']:.4f} | {e['valid']['ndcg@10']:.4f} | {e['test']['hit@10']:.4f} | "
                     f"{e['test']['ndcg@10']:.4f} | {e['test_no_airports']['hit@10']:.4f} | {local} | ")
         rows[-1] += (f"{e.get('reachability', float('nan')):.3f} | {c.get('collision_rate_before', float('nan')):.3f} | "
-                     f"{c.get('max_digit', '-')} | {pv} |")
+                     f"{c.get('max_digit', '-')} | {pv} | {per_seed or '-'} |")
     head = (f"### {result['dataset']}: best baseline `{result['best_baseline']}`, default method "
             f"`{result['default_method']}` (both chosen on validation Hit@10)\n\n"
             f"Targets' own reachability (3 km of the last 5): {result['targets_reachability']:.3f}; identical prompts: "

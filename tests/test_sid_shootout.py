@@ -127,9 +127,9 @@ def test_paired_seeds_refit_the_tokenizer_per_run_and_a_dry_run_trains_nothing(t
     fitted = []
     real_build = sid_shootout.build_sids
 
-    def counting_build(spec, X, ranked, sizes, levels, popularity, seed):
+    def counting_build(spec, X, ranked, sizes, levels, popularity, seed, *rest):
         fitted.append(seed)
-        return real_build(spec, X, ranked, sizes, levels, popularity, seed)
+        return real_build(spec, X, ranked, sizes, levels, popularity, seed, *rest)
 
     monkeypatch.setattr(sid_shootout, "build_sids", counting_build)
     monkeypatch.setattr(sid_shootout, "train_and_evaluate_tiger", lambda *a, **k: pytest.fail("a dry run trained"))
@@ -143,6 +143,8 @@ def test_paired_seeds_refit_the_tokenizer_per_run_and_a_dry_run_trains_nothing(t
     paired = sid_shootout.main([*common, "--out", str(tmp_path / "p.json"), "--paired-seeds"])
     per_seed = paired["methods"]["res_kmeans:origin"]["collisions_per_tokenizer_seed"]
     assert set(per_seed) == {"0", "1"}
+    ari = paired["methods"]["res_kmeans:origin"]["tokenizer_seed_ari"]
+    assert set(ari) == {"1"} and len(ari["1"]) == 3 and all(-1.0 <= a <= 1.0 for a in ari["1"])
     assert paired["settings"]["tokenizer_seed"] == "codebook_seed + run seed"
     # seed 0 of the paired run is the fixed-seed run's seed 0: the same SIDs, the same saved run
     plan = sid_shootout.main([*common, "--out", str(tmp_path / "f.json"), "--dry-run", "--seeds", "0"])
