@@ -17,7 +17,7 @@ from lgsid_pipeline.train_state import load_json
 from lgsid_pipeline.tokenizers import default_codebook_sizes, load_tokenizer, make_tokenizer
 from lgsid_pipeline.prompts import build_prompts
 from lgsid_pipeline.tokenizers.dedup import (DEDUP_ORDERS, DEDUP_STRATEGIES, assign_unique, collision_figures, collision_rate,
-                                             dedup_order_key, unique_sids)
+                                             dedup_order_key, hub_codes, unique_sids)
 from lgsid_pipeline.tokenizers.diagnostics import (diagnostics_markdown, plot_codebook_usage, plot_coverage,
                                                    tokenizer_diagnostics)
 from resources import EncoderResource, LgsidHome
@@ -68,6 +68,10 @@ class CodebookConfig(dg.Config):
     dedup_order: Literal[DEDUP_ORDERS] = Field(default="item_id", description=f"Order of the dedup digit inside a bucket, of "
                                                             f"{list(DEDUP_ORDERS)} (popularity: visits in "
                                                             "user_interactions).")
+    hub_share: float = Field(default=0.0, ge=0.0, lt=1.0,
+                             description="Share of the items, most visited first (user_interactions), that get "
+                                         "ID-like SIDs of their own: a new first-level code each, zeros below "
+                                         "(tokenizers.dedup.hub_codes). 0: none.")
     w_admin: float = Field(default=1.0, description="Eq. 9 weight of the admin block (HGIT variants).")
     w_geo: float = Field(default=1.0, description="Eq. 9 weight of the geographic block (HGIT variants).")
     w_cat: float = Field(default=0.5, description="Eq. 9 weight of the category block (HGIT).")
@@ -160,7 +164,7 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
     if config.dedup_order not in DEDUP_ORDERS:
         raise dg.Failure(f"unknown dedup_order {config.dedup_order!r}; choose from {list(DEDUP_ORDERS)}")
     popularity = None
-    if config.dedup_order == "popularity":
+    if config.dedup_order == "popularity" or config.hub_share > 0:
         visits = home.read("user_interactions").group_by("item_id").agg(pl.len().alias("n"))
         popularity = catalog.select("item_id").join(visits, on="item_id", how="left", maintain_order="left")["n"] \
             .fill_null(0).to_numpy()
@@ -191,10 +195,14 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
         tok = make_tokenizer(method, codebook_sizes=list(sizes), levels=config.levels, seed=config.seed, **params)
         with timer(f"fit_{name}"):
             codes = tok.fit(X, catalog).transform(X, catalog)
-        sids, info = unique_sids(codes, config.dedup, tokenizer=tok, X=X, items=catalog, order_key=order_key)
+        sid_codes, hubs = hub_codes(codes, popularity, config.hub_share) if config.hub_share > 0 else (codes, None)
+        sids, info = unique_sids(sid_codes, config.dedup, tokenizer=tok, X=X, items=catalog, order_key=order_key)
+        if hubs is not None:
+            info["hubs"] = int(hubs.size)
         tok.save(out_dir / name)
+        # the tokenizer's own codes describe its codebooks; the SIDs carry the hub codes
         diags[name] = tokenizer_diagnostics(tok, X, catalog, codes, dedup_codes=sids)
-        figures = collision_figures(codes, sids)
+        figures = collision_figures(sid_codes, sids)
         diags[name]["collisions"] = figures
         variants[name] = {"method": method, "embedding_variant": emb_variant,
                           "encoder_version": enc_versions[0] if enc_versions else None,
@@ -202,12 +210,12 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
         assignments.append(pl.DataFrame({
             "item_id": catalog["item_id"], "city_key": catalog["city_key"], "method": name,
             "sid": pl.Series(sids.tolist(), dtype=pl.List(pl.Int32)),
-            "raw_codes": pl.Series(codes.tolist(), dtype=pl.List(pl.Int32)),
+            "raw_codes": pl.Series(sid_codes.tolist(), dtype=pl.List(pl.Int32)),
         }))
     pl.concat(assignments).write_parquet(out_dir / "assignments.parquet")
     manifest = {"version": version, "number": number, "variants": variants, "codebook_sizes": list(sizes),
                 "levels": config.levels, "n_items": n, "dedup": config.dedup, "dedup_order": config.dedup_order,
-                "seed": config.seed, "default_variant": default_variant,
+                "hub_share": config.hub_share, "seed": config.seed, "default_variant": default_variant,
                 "fitted_on": "every item of the catalogue (all cities)",
                 "identical_prompt_share": prompt_floor["identical_prompt_share"],
                 "coverage_q90": {m: [lv["coverage"]["q90"] for lv in d["per_level"]] for m, d in diags.items()},
@@ -222,6 +230,7 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
     meta.update({f"{m}.collision_rate_before": float(d["collision_rate_before"]) for m, d in diags.items()})
     meta.update({f"{m}.{k}": v for m, d in diags.items() for k, v in d["collisions"].items()
                  if k in ("max_digit", "bucket_size_q50", "bucket_size_q90", "bucket_size_q99")})
+    meta.update({f"{m}.hubs": v["hubs"] for m, v in variants.items() if "hubs" in v})
     meta["identical_prompt_share"] = float(prompt_floor["identical_prompt_share"])
     meta["default_variant"] = default_variant
     return dg.MaterializeResult(metadata={

@@ -164,7 +164,7 @@ def test_refit_rebuilds_embeddings_sids_and_evaluation_on_the_new_version(pipeli
            "reward_model": {"config": {"anchors_total": 30, "anchors_floor": 3, "epochs": 2, "seed": 1}},
            "aligned_encoder": {"config": {"max_pairs": 16, "batch_size": 16}},
            "alignment_report": {"config": {"max_queries": 30}},
-           "sid_codebook": {"config": {"variants": ["lgsid", "res_kmeans"],
+           "sid_codebook": {"config": {"variants": ["lgsid", "res_kmeans"], "hub_share": 0.02,
                                        **REFIT_RUN_CONFIG["ops"]["sid_codebook"]["config"]}},
            "recommender_evaluations": {"config": {"seeds": [0], "tiger_epochs": 1, "tiger_d_model": 32,
                                                   "tiger_max_seconds": None, "tiger_max_steps": 4, "din_epochs": 1,
@@ -181,6 +181,19 @@ def test_refit_rebuilds_embeddings_sids_and_evaluation_on_the_new_version(pipeli
     n_items = home.read("item_catalog").height
     assert sids.group_by("method").agg(pl.col("item_id").n_unique())["item_id"].to_list() == [n_items] * 2
     assert _latest(inst, "recommender_evaluations")["codebook_version"].value == after["version"]
+    # the refit gave the 2% most visited items ID-like SIDs: a first-level code of their own, zeros below
+    n_hubs = after["variants"]["lgsid"]["hubs"]
+    assert after["hub_share"] == 0.02 and n_hubs == int(np.ceil(0.02 * n_items))
+    visits = home.read("user_interactions").group_by("item_id").len().sort(["len", "item_id"], descending=[True, False])
+    lgsid = sids.filter(pl.col("method") == "lgsid")
+    cut = visits["len"][n_hubs - 1]  # items above the n-th count are hubs, items below it are not (ties aside)
+    top = lgsid.filter(pl.col("item_id").is_in(visits.filter(pl.col("len") > cut)["item_id"].implode()))
+    rest = lgsid.filter(~pl.col("item_id").is_in(visits.filter(pl.col("len") >= cut)["item_id"].implode()))
+    assert top.height >= 1
+    hub_sids = np.asarray(top["sid"].to_list())
+    assert (hub_sids[:, 1:] == 0).all()
+    assert not set(hub_sids[:, 0]) & {s[0] for s in rest["sid"].to_list()}  # a first code no other item has
+    assert _latest(inst, "sid_codebook")["lgsid.hubs"].value == n_hubs
 
 
 def test_sid_table_refuses_new_items_from_another_embedding_space(pipeline):
