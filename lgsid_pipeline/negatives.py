@@ -440,7 +440,7 @@ def distance_ranked_negatives(
             code = f_code_of.get(c) if has_city else None
             own = f_by_code[f_bounds[code] : f_bounds[code + 1]] if code else np.zeros(0, dtype=np.int64)
             hit = np.clip(far[0].search_sorted(city_ids, side="left").to_numpy(), 0, max(far[0].len() - 1, 0))
-            same = (far[0].gather(hit) == city_ids).to_numpy() if far[0].len() else np.zeros(0, dtype=bool)
+            same = (far[0].gather(hit) == city_ids).to_numpy() if far[0].len() else np.zeros(hit.size, dtype=bool)
             skip = np.union1d(own, hit[same]).astype(np.int64)
             city_far = (*far, skip)
             n_far_c = min(n_far, far[1].size - skip.size)

@@ -210,6 +210,10 @@ def test_far_draws_skip_the_citys_own_items_without_filtering_the_pool():
     # negatives from the pool keep the pool's city key, null included
     assert far["negative_city_key"].null_count() > 0
     assert set(far.filter(pl.col("own_city").is_null())["negative_id"].str.slice(0, 1).to_list()) <= {"c"}
+    # an empty far pool (a one-city dataset) or one holding only the city's own items: no far slots
+    for pool in (a.clear(), a):
+        lists = distance_ranked_negatives(a, k=10, far_items=pool, far_share=0.5, seed=4).lists
+        assert lists.height > 0 and (lists["negative_city_key"] == "a").all()
 
 
 def test_bad_input():
