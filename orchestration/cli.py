@@ -140,8 +140,8 @@ def materialize_graph(defs, instance, cities: list[str], selection: set | None =
     (each its own Dagster run, as the daemon's run queue would; stages still follow each other
     in order). A worker rebuilds the definitions from ``rebuild``, the ``lgsid materialize``
     options as plain values (resources do not cross a process boundary), and opens the same
-    instance. The per-city file locks keep each city's writer
-    alone across processes, and each worker gets ``cores // jobs`` torch threads.
+    instance. The per-city file locks keep each city's writer alone across processes, and each
+    worker gets ``cores // jobs`` torch threads.
 
     Returns the stage plan; raises :class:`StageFailed` naming the stage, city and run.
     """
