@@ -151,7 +151,10 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
         })
     timer = Timer()
     catalog = home.read("item_catalog").sort("city_key", "item_id")
-    available = set(home.read("item_embeddings")["variant"].unique().to_list())
+    emb = home.scan("item_embeddings")  # only the variant column: the vectors stay on disk
+    if emb is None:
+        raise dg.Failure("no item_embeddings table: materialize item_embeddings first")
+    available = set(emb.select("variant").unique().collect()["variant"].to_list())
     n = catalog.height
     sizes = config.codebook_sizes or default_codebook_sizes(n, config.levels)
     for name in config.variants:
