@@ -131,6 +131,38 @@ def _mean_sq_norm(A: np.ndarray) -> float:
     return total / max(1, A.shape[0])
 
 
+# --- Eq. 10-16 as named functions: each equation has this one home -----------------------------
+def quantise_residual(R: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor]:
+    """One residual level: ``(d2, z, Q, R - Q)``. Eq. 10: ``z = argmin_k |R - mu_k|^2`` (no
+    gradient through the choice); Eq. 11: ``Q = mu_z`` (the gradient reaches the chosen centres);
+    Eq. 12: the next residual ``R - Q``. ``d2`` (the squared distances) feeds Eq. 14."""
+    d2 = sq_distances(R, mu)
+    z = d2.detach().argmin(1)  # Eq. 10
+    Q = mu[z]  # Eq. 11
+    return d2, z, Q, R - Q  # Eq. 12
+
+
+def usage_kl(d2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 14-15: the batch's soft usage of each centre, ``p_k = mean_i softmax_k(-d2_ik / (T s))``
+    with ``s`` the batch's mean nearest squared distance (so ``T`` does not depend on the scale
+    of the embeddings), and its KL divergence from the uniform usage, ``sum_k p_k log(K p_k)``:
+    0 when every centre is used equally, ``log K`` when one centre takes every item."""
+    scale = d2.detach().min(1).values.mean().clamp_min(1e-12)
+    p = torch.softmax(-d2 / (temperature * scale), dim=1).mean(0)  # Eq. 14
+    return (p * torch.log(p.clamp_min(1e-12) * d2.shape[1])).sum()  # Eq. 15
+
+
+def hgit_loss(x: torch.Tensor, recon: torch.Tensor, total_var: float, lambda_reg: float,
+              reg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 13 and 16: ``(loss, err)`` with ``err_i = |x_i - x_hat_i|^2`` (Eq. 13, per item) and
+    ``loss = mean(err) / total_var + lambda_reg * reg`` (Eq. 16; ``reg`` the summed Eq. 15 terms
+    of the levels). Dividing by the embeddings' total variance makes ``lambda_reg`` mean the same
+    on any encoder."""
+    err = ((x - recon) ** 2).sum(1)  # Eq. 13
+    return err.mean() / total_var + lambda_reg * reg, err  # Eq. 16
+
+
 class HGITTokenizer(SemanticIdTokenizer):
     """Hierarchical Geographic Item Tokenization (LGSID, Eq. 9-16).
 
@@ -302,20 +334,14 @@ class HGITTokenizer(SemanticIdTokenizer):
                 reg = xb.new_zeros(())
                 last = []
                 for j, mu in enumerate(params):
-                    d2 = sq_distances(R, mu)
-                    z = d2.detach().argmin(1)  # Eq. 10
-                    Q = mu[z]  # Eq. 11
+                    d2, z, Q, R_next = quantise_residual(R, mu)  # Eq. 10-12
                     if self.lambda_reg > 0:
-                        # Eq. 14 (soft, differentiable usage) and Eq. 15: KL(p || uniform)
-                        scale = d2.detach().min(1).values.mean().clamp_min(1e-12)
-                        p = torch.softmax(-d2 / (self.usage_temperature * scale), dim=1).mean(0)
-                        reg = reg + (p * torch.log(p.clamp_min(1e-12) * mu.shape[0])).sum()
-                    last.append((R.detach(), (R - Q).detach()))
-                    R = R - Q  # Eq. 12
+                        reg = reg + usage_kl(d2, self.usage_temperature)  # Eq. 14-15
+                    last.append((R.detach(), R_next.detach()))
+                    R = R_next
                     recon = recon + Q
                     counts[j] += torch.bincount(z, minlength=mu.shape[0])
-                err = ((xb - recon) ** 2).sum(1)  # Eq. 13 per item
-                loss = err.mean() / total_var + self.lambda_reg * reg  # Eq. 16
+                loss, err = hgit_loss(xb, recon, total_var, self.lambda_reg, reg)  # Eq. 13, 16
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
