@@ -299,3 +299,31 @@ def test_hgit_transform_new_items_with_unseen_ids(fitted, data):
     new = items[:20].with_columns(pl.lit("never-seen-brand").alias("brand"), pl.lit("NewCity").alias("city"))
     codes = fitted["hgit"].transform(X[:20], new)
     assert codes.shape == (20, 3)
+
+
+@pytest.mark.parametrize("method", ["rqvae", "hgit"])
+def test_trained_tokenizers_repeat_exactly_on_several_threads(method):
+    """The codebook gradients go through embedding(), whose CPU backward adds in a fixed order;
+    the index_put behind ``cb[idx]`` added them in thread order, so two fits on two threads gave
+    different centres (and RQ-VAE different codes)."""
+    import hashlib
+
+    import torch
+
+    from lgsid_pipeline.tokenizers.synthetic import clustered_catalog
+
+    cat = clustered_catalog(n=1500, d=32, seed=3)
+    X, items = (cat[0], cat[1]) if isinstance(cat, tuple) else (cat.X, cat.items)
+    before = torch.get_num_threads()
+    digests = []
+    try:
+        for threads in (2, 2, 1):
+            torch.set_num_threads(threads)
+            params = {"min_steps": 150} if method == "rqvae" else {"lambda_reg": 0.1}
+            tok = make_tokenizer(method, codebook_sizes=[16, 16, 16], levels=3, seed=0, **params)
+            codes = tok.fit(X, items).transform(X, items)
+            centres = [tok._quant_centres(lv).numpy() if method == "rqvae" else tok.centres_[lv] for lv in range(3)]
+            digests.append(hashlib.sha1(codes.tobytes() + b"".join(c.tobytes() for c in centres)).hexdigest())
+    finally:
+        torch.set_num_threads(before)
+    assert digests[0] == digests[1] == digests[2]

@@ -139,7 +139,10 @@ def quantise_residual(R: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, 
     Eq. 12: the next residual ``R - Q``. ``d2`` (the squared distances) feeds Eq. 14."""
     d2 = sq_distances(R, mu)
     z = d2.detach().argmin(1)  # Eq. 10
-    Q = mu[z]  # Eq. 11
+    # Eq. 11; embedding() is mu[z] with a CPU backward that sums each centre's gradient in a
+    # fixed order (the index_put behind mu[z] adds them in thread order, so a fit on two
+    # threads differed from run to run)
+    Q = torch.nn.functional.embedding(z, mu)
     return d2, z, Q, R - Q  # Eq. 12
 
 

@@ -55,7 +55,7 @@ class RQVAEModel(nn.Module):
         codes, residuals = [], []
         for cb in self.codebooks:
             idx = sq_distances(r.detach(), cb.detach()).argmin(1)
-            e = cb[idx]
+            e = nn.functional.embedding(idx, cb)  # = cb[idx]; its CPU backward is deterministic, index_put is not
             # codebook term pulls e to sg(r); commitment term pulls r to sg(e)
             commit = commit + ((r.detach() - e) ** 2).sum(1).mean() + self.beta * ((r - e.detach()) ** 2).sum(1).mean()
             residuals.append(r.detach())
