@@ -60,4 +60,4 @@ for m in ("res_kmeans:origin", "hgit_geo_last:origin", "rqvae:origin"):
     out["methods"][m] = rec
     print(m, out["methods"][m], flush=True)
 print(json.dumps(out, indent=1))
-ROOT / "benchmarks" / "results" / "speed" / "encoder_dtype_sids_gowalla_nyc.json".write_text(json.dumps(out, indent=1) + "\n")
+(ROOT / "benchmarks" / "results" / "speed" / "encoder_dtype_sids_gowalla_nyc.json").write_text(json.dumps(out, indent=1) + "\n")

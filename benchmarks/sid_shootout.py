@@ -75,6 +75,7 @@ from lgsid_pipeline.tokenizers.features import gnpr_features  # noqa: E402
 
 DEFAULT_METHODS = ("hgit:origin", "hgit_geo_last:origin", "res_kmeans:origin", "rqvae:origin", "geo_prefix:origin",
                    "gnpr_rqvae", "random_id")
+DEFAULT_HUB_SHARE = 0.01  # a '+hubs' method's share of the items, most visited first
 LGSID_FAMILY = ("hgit", "hgit_geo_last")  # the paper's HGIT and its variants, on any embeddings
 CONTROLS = ("random_id",)
 
@@ -163,7 +164,7 @@ def aligned_embeddings(path: Path, ranked: pl.DataFrame) -> np.ndarray:
 
 
 def build_sids(spec: MethodSpec, X: dict[str, np.ndarray], ranked: pl.DataFrame, sizes: list[int], levels: int,
-               popularity: np.ndarray, seed: int, hub_share: float = 0.01) -> tuple[np.ndarray, dict]:
+               popularity: np.ndarray, seed: int, hub_share: float = DEFAULT_HUB_SHARE) -> tuple[np.ndarray, dict]:
     emb = X[spec.embeddings]
     params = {"min_steps": 1000} if spec.tokenizer == "rqvae" else {}
     tok = make_tokenizer(spec.tokenizer, codebook_sizes=list(sizes), levels=levels, seed=seed, **params)
@@ -486,7 +487,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--aligned", default=None)
     ap.add_argument("--dedup-order", default="item_id", choices=DEDUP_ORDERS)
     ap.add_argument("--local-km", type=float, default=5.0)
-    ap.add_argument("--hub-share", type=float, default=0.01,
+    ap.add_argument("--hub-share", type=float, default=DEFAULT_HUB_SHARE,
                     help="share of the items, most visited in training first, that a '+hubs' method gives ID-like codes")
     ap.add_argument("--levels", type=int, default=3)
     ap.add_argument("--codebook-size", type=int, default=None)
@@ -517,6 +518,8 @@ def main(argv=None) -> dict:
             parse_method(m, args.dedup_order)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if not 0.0 <= args.hub_share < 1.0:
+        raise SystemExit(f"error: --hub-share must be in [0, 1), got {args.hub_share}")
     result = run(args)
     if result.get("dry_run"):
         return result

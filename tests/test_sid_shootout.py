@@ -114,6 +114,8 @@ def test_bad_method_names_are_clear_errors(tmp_path):
         sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "hgit@zz"])
     with pytest.raises(SystemExit, match="unknown modifier"):
         sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "hgit+ids"])
+    with pytest.raises(SystemExit, match="--hub-share must be in"):
+        sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--hub-share", "1.5"])
     with pytest.raises(SystemExit, match="has no items.parquet"):
         sid_shootout.main(["--data", str(tmp_path), "--out", str(tmp_path / "o.json"), "--methods", "hgit"])
 
