@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.sid_shootout import build_sids, load_dataset, origin_embeddings, parse_method, ranked_items
+from benchmarks.sid_shootout import (build_sids, load_dataset, origin_embeddings, parse_method,  # noqa: E402
+                                     prefix_labels as groups, ranked_items)
 from lgsid_pipeline.prompts import build_prompts
 from lgsid_pipeline.recommenders.data import next_item_split
 from lgsid_pipeline.recommenders.heuristics import item_counts
@@ -38,8 +39,6 @@ for m in ("res_kmeans:origin", "hgit_geo_last:origin", "rqvae:origin"):
         codes[name] = np.asarray(sids)
     a, b = codes["float32"], codes["auto"]
     from sklearn.metrics import adjusted_rand_score
-    def groups(c, l):
-        return np.unique(c[:, :l], axis=0, return_inverse=True)[1].ravel()
     rec = {"raw_codes_equal_level_1": float((a[:, 0] == b[:, 0]).mean())}
     for l in range(1, a.shape[1]):
         rec[f"ari_prefix_{l}"] = float(adjusted_rand_score(groups(a, l), groups(b, l)))

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-CRITERION = 0.30
-MAX_TOP_LOSS = 0.05
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lgsid_pipeline.gdpo import GDPOConfig, headroom_closed as closed  # noqa: E402
 
-
-def closed(value: float, origin: float) -> float:
-    return (value - origin) / (1.0 - origin) if origin < 1.0 else float("nan")
+CRITERION = 0.30  # the alignment issue's acceptance: both headrooms at least 30% closed
+MAX_TOP_LOSS = GDPOConfig.max_top_loss  # the same Top@5 bound as G-DPO's step selection
 
 
 def rows(result: dict) -> list[dict]:

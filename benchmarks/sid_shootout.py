@@ -203,12 +203,13 @@ def _seed_ari(fits: dict[int, tuple[np.ndarray, dict]]) -> dict[str, list[float]
 
     seeds = sorted(fits)
     ref = fits[seeds[0]][0]
-
-    def labels(sids: np.ndarray, depth: int) -> np.ndarray:
-        return np.unique(sids[:, :depth], axis=0, return_inverse=True)[1].reshape(-1)
-
-    return {str(s): [float(adjusted_rand_score(labels(ref, d), labels(fits[s][0], d)))
+    return {str(s): [float(adjusted_rand_score(prefix_labels(ref, d), prefix_labels(fits[s][0], d)))
                      for d in range(1, ref.shape[1])] for s in seeds[1:]}
+
+
+def prefix_labels(sids: np.ndarray, depth: int) -> np.ndarray:
+    """One label per item: the index of its SID prefix of ``depth`` levels among the distinct ones."""
+    return np.unique(sids[:, :depth], axis=0, return_inverse=True)[1].reshape(-1)
 
 
 _CTX: dict = {}

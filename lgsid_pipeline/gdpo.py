@@ -272,10 +272,14 @@ def _reference_cache(
     return torch.from_numpy(np.stack([known[t] for t in uniq])), {t: i for i, t in enumerate(uniq)}
 
 
+def headroom_closed(value: float, origin: float) -> float:
+    """Share of Origin's headroom a metric closed: (m - m_0) / (1 - m_0) (0 where m_0 = 1)."""
+    return (value - origin) / (1.0 - origin) if origin < 1.0 else 0.0
+
+
 def geography_score(m: dict, m0: dict) -> float:
-    """Headroom closed, mean over C@5 and T@5: (m - m_0) / (1 - m_0) (0 where m_0 = 1)."""
-    parts = [(m[k] - m0[k]) / (1.0 - m0[k]) if m0[k] < 1.0 else 0.0 for k in ("c@5", "t@5")]
-    return float(np.mean(parts))
+    """Headroom closed, mean over C@5 and T@5 (:func:`headroom_closed`)."""
+    return float(np.mean([headroom_closed(m[k], m0[k]) for k in ("c@5", "t@5")]))
 
 
 def select_step(evals: list[dict], max_top_loss: float) -> dict:
