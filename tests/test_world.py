@@ -129,6 +129,29 @@ def test_items_lie_near_their_city_and_town(test_world):
         assert town in {t.name for t in nearby_towns(key)}
 
 
+def test_largest_us_cities_are_real_populous_and_apart():
+    from lgsid_pipeline.gazetteer import CITIES, LARGEST_CITIES_MIN_SEPARATION_KM, largest_us_cities
+
+    keys = largest_us_cities(150)
+    assert len(keys) == len(set(keys)) == 150
+    # the named catalog keeps its keys; others are <name>-<state code>
+    assert keys[:5] == ("new-york", "los-angeles", "chicago", "houston", "phoenix")
+    assert "san-antonio-tx" in keys and CITIES["san-antonio-tx"].state == "Texas"
+    pops = [CITIES[k].population for k in keys]
+    assert pops == sorted(pops, reverse=True)
+    # boroughs are parts of New York City, not cities of their own
+    assert not {"brooklyn-ny", "queens-ny", "manhattan-ny", "the-bronx-ny"} & set(keys)
+    assert "brooklyn-ny" in CITIES  # ...but they stay known places
+    lat = np.array([CITIES[k].lat for k in keys])
+    lon = np.array([CITIES[k].lon for k in keys])
+    d = haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :])
+    np.fill_diagonal(d, np.inf)
+    assert d.min() >= LARGEST_CITIES_MIN_SEPARATION_KM
+    assert largest_us_cities(3) == keys[:3]
+    with pytest.raises(ValueError, match="largest_us_cities"):
+        largest_us_cities(0)
+
+
 def test_towns_are_real_places_within_the_radius():
     towns = nearby_towns("springfield-il")
     assert towns[0].name == "Springfield" and towns[0].distance_km == 0
@@ -265,6 +288,16 @@ def test_presets_have_the_documented_sizes():
     for name, n in (("bench-100k", 100_000), ("bench-1m", 1_000_000), ("bench-2.3m", 2_300_000)):
         cfg = PRESETS[name]
         assert cfg.n_items == n and cfg.n_users * cfg.mean_history == pytest.approx(10 * n)
+    many = PRESETS["cities-150"]
+    assert many.n_items == 8000 and len(many.cities) == 150
+
+
+def test_the_150_city_preset_spreads_items_over_every_city():
+    w = generate_world(dataclasses.replace(PRESETS["cities-150"], n_users=300))
+    per_city = w.items.group_by("province", "city").len()
+    assert per_city.height == 150 and w.items.height == 8000
+    # by population, yet every city holds enough items for its own partition's stages
+    assert per_city["len"].min() >= 20 and per_city["len"].max() < 0.05 * 8000
 
 
 @pytest.mark.parametrize(

@@ -124,8 +124,9 @@ class DIEN(ItemEncoder):
         else:
             hist_l, lengths, neg_l = _left_align(hist, aux_neg)
         valid = hist_l != 0  # (B, H): real items first, then pads
-        e = self.represent(hist_l)  # behaviour embeddings e_b[t]
-        ea = self.represent(target)  # target embedding e_a
+        table = self.item_table()
+        e = self.represent(hist_l, table)  # behaviour embeddings e_b[t]
+        ea = self.represent(target, table)  # target embedding e_a
         states, _ = self.extractor(e)  # interest states h_t (causal: pads only after the last item)
 
         # attention a_t = exp(h_t W e_a) / sum_j exp(h_j W e_a), over the valid positions only
@@ -148,7 +149,7 @@ class DIEN(ItemEncoder):
             return logits, logits.new_zeros(())
         h_t = states[:, :-1]
         pos = (h_t * e[:, 1:]).sum(-1)
-        neg = (h_t * self.represent((neg_l[:, 1:] + 1) * pair)).sum(-1)
+        neg = (h_t * self.represent((neg_l[:, 1:] + 1) * pair, table)).sum(-1)
         per_step = F.softplus(-pos) + F.softplus(neg)  # -log s(pos) - log(1 - s(neg))
         return logits, per_step[pair].mean()
 

@@ -89,13 +89,22 @@ class ItemEncoder(nn.Module):
             d = e
         self.dim = d
 
-    def represent(self, items: torch.Tensor) -> torch.Tensor:
-        """items: shifted indices (0 = pad) of any shape -> (..., dim)."""
-        parts = [self.item_emb(items)]
+    def item_table(self) -> torch.Tensor:
+        """(n_items + 1, dim): every item's representation, row 0 the (zero) padding row.
+
+        Built once per forward and indexed, instead of one lookup per SID level at every
+        history position: the same values, with the backward summed over the catalogue's rows
+        rather than over every position of the batch (about 2x faster to train on the CPU).
+        """
+        parts = [self.item_emb.weight]
         if self.sid_emb is not None:
-            c = self.codes[items]
-            parts += [emb(c[..., lvl]) for lvl, emb in enumerate(self.sid_emb)]
-        return torch.cat(parts, dim=-1)
+            parts += [emb(self.codes[:, lvl]) for lvl, emb in enumerate(self.sid_emb)]
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+    def represent(self, items: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """items: shifted indices (0 = pad) of any shape -> (..., dim); ``table`` is
+        :meth:`item_table`, passed in when one forward represents several index tensors."""
+        return nn.functional.embedding(items, self.item_table() if table is None else table)
 
     def training_extras(self, split: SplitData, cfg: DINConfig, prefix_users: np.ndarray, clicked: np.ndarray):
         """Per-training-prefix arrays (first axis = prefix) handed to :meth:`training_loss`; None = none."""
@@ -116,11 +125,26 @@ class DIN(ItemEncoder):
         self.attn = _mlp([4 * d, *cfg.attn_hidden, 1])
         self.tower = _mlp([3 * d, *cfg.mlp, 1])
 
+    def activation_weights(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """DIN's activation unit: the MLP ``attn`` of [h, t, h - t, h * t] for each history
+        position, (B, H, d) and (B, d) -> (B, H).
+
+        Its first layer is linear, so W [h, t, h - t, h * t] = (W1 + W3) h + (W2 - W3) t +
+        W4 (h * t) with W = [W1 W2 W3 W4] split by input block: the same function and the same
+        parameters, but the target's term is computed once per sample instead of once per
+        history position, and the (B, H, 4d) input is never built (tested against the
+        concatenated form)."""
+        first = self.attn[0]
+        w1, w2, w3, w4 = first.weight.split(h.shape[-1], dim=1)
+        z = (nn.functional.linear(h, w1 + w3) + nn.functional.linear(h * t.unsqueeze(1), w4)
+             + nn.functional.linear(t, w2 - w3, first.bias).unsqueeze(1))
+        return self.attn[1:](z).squeeze(-1)
+
     def forward(self, hist: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        h = self.represent(hist)  # (B, H, d)
-        t = self.represent(target)  # (B, d)
-        te = t.unsqueeze(1).expand_as(h)
-        w = self.attn(torch.cat([h, te, h - te, h * te], dim=-1)).squeeze(-1)  # DIN activation unit
+        table = self.item_table()
+        h = self.represent(hist, table)  # (B, H, d)
+        t = self.represent(target, table)  # (B, d)
+        w = self.activation_weights(h, t)
         w = w.masked_fill(hist == 0, 0.0)  # no softmax, as in DIN; padding contributes nothing
         interest = (w.unsqueeze(-1) * h).sum(1)
         return self.tower(torch.cat([interest, t, interest * t], dim=-1)).squeeze(-1)
