@@ -145,22 +145,10 @@ def test_din_beats_random_on_learnable_signal_and_is_seeded(planted):
     assert (per_user["p"] == 1).all() and (per_user["n"] == 5).all()
 
 
-def _din_by_the_paper(model, hist, target):
-    """DIN as printed: per-position lookups of the ID and each SID level, concatenated, and the
-    activation unit's MLP over the concatenation [h, t, h - t, h * t]."""
-    def represent(items):
-        c = model.codes[items]
-        return torch.cat([model.item_emb(items), *(emb(c[..., lvl]) for lvl, emb in enumerate(model.sid_emb))], -1)
-
-    h, t = represent(hist), represent(target)
-    te = t.unsqueeze(1).expand_as(h)
-    w = model.attn(torch.cat([h, te, h - te, h * te], dim=-1)).squeeze(-1).masked_fill(hist == 0, 0.0)
-    interest = (w.unsqueeze(-1) * h).sum(1)
-    return model.tower(torch.cat([interest, t, interest * t], dim=-1)).squeeze(-1)
-
-
 def test_din_fast_forward_is_the_printed_din_in_value_and_gradient():
-    from lgsid_pipeline.recommenders.din import DIN
+    """The fast forward (one item table, the first attention layer split by input block) is the
+    printed DIN (PrintedDIN) in value and in every parameter's gradient."""
+    from lgsid_pipeline.recommenders.din import DIN, PrintedDIN
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -177,8 +165,10 @@ def test_din_fast_forward_is_the_printed_din_in_value_and_gradient():
     target = torch.from_numpy(rng.integers(1, 51, size=64))
     fast = model(hist, target)
     grads_fast = torch.autograd.grad(fast.sum(), list(model.parameters()))
-    ref = _din_by_the_paper(model, hist, target)
-    grads_ref = torch.autograd.grad(ref.sum(), list(model.parameters()))
+    printed = PrintedDIN(50, codes, DINConfig())
+    printed.load_state_dict(model.state_dict())
+    ref = printed(hist, target)
+    grads_ref = torch.autograd.grad(ref.sum(), list(printed.parameters()))
     assert torch.allclose(fast, ref, atol=1e-5, rtol=1e-5)
     for gf, gr in zip(grads_fast, grads_ref):
         assert torch.allclose(gf, gr, atol=1e-4, rtol=1e-4)
@@ -187,6 +177,19 @@ def test_din_fast_forward_is_the_printed_din_in_value_and_gradient():
     origin = DIN(50, None, DINConfig())
     h = origin.represent(hist)
     assert torch.equal(h, origin.item_emb(hist))
+
+
+def test_din_fast_training_stays_within_float_noise_of_the_printed_form(planted):
+    from lgsid_pipeline.recommenders.din import PrintedDIN
+
+    d, s = planted
+    sids = d.sids.filter(pl.col("method") == "hgit")
+    cfg = DINConfig(epochs=2, batch_size=256, lr=1e-2, seed=0)
+    fast = train_and_evaluate_din(s, sids, cfg)
+    ref = train_and_evaluate_din(s, sids, cfg, model_cls=PrintedDIN)
+    for key in ("valid_auc", "auc", "gauc"):
+        assert abs(fast.metrics[key] - ref.metrics[key]) < 0.01, key
+    assert fast.metrics["auc"] > 0.65
 
 
 def test_evaluate_all_in_worker_processes_matches_inline(planted):

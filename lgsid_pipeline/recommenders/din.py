@@ -150,6 +150,30 @@ class DIN(ItemEncoder):
         return self.tower(torch.cat([interest, t, interest * t], dim=-1)).squeeze(-1)
 
 
+class PrintedDIN(DIN):
+    """DIN computed as printed: per-position lookups of the ID and of each SID level,
+    concatenated, and the activation unit's MLP over the built [h, t, h - t, h * t]. The same
+    parameters as :class:`DIN`; the reference its forward is tested and benchmarked against
+    (``benchmarks/bench_din.py``), never the default."""
+
+    def represent(self, items: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [self.item_emb(items)]
+        if self.sid_emb is not None:
+            c = self.codes[items]
+            parts += [emb(c[..., lvl]) for lvl, emb in enumerate(self.sid_emb)]
+        return torch.cat(parts, dim=-1)
+
+    def activation_weights(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        te = t.unsqueeze(1).expand_as(h)
+        return self.attn(torch.cat([h, te, h - te, h * te], dim=-1)).squeeze(-1)
+
+    def forward(self, hist: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        h, t = self.represent(hist), self.represent(target)
+        w = self.activation_weights(h, t).masked_fill(hist == 0, 0.0)
+        interest = (w.unsqueeze(-1) * h).sum(1)
+        return self.tower(torch.cat([interest, t, interest * t], dim=-1)).squeeze(-1)
+
+
 def _padded(histories: list[np.ndarray], h: int) -> np.ndarray:
     """(n, h) shifted item indices (0 = pad), right-aligned."""
     out = np.zeros((len(histories), h), dtype=np.int64)
