@@ -169,12 +169,18 @@ CITY_CATALOG: dict[str, tuple[str, str, float, float]] = {
 """Catalog key -> (display name, state name, lat, lon)."""
 
 
+def known_keys_hint() -> str:
+    """The known city keys in a line an error message can show (all 3,000+ would bury it)."""
+    return (f"known keys: {sorted(_CITY_LOOKUP)}, and every other US place of population >= 15,000 "
+            f"as '<name>-<state code>' ({len(CITIES) - len(_CITY_LOOKUP)} more, e.g. 'san-antonio-tx')")
+
+
 def city_spec(key: str) -> CitySpec:
     """The ``CitySpec`` for a catalog key; ``ValueError`` naming the known keys otherwise."""
     try:
         return CITIES[key]
     except KeyError:
-        raise ValueError(f"unknown city key {key!r}; known keys: {sorted(CITIES)}") from None
+        raise ValueError(f"unknown city key {key!r}; {known_keys_hint()}") from None
 
 
 @functools.lru_cache(maxsize=1)

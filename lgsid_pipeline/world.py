@@ -49,7 +49,8 @@ import polars as pl
 from scipy.spatial import cKDTree
 
 from lgsid_pipeline import schema
-from lgsid_pipeline.gazetteer import CITIES, CITY_CATALOG, city_spec, haversine_km, largest_us_cities, nearby_towns
+from lgsid_pipeline.gazetteer import (CITIES, CITY_CATALOG, city_spec, haversine_km, known_keys_hint, largest_us_cities,
+                                      nearby_towns)
 from lgsid_pipeline.world_categories import CAT2_WORDS, COMMON_WORDS, LEAVES
 
 __all__ = [
@@ -136,7 +137,7 @@ class WorldConfig:
         for key in self.cities:
             if key not in CITIES:
                 raise ValueError(
-                    f"WorldConfig.cities: unknown city key {key!r}; known keys: {sorted(CITIES)}"
+                    f"WorldConfig.cities: unknown city key {key!r}; {known_keys_hint()}"
                 )
         for name in ("chain_share", "district_null_rate", "traveller_share", "new_session_prob",
                      "browse_prob", "brand_repeat_prob", "revisit_prob"):

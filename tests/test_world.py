@@ -150,6 +150,10 @@ def test_largest_us_cities_are_real_populous_and_apart():
     assert largest_us_cities(3) == keys[:3]
     with pytest.raises(ValueError, match="largest_us_cities"):
         largest_us_cities(0)
+    # an unknown key's error names the catalogue and the rule, not 3,000 keys
+    with pytest.raises(ValueError, match="san-antonio-tx") as err:
+        WorldConfig(n_items=10, n_users=5, mean_history=3.0, cities=("atlantis",))
+    assert len(str(err.value)) < 600
 
 
 def test_towns_are_real_places_within_the_radius():
