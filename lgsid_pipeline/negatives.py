@@ -102,10 +102,20 @@ def _check_items(items: pl.DataFrame, name: str) -> tuple[pl.Series, np.ndarray,
         nulls = items[col].is_null()
         if nulls.any():
             raise ValueError(f"{name} column {col!r} is null in row {int(nulls.arg_true()[0])}")
-    dup = items["item_id"].is_duplicated()
-    if dup.any():
-        row = int(dup.arg_true()[0])
-        raise ValueError(f"{name} item_id {items['item_id'][row]!r} is duplicated (row {row})")
+    ids = items["item_id"]
+    if ids.flags["SORTED_ASC"]:
+        # sorted (a batch's far pool): a duplicate sits right after its twin, so one pass over
+        # neighbours replaces the hash of every id (1.4 s a call at 2.3M items); row = the first
+        # of the pair, the row is_duplicated would name
+        second = (ids == ids.shift(1)).fill_null(False)
+        if second.any():
+            row = int(second.arg_true()[0]) - 1
+            raise ValueError(f"{name} item_id {ids[row]!r} is duplicated (row {row})")
+    else:
+        dup = ids.is_duplicated()
+        if dup.any():
+            row = int(dup.arg_true()[0])
+            raise ValueError(f"{name} item_id {ids[row]!r} is duplicated (row {row})")
     try:
         lat, lon = validate_lat_lon(items["lat"].to_numpy(), items["lon"].to_numpy())
     except ValueError as err:

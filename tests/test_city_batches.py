@@ -150,3 +150,32 @@ def test_a_failing_batch_in_a_worker_process_fails_the_command_naming_its_cities
     assert rc == 1
     cities = SOURCE.city_keys()
     assert "FAILED at cities" in err and "cooccurrence_pairs" in err and cities[0] in err
+
+
+def test_the_negatives_batch_sorts_the_far_pool_once(tmp_path, monkeypatch):
+    """Every city of a batch gets the other cities' items already sorted by item_id (polars'
+    sorted flag set), so the core's own sort of the pool costs nothing per city and strategy;
+    the lists equal those of an unsorted pool."""
+    import assets.signals as signals
+    from lgsid_pipeline.alignment import city_negatives
+
+    instance = dg.DagsterInstance.ephemeral()
+    cities = SOURCE.city_keys()
+    instance.add_dynamic_partitions("city", cities)
+    resources = build_resources(str(tmp_path), SOURCE)
+    args = batch_request_args(cities)
+    assert dg.materialize(ASSETS, instance=instance, resources=resources, tags=args["tags"]).success
+    seen = []
+
+    def spy(items, far_items, settings):
+        seen.append(far_items["item_id"].flags["SORTED_ASC"])
+        lists, results = city_negatives(items, far_items, settings)
+        shuffled = far_items.sample(fraction=1.0, shuffle=True, seed=0)
+        assert city_negatives(items, shuffled, settings)[0].equals(lists)
+        return lists, results
+
+    monkeypatch.setattr(signals, "city_negatives", spy)
+    run = dg.materialize([*ASSETS, signals.distance_ranked_negatives], instance=instance, resources=resources,
+                         tags=args["tags"], selection=[signals.distance_ranked_negatives])
+    assert run.success
+    assert len(seen) == len(cities) and all(seen)

@@ -229,6 +229,24 @@ def test_bad_input():
         distance_ranked_negatives(items.with_columns(pl.lit(123.0).alias("lat")))
 
 
+def test_a_sorted_pool_names_the_same_duplicate_as_an_unsorted_one():
+    from lgsid_pipeline.negatives import _check_items
+
+    items = _city(n_dense=10, n_sparse=0)
+    twice = pl.concat([items, items.slice(4, 1), items.slice(7, 1)]).sort("item_id", maintain_order=True)
+    assert twice["item_id"].flags["SORTED_ASC"]
+    unflagged = pl.DataFrame({c: twice[c].to_list() for c in twice.columns}, schema=twice.schema)
+    assert not unflagged["item_id"].flags["SORTED_ASC"]  # the same rows, checked by hashing
+    messages = []
+    for frame in (twice, unflagged):
+        with pytest.raises(ValueError, match="duplicated") as err:
+            _check_items(frame, "far_items")
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "(row" in messages[0]
+    ids, _, _ = _check_items(items.sort("item_id"), "far_items")  # a sorted pool without duplicates passes
+    assert ids.len() == items.height
+
+
 def test_mismatched_prompts_swap_only_the_location():
     # Unique towns except items 0 and 1, which share one (checked at the end).
     towns = [f"Town{i}" for i in range(40)]
