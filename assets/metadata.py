@@ -97,6 +97,9 @@ def flat(metrics: Mapping[str, object], prefix: str = "") -> dict[str, object]:
 
 
 class Timer:
+    """Wall seconds per named step; a name timed again adds up (a step run once per city of a
+    batch reports the batch's total, not its last city's)."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
@@ -106,7 +109,7 @@ class Timer:
         try:
             yield
         finally:
-            self.seconds[name] = round(time.perf_counter() - start, 3)
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
     def metadata(self) -> dict[str, dg.MetadataValue]:
         return {f"seconds.{k}": dg.MetadataValue.float(v) for k, v in self.seconds.items()}

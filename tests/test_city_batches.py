@@ -179,3 +179,19 @@ def test_the_negatives_batch_sorts_the_far_pool_once(tmp_path, monkeypatch):
                          tags=args["tags"], selection=[signals.distance_ranked_negatives])
     assert run.success
     assert len(seen) == len(cities) and all(seen)
+
+
+def test_a_step_timed_once_per_city_reports_the_batch_total():
+    import time
+
+    from assets.metadata import Timer
+
+    timer = Timer()
+    for _ in range(3):  # e.g. the catalog's map, drawn once per city of the batch
+        with timer("map"):
+            time.sleep(0.02)
+    with timer("load"):
+        pass
+    assert timer.seconds["map"] >= 0.06  # the sum of the three, not the last one
+    assert timer.seconds["load"] < timer.seconds["map"]
+    assert set(timer.metadata()) == {"seconds.map", "seconds.load"}
