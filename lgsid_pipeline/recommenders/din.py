@@ -157,6 +157,9 @@ class PrintedDIN(DIN):
     parameters as :class:`DIN`; the reference its forward is tested and benchmarked against
     (``benchmarks/bench_din.py``), never the default."""
 
+    def item_table(self) -> None:
+        return None  # looks up every position instead (``represent``)
+
     def represent(self, items: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         parts = [self.item_emb(items)]
         if self.sid_emb is not None:
@@ -167,12 +170,6 @@ class PrintedDIN(DIN):
     def activation_weights(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         te = t.unsqueeze(1).expand_as(h)
         return self.attn(torch.cat([h, te, h - te, h * te], dim=-1)).squeeze(-1)
-
-    def forward(self, hist: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        h, t = self.represent(hist), self.represent(target)
-        w = self.activation_weights(h, t).masked_fill(hist == 0, 0.0)
-        interest = (w.unsqueeze(-1) * h).sum(1)
-        return self.tower(torch.cat([interest, t, interest * t], dim=-1)).squeeze(-1)
 
 
 def _padded(histories: list[np.ndarray], h: int) -> np.ndarray:
