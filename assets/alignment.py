@@ -152,8 +152,8 @@ class AlignedEncoderConfig(dg.Config):
     reward: Literal[alignment.REWARD_SOURCES] = Field(default="learned", description="learned: the reward_model "
                                                      "asset | oracle: R fitted to the true great-circle order of "
                                                      "the pairs (a diagnostic: is R the limit, or G-DPO?).")
-    epochs: int = 1
-    batch_size: int = 16
+    epochs: int = gdpo.GDPOConfig.epochs
+    batch_size: int = gdpo.GDPOConfig.batch_size
     lr: float = gdpo.GDPOConfig.lr
     sim_reading: Literal[gdpo.SIM_READINGS] = Field(default=gdpo.GDPOConfig.sim_reading, description="Eq. 7 reading: printed (pull to "
                              "the own reference, push from the batch's others) | pull (own reference only).")
@@ -163,10 +163,10 @@ class AlignedEncoderConfig(dg.Config):
     max_top_loss: float = Field(default=gdpo.GDPOConfig.max_top_loss, description="Largest relative Top@5 loss "
                                 "a kept step may have against the unchanged encoder.")
     patience: int = gdpo.GDPOConfig.patience
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    seed: int = 0
+    lora_r: int = gdpo.GDPOConfig.lora_r
+    lora_alpha: int = gdpo.GDPOConfig.lora_alpha
+    lora_dropout: float = gdpo.GDPOConfig.lora_dropout
+    seed: int = gdpo.GDPOConfig.seed
 
     @field_validator("gc_outside")
     @classmethod
@@ -341,9 +341,9 @@ def load_embeddings_and_versions(home: LgsidHome, variant: str, catalog: pl.Data
 
 
 class AlignmentReportConfig(dg.Config):
-    max_queries: int | None = Field(default=2000, description="Query items in all (a total budget, allocated "
+    max_queries: int | None = Field(default=alignment_metrics.PIPELINE_MAX_QUERIES, description="Query items in all (a total budget, allocated "
                                    "across cities in proportion to their size); None scores every item.")
-    queries_floor: int = Field(default=8, description="Queries per city at least (up to the city's items), so "
+    queries_floor: int = Field(default=alignment_metrics.PIPELINE_QUERIES_FLOOR, description="Queries per city at least (up to the city's items), so "
                                "small cities are scored too.")
     seed: int = 0
 

@@ -2,6 +2,7 @@
 Res-KMeans / RQ-VAE baselines) and the per-city SID table with stable IDs across refreshes."""
 
 import datetime
+import inspect
 import json
 from typing import Literal
 
@@ -15,6 +16,7 @@ from assets.metadata import Timer, config_json, image
 from assets.partitions import CITY_BACKFILL, DELTA, TRAINING_POOL, city_partitions, emit, run_cities
 from lgsid_pipeline.train_state import load_json
 from lgsid_pipeline.tokenizers import default_codebook_sizes, load_tokenizer, make_tokenizer
+from lgsid_pipeline.tokenizers.hgit import ADMIN_COLUMNS, HGITTokenizer
 from lgsid_pipeline.prompts import build_prompts
 from lgsid_pipeline.tokenizers.dedup import (DEDUP_ORDERS, DEDUP_STRATEGIES, assign_unique, collision_figures, collision_rate,
                                              dedup_order_key, hub_codes, unique_sids)
@@ -54,6 +56,8 @@ DEFAULT_VARIANTS = ["lgsid", "hgit_origin", "hgit_geo_last_origin", "res_kmeans"
 DEFAULT_SID_VARIANT = "hgit_geo_last_origin"
 HGIT_METHODS = ("hgit", "hgit_geo_last")
 
+_HGIT = inspect.signature(HGITTokenizer).parameters  # Eq. 9-16 defaults live in the core
+
 
 class CodebookConfig(dg.Config):
     variants: list[str] = Field(default=list(DEFAULT_VARIANTS),
@@ -61,7 +65,7 @@ class CodebookConfig(dg.Config):
     default_variant: str | None = Field(default=None, description="The variant sid_table ships as its default "
                                         f"(recorded in the manifest). None: {DEFAULT_SID_VARIANT!r} when it is "
                                         "fitted, else the first fitted variant.")
-    levels: int = Field(default=3, description="Code length L before the dedup digit.")
+    levels: int = Field(default=_HGIT["levels"].default, description="Code length L before the dedup digit.")
     codebook_sizes: list[int] | None = Field(default=None, description="Per-level sizes; None: 256 per level, "
                                                                       "capped at N/8 for small catalogues.")
     dedup: Literal[DEDUP_STRATEGIES] = Field(default="append", description="append (dedup digit) | greedy (next-best code, then digit)")
@@ -72,13 +76,13 @@ class CodebookConfig(dg.Config):
                              description="Share of the items, most visited first (user_interactions), that get "
                                          "ID-like SIDs of their own: a new first-level code each, zeros below "
                                          "(tokenizers.dedup.hub_codes). 0: none.")
-    w_admin: float = Field(default=1.0, description="Eq. 9 weight of the admin block (HGIT variants).")
-    w_geo: float = Field(default=1.0, description="Eq. 9 weight of the geographic block (HGIT variants).")
-    w_cat: float = Field(default=0.5, description="Eq. 9 weight of the category block (HGIT).")
-    w_brand: float = Field(default=0.25, description="Eq. 9 weight of the brand block (HGIT).")
-    lambda_reg: float = Field(default=0.1, description="Eq. 16 weight of the usage regulariser (HGIT).")
-    usage_temperature: float = Field(default=0.3, description="Soft-usage temperature of Eq. 14 (HGIT).")
-    admin_columns: list[str] = Field(default=["province", "city", "district", "town"],
+    w_admin: float = Field(default=_HGIT["w_admin"].default, description="Eq. 9 weight of the admin block (HGIT variants).")
+    w_geo: float = Field(default=_HGIT["w_geo"].default, description="Eq. 9 weight of the geographic block (HGIT variants).")
+    w_cat: float = Field(default=_HGIT["w_cat"].default, description="Eq. 9 weight of the category block (HGIT).")
+    w_brand: float = Field(default=_HGIT["w_brand"].default, description="Eq. 9 weight of the brand block (HGIT).")
+    lambda_reg: float = Field(default=_HGIT["lambda_reg"].default, description="Eq. 16 weight of the usage regulariser (HGIT).")
+    usage_temperature: float = Field(default=_HGIT["usage_temperature"].default, description="Soft-usage temperature of Eq. 14 (HGIT).")
+    admin_columns: list[str] = Field(default=list(ADMIN_COLUMNS),
                                      description="The admin hierarchy of Eq. 9, coarse to fine (HGIT variants).")
     refit: bool = Field(default=False, description="Refit even if a codebook exists (bumps the version). The "
                                                    "refit (lgsid materialize --refit, the refit chain) sets this.")

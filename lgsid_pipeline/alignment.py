@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from lgsid_pipeline import gdpo, reward
+from lgsid_pipeline import gdpo, paper, reward
 from lgsid_pipeline.budgets import allocation_summary, sample_by_city
 from lgsid_pipeline.geo import haversine_km
 from lgsid_pipeline.negatives import (
@@ -49,7 +49,7 @@ def _hash(obj) -> str:
 # -- negatives, per city ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NegativeSettings:
-    k: int = 15  # negatives per anchor (the paper: 15)
+    k: int = paper.NEGATIVES_PER_POSITIVE  # negatives per anchor
     density_k: int = 10  # k of the anchor's k-th neighbour distance r_k, the local density scale
     near_scale: float = 2.0  # hard negatives lie within near_scale * r_k
     hard_share: float = 1 / 3  # share of each list drawn from the hard band

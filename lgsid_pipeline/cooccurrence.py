@@ -35,9 +35,10 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from lgsid_pipeline import paper
 from lgsid_pipeline.schema import source_order
 
-PAPER_S_TH = 1200
+PAPER_S_TH = paper.COOCCURRENCE_THRESHOLD
 """Threshold used in the paper (Appendix B) on the Kuaishou data."""
 PAPER_N_INTERACTIONS = 50_000_000
 PAPER_N_ITEMS = 2_325_266

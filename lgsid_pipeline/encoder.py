@@ -36,6 +36,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from . import paper
 from .progress import advance
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,9 @@ def default_model_path() -> Path:
 @dataclass(frozen=True)
 class EncoderConfig:
     model_path: str | None = None
-    pooling: Pooling = "mean"
+    pooling: Pooling = paper.ENCODER_POOLING  # the paper: last token (see paper.APPENDIX_B)
     normalize: bool = True
-    max_length: int = 128
+    max_length: int = paper.ENCODER_MAX_LENGTH  # the paper: 512
     batch_size: int = 32
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # "auto": float32 weights, bfloat16 inference where the hardware has it and the probe passes.

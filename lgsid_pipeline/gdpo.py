@@ -37,6 +37,7 @@ import polars as pl
 import torch
 from torch.nn import functional as F
 
+from lgsid_pipeline import paper
 from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, hash_files, model_files
 from lgsid_pipeline.progress import advance
 from lgsid_pipeline.prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, build_prompts
@@ -84,7 +85,7 @@ def build_preference_pairs(
     items: pl.DataFrame,
     cooc_pairs: pl.DataFrame | None,
     *,
-    n_gc_per_item: int = 1,
+    n_gc_per_item: int = paper.DMIX_FAR_PER_SAMPLE,
     seed: int = 0,
     max_pairs: int | None = None,
     use_dc: bool = True,
@@ -136,6 +137,7 @@ def gdpo_align_loss(r_pi_pos: torch.Tensor, r_pi_neg: torch.Tensor, r_ref_pos: t
     return -F.logsigmoid(beta * (r_pi_pos - r_pi_neg - r_ref_pos + r_ref_neg)).mean()
 
 
+LORA_TARGETS = paper.LORA_TARGETS  # the encoder modules LoRA adapts (BERT-style names)
 SIM_READINGS = ("printed", "pull")
 
 
@@ -166,15 +168,15 @@ def gdpo_loss(align: torch.Tensor, sim: torch.Tensor, lam: float) -> torch.Tenso
 # -- training -------------------------------------------------------------------------------------
 @dataclass
 class GDPOConfig:
-    beta: float = 0.9
-    lam: float = 0.2  # chosen on validation items by the sweep in docs/alignment.md (2026-12-02)
+    beta: float = paper.DPO_BETA
+    lam: float = paper.SIM_LAMBDA  # the paper prints 155: see paper.APPENDIX_B for why 0.2
     lr: float = 2e-3
     epochs: int = 1
     batch_size: int = 16
     max_steps: int | None = None
-    lora_r: int = 8
+    lora_r: int = paper.LORA_RANK
     lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    lora_dropout: float = paper.LORA_DROPOUT
     seed: int = 0
     max_length: int | None = None  # None: the encoder's own max_length
     checkpoint_every: int = 50
@@ -236,7 +238,7 @@ def _policy(encoder: TextEncoder, cfg: GDPOConfig):
 
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=["key", "value"], bias="none")
+                      target_modules=list(LORA_TARGETS), bias="none")
     model = get_peft_model(encoder.clone_model(), lora)
     _lora_dropout_only(model)
     return model

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from lgsid_pipeline import prompts
+from lgsid_pipeline import paper, prompts
 from lgsid_pipeline.geo import (
     GeoIndex,
     chord_to_km,
@@ -93,6 +93,13 @@ class NegativesResult:
     rank_quantiles: pl.DataFrame = field(default_factory=pl.DataFrame)
     """rank -> n, p10/p50/p90 distance (km) and p50 distance in units of the anchor's r_k."""
 
+
+def soft_labels(ranks, k: int):
+    """Eq. 3: ``p = K - Rank(dis) + 1`` (rank 1..K -> labels K..1; the true location, rank 0,
+    gets K + 1). The one home of Eq. 3, for numpy arrays and torch tensors alike. ``k`` is the
+    list's length: each stored list uses its own (n_i), the reward model the common K its
+    (A, K + 1) training tensors are cut to (reward.common_list_length)."""
+    return k - ranks + 1
 
 def _check_items(items: pl.DataFrame, name: str) -> tuple[pl.Series, np.ndarray, np.ndarray]:
     for col in ("item_id", "lat", "lon"):
@@ -305,7 +312,7 @@ def _city_lists(
             )
             neg = np.concatenate([neg, fi + n], axis=1)
         # Eq. 3: sort each list near -> far (stable: ties keep the sampling order), rank 1..n_i,
-        # soft label p = n_i - rank + 1.
+        # soft label p = n_i - rank + 1 (soft_labels).
         order = np.argsort(dist, axis=1, kind="stable")
         dist = np.take_along_axis(dist, order, axis=1)
         neg = np.take_along_axis(neg, order, axis=1)
@@ -327,7 +334,7 @@ def _city_lists(
                     "negative_id": neg_ids,
                     "rank": rank,
                     "distance_km": dist.reshape(-1),
-                    "label": (width - rank + 1).astype(np.float64),
+                    "label": soft_labels(rank, width).astype(np.float64),
                     "negative_city_key": neg_city,
                     "density_radius_km": np.repeat(r_k, width),
                     "_far": is_far,
@@ -360,7 +367,7 @@ def _rank_quantiles(lists: pl.DataFrame) -> pl.DataFrame:
 def distance_ranked_negatives(
     items: pl.DataFrame,
     *,
-    k: int = 15,
+    k: int = paper.NEGATIVES_PER_POSITIVE,
     strategy: str = "density",
     seed: int = 0,
     far_items: pl.DataFrame | None = None,
@@ -571,7 +578,7 @@ def _distinct_negatives(items: pl.DataFrame, ids: pl.Series, lat: np.ndarray, lo
     flat = neg.reshape(-1)
     lists = pl.DataFrame({
         "anchor_id": ids.gather(np.repeat(anchors, width)), "negative_id": reps["item_id"].gather(flat),
-        "rank": rank, "distance_km": dist.reshape(-1), "label": (width - rank + 1).astype(np.float64),
+        "rank": rank, "distance_km": dist.reshape(-1), "label": soft_labels(rank, width).astype(np.float64),
         "strategy": "distinct", "negative_city_key": reps["city_key"].gather(flat),
         "density_radius_km": np.full(flat.size, np.nan),
     }, schema=LIST_SCHEMA)

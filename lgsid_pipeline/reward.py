@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lgsid_pipeline import negatives
 from lgsid_pipeline.train_state import (
     atomic_save_tensors,
     atomic_write_text,
@@ -53,11 +54,8 @@ RewardMode = Literal[REWARD_MODES]
 
 # -- data -------------------------------------------------------------------------------------
 def soft_labels(ranks: torch.Tensor, k: int) -> torch.Tensor:
-    """Eq. 3: p_ij = K - Rank(dis_ij) + 1 for the mismatched slots (rank 1..K -> K..1).
-
-    The true location (rank 0) gets K + 1, one above the nearest mismatched location.
-    """
-    return (k - ranks + 1).to(torch.float32)
+    """Eq. 3 (:func:`lgsid_pipeline.negatives.soft_labels`) as float32 for R's training tensors."""
+    return negatives.soft_labels(ranks, k).to(torch.float32)
 
 
 def common_list_length(prompts_df: pl.DataFrame, keep_share: float = 0.9) -> int:

@@ -30,6 +30,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from .. import paper
 from .data import SplitData
 from .metrics import auc, gauc
 from .tiger import _training_prefixes, sid_codes_for
@@ -37,19 +38,19 @@ from .tiger import _training_prefixes, sid_codes_for
 
 @dataclass
 class DINConfig:
-    embed_dim: int = 8
+    embed_dim: int = paper.DIN_EMBED_DIM
     attn_hidden: tuple[int, ...] = (32, 16)
-    mlp: tuple[int, ...] = (32, 16)  # + the final 1-unit layer: tower [32, 16, 1]
-    lr: float = 5e-3
+    mlp: tuple[int, ...] = paper.DIN_TOWER  # + the final 1-unit layer: tower [32, 16, 1]
+    lr: float = paper.DIN_LR  # the paper: 0.1 (see paper.APPENDIX_B)
     weight_decay: float = 1e-4
-    step_size: int = 500
-    gamma: float = 0.9
-    batch_size: int = 1024
+    step_size: int = paper.DIN_LR_STEP
+    gamma: float = paper.DIN_LR_GAMMA
+    batch_size: int = paper.DIN_BATCH  # the paper: 10,240
     epochs: int = 5
     patience: int = 2
     max_history: int = 20
-    neg_ratio: int = 4
-    eval_negatives: int = 4
+    neg_ratio: int = paper.DIN_NEGATIVE_RATIO
+    eval_negatives: int = paper.DIN_NEGATIVE_RATIO
     eval_seed: int = 2024
     seed: int = 0
     device: str = "cpu"

@@ -14,7 +14,9 @@ import numpy as np
 import polars as pl
 from scipy.stats import rankdata
 
-KS = (5, 10)
+from .. import paper
+
+KS = paper.EVAL_KS
 
 
 def target_ranks(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import polars as pl
 import torch
 
 from lgsid_pipeline.tokenizers.codebook_io import load_state, save_state
-from lgsid_pipeline.tokenizers.kmeans import sq_distances
+from lgsid_pipeline.tokenizers.kmeans import residual_step, sq_distances
 
 _REGISTRY: dict[str, type["SemanticIdTokenizer"]] = {}
 
@@ -146,12 +146,10 @@ class SemanticIdTokenizer:
                 R = self._quant_input(X[s : s + TRANSFORM_BLOCK])
                 for level in range(self.levels):
                     C = self._quant_centres(level)
-                    if level in fixed:
-                        z = torch.from_numpy(np.asarray(fixed[level][s : s + TRANSFORM_BLOCK], dtype=np.int64))
-                    else:
-                        z = sq_distances(R, C).argmin(1)  # Eq. 10
+                    given = (np.asarray(fixed[level][s : s + TRANSFORM_BLOCK], dtype=np.int64)
+                             if level in fixed else None)
+                    z, R = residual_step(R, C, given)  # Eq. 10-12
                     codes[s : s + TRANSFORM_BLOCK, level] = z.numpy()
-                    R = R - C[z]  # Eq. 11-12
         return codes.astype(np.int32)
 
     def _first_level_codes(self, X: np.ndarray, items: pl.DataFrame | None) -> np.ndarray | None:
@@ -178,9 +176,9 @@ class SemanticIdTokenizer:
 
     def _residual_before(self, X: np.ndarray, codes: np.ndarray, level: int) -> torch.Tensor:
         """Eq. 12: R(level-1) = X - sum of the centres chosen at the earlier levels."""
-        R = self._quant_input(X).clone()
+        R = self._quant_input(X)
         for j in range(level):
-            R -= self._quant_centres(j)[torch.from_numpy(np.asarray(codes[:, j], dtype=np.int64))]
+            _, R = residual_step(R, self._quant_centres(j), np.asarray(codes[:, j], dtype=np.int64))
         return R
 
     @torch.no_grad()

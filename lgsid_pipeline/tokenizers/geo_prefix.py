@@ -26,7 +26,7 @@ import torch
 from lgsid_pipeline.tokenizers.base import SemanticIdTokenizer, check_embeddings, check_items
 from lgsid_pipeline.tokenizers.codebook_io import require_tensors
 from lgsid_pipeline.tokenizers.hgit import unit_vectors
-from lgsid_pipeline.tokenizers.kmeans import fit_kmeans, group_means, nearest_centre, sq_distances
+from lgsid_pipeline.tokenizers.kmeans import fit_kmeans, group_means, nearest_centre, residual_step, sq_distances
 
 MAX_BITS = 26  # per axis: about 0.6 m of latitude
 
@@ -104,13 +104,12 @@ class GeoPrefixTokenizer(SemanticIdTokenizer):
         self.cell_units_ = _unit(*cell_centres(cells, bits))
         z1 = self._cell_codes(items)
         centres = [group_means(X, z1, cells.size)]
-        R = X - centres[0][z1]
+        _, R = residual_step(X.copy(), centres[0], z1)  # Eq. 11-12 with the cells as level-1 codes
         codes = np.empty((X.shape[0], self.levels), dtype=np.int32)
         codes[:, 0] = z1
         for level in range(1, self.levels):
             C = fit_kmeans(R, sizes[level], seed=self.seed + level, max_samples=self.kmeans_max_samples)
-            z, _ = nearest_centre(R, C)  # Eq. 10
-            R -= C[z]  # Eq. 11-12
+            z, R = residual_step(R, C)  # Eq. 10-12
             codes[:, level] = z
             centres.append(C)
         self.centres_ = centres

@@ -48,7 +48,7 @@ import torch
 
 from lgsid_pipeline.tokenizers.base import SemanticIdTokenizer, check_embeddings, check_items
 from lgsid_pipeline.tokenizers.codebook_io import require_tensors
-from lgsid_pipeline.tokenizers.kmeans import fit_kmeans, group_means, nearest_centre, sq_distances
+from lgsid_pipeline.tokenizers.kmeans import fit_kmeans, group_means, nearest_centre, residual_step, sq_distances
 
 ADMIN_COLUMNS = ("province", "city", "district", "town")
 # Codebooks saved before ``admin_columns`` existed were fitted on these (no ``town``).
@@ -274,13 +274,11 @@ class HGITTokenizer(SemanticIdTokenizer):
         mu1 = group_means(X, z1, F_centres.shape[0])
 
         # Layers >= 2: k-means initialisation on the residuals (Eq. 10-12, seeded per level).
-        R = X.copy()
-        R -= mu1[z1]
+        _, R = residual_step(X.copy(), mu1, z1)
         centres = [mu1]
         for level in range(1, self.levels):
             C = fit_kmeans(R, sizes[level], seed=self.seed + level, max_samples=self.kmeans_max_samples)
-            z, _ = nearest_centre(R, C)
-            R -= C[z]
+            _, R = residual_step(R, C)
             centres.append(C)
         init_mse = _mean_sq_norm(R)
         del R
@@ -297,12 +295,9 @@ class HGITTokenizer(SemanticIdTokenizer):
         # final assignments of the fitted rows: z1 from F, then Eq. 10-12 with the trained centres
         codes = np.empty((n, self.levels), dtype=np.int32)
         codes[:, 0] = z1
-        R = X.copy()
-        R -= self.centres_[0][z1]
+        _, R = residual_step(X.copy(), self.centres_[0], z1)
         for level in range(1, self.levels):
-            z, _ = nearest_centre(R, self.centres_[level])
-            codes[:, level] = z
-            R -= self.centres_[level][z]
+            codes[:, level], R = residual_step(R, self.centres_[level])
         self.codes_ = codes
         return self
 
@@ -445,15 +440,14 @@ class HGITGeoLastTokenizer(HGITTokenizer):
         codes = np.empty((n, self.levels), dtype=np.int32)
         for level in range(self.levels - 1):
             C = fit_kmeans(R, sizes[level], seed=self.seed + level, max_samples=self.kmeans_max_samples)
-            z, _ = nearest_centre(R, C)  # Eq. 10
-            R -= C[z]  # Eq. 11-12
+            z, R = residual_step(R, C)  # Eq. 10-12
             codes[:, level] = z
             centres.append(C)
         G_centres = fit_kmeans(G, sizes[-1], seed=self.seed + self.levels - 1, max_samples=self.kmeans_max_samples,
                                algorithm="minibatch", n_init=self.kmeans_n_init)
         zg, _ = nearest_centre(G, G_centres)
         centres.append(group_means(R, zg, G_centres.shape[0]))
-        R -= centres[-1][zg]
+        _, R = residual_step(R, centres[-1], zg)
         codes[:, -1] = zg
         self.layer1_feature_centres_ = G_centres  # the geographic level's feature centres
         self.geo_mean_ = np.asarray(geo_mean, dtype=np.float64)

@@ -139,6 +139,23 @@ def nearest_centre(R: np.ndarray | torch.Tensor, C: np.ndarray | torch.Tensor) -
     return idx, dist
 
 
+def residual_step(R, C, z=None):
+    """Eq. 10-12, the one residual step every tokenizer takes: ``(z, next residual)``.
+
+    Eq. 10: ``z = argmin_k |R - C_k|^2`` (:func:`nearest_centre`), unless the level's codes
+    ``z`` are given (HGIT's level 1 comes from the Eq. 9 feature, random_id's from a hash);
+    Eq. 11: the level's quantisation ``Q = C[z]``; Eq. 12: the next level's residual ``R - Q``.
+    A numpy ``R`` is the caller's own working copy and is updated in place (no second copy of
+    an (N, d) matrix); a torch ``R`` is left alone and a new tensor returned."""
+    if z is None:
+        z, _ = nearest_centre(R, C)
+    if isinstance(R, torch.Tensor):
+        zt = torch.as_tensor(z, dtype=torch.int64)
+        return zt, R - torch.as_tensor(C)[zt]
+    R -= C[z]
+    return z, R
+
+
 def group_means(X: np.ndarray, labels: np.ndarray, k: int, fill: np.ndarray | None = None) -> np.ndarray:
     """Mean of X's rows per label (``(k, d)``); labels with no rows get ``fill`` (default: global mean)."""
     X = np.asarray(X, dtype=np.float32)

@@ -22,7 +22,7 @@ import torch
 
 from lgsid_pipeline.tokenizers.base import SemanticIdTokenizer, check_embeddings, check_items
 from lgsid_pipeline.tokenizers.codebook_io import require_tensors
-from lgsid_pipeline.tokenizers.kmeans import group_means
+from lgsid_pipeline.tokenizers.kmeans import group_means, residual_step
 
 
 def hashed_item_codes(item_ids: pl.Series, sizes: list[int], seed: int) -> np.ndarray:
@@ -60,7 +60,7 @@ class RandomIdTokenizer(SemanticIdTokenizer):
         centres = []
         for level, k in enumerate(sizes):
             centres.append(group_means(R, codes[:, level], k))
-            R -= centres[-1][codes[:, level]]
+            _, R = residual_step(R, centres[-1], codes[:, level])  # Eq. 11-12 with hashed codes
         self.centres_ = centres
         self.codes_ = codes.astype(np.int32)
         self.codebook_sizes_ = list(sizes)

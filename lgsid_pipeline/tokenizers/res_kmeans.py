@@ -12,7 +12,7 @@ import torch
 
 from lgsid_pipeline.tokenizers.base import SemanticIdTokenizer, check_embeddings
 from lgsid_pipeline.tokenizers.codebook_io import require_tensors
-from lgsid_pipeline.tokenizers.kmeans import fit_kmeans, nearest_centre
+from lgsid_pipeline.tokenizers.kmeans import fit_kmeans, residual_step
 
 
 class ResKMeansTokenizer(SemanticIdTokenizer):
@@ -45,8 +45,7 @@ class ResKMeansTokenizer(SemanticIdTokenizer):
         codes = np.empty((X.shape[0], len(sizes)), dtype=np.int32)
         for level, k in enumerate(sizes):
             C = fit_kmeans(R, k, seed=self.seed + level, max_samples=self.kmeans_max_samples, max_iter=self.kmeans_max_iter)
-            z, _ = nearest_centre(R, C)  # Eq. 10
-            R -= C[z]  # Eq. 11-12
+            z, R = residual_step(R, C)  # Eq. 10-12
             codes[:, level] = z
             centres.append(C)
         self.centres_ = centres
