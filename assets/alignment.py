@@ -12,6 +12,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from assets.metadata import Timer, config_json, flat, image, table
+from assets.reads import load_embeddings
 from assets.partitions import CITY_BACKFILL, DELTA, ENCODER_POOL, TRAINING_POOL, city_partitions, emit, run_cities
 from lgsid_pipeline import alignment, alignment_metrics, gdpo, reward
 from lgsid_pipeline.budgets import allocation_summary
@@ -320,24 +321,6 @@ def _aligned(encoder: EncoderResource, adapter: str):
         _ALIGNED_CACHE.clear()
         _ALIGNED_CACHE[key] = gdpo.load_aligned_encoder(encoder.config(), adapter)
     return _ALIGNED_CACHE[key]
-
-
-def load_embeddings(home: LgsidHome, variant: str, catalog: pl.DataFrame) -> np.ndarray:
-    """The (N, d) matrix of one variant, rows aligned with ``catalog``; errors if items are missing."""
-    return load_embeddings_and_versions(home, variant, catalog)[0]
-
-
-def load_embeddings_and_versions(home: LgsidHome, variant: str, catalog: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
-    """:func:`load_embeddings` plus the distinct encoder versions of the variant's rows over every
-    city (one read of the table)."""
-    rows = home.read("item_embeddings").filter(pl.col("variant") == variant)
-    versions = sorted(rows["encoder_version"].unique().drop_nulls().to_list())
-    joined = catalog.select("item_id").join(rows.select("item_id", "embedding"), on="item_id", how="left",
-                                            maintain_order="left")
-    missing = joined["embedding"].null_count()
-    if missing:
-        raise dg.Failure(f"{missing} catalog items have no {variant!r} embedding: re-materialize item_embeddings")
-    return np.asarray(joined["embedding"].to_list(), dtype=np.float32), versions
 
 
 class AlignmentReportConfig(dg.Config):

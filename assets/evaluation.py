@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from assets.metadata import Timer, config_json, image, table
 from assets.partitions import CITY_BACKFILL, DELTA, TRAINING_POOL, city_partitions, emit, run_cities
-from assets.tokenization import read_manifest
+from assets.reads import read_manifest
 from lgsid_pipeline.recommenders.data import last_value_per_user
 from lgsid_pipeline.recommenders.dien import DIENConfig
 from lgsid_pipeline.recommenders.din import DINConfig

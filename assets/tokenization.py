@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from assets.alignment import load_embeddings_and_versions
 from assets.metadata import Timer, config_json, image
+from assets.reads import load_embeddings_and_versions, manifest_path, read_manifest
 from assets.partitions import CITY_BACKFILL, DELTA, TRAINING_POOL, city_partitions, emit, run_cities
 from lgsid_pipeline.train_state import load_json
 from lgsid_pipeline.tokenizers import default_codebook_sizes, load_tokenizer, make_tokenizer
@@ -106,22 +106,6 @@ def check_embedding_space(name: str, spec: dict, version: str, city: str, encode
             f"{other}, but codebook {version} was fitted on embeddings from encoder {fitted!r}; coding them with "
             "the frozen codebook would mix two embedding spaces. Refit the codebook on the current embeddings "
             "(`lgsid materialize --refit`, or let the refit chain finish)")
-
-
-def _manifest_path(home: LgsidHome):
-    current = home.current("sid_codebook")
-    return None if current is None else current / "manifest.json"
-
-
-def read_manifest(home: LgsidHome) -> dict | None:
-    path = _manifest_path(home)
-    if path is None or not path.exists():
-        return None
-    try:
-        return load_json(path, "the SID codebook manifest")
-    except ValueError as exc:
-        raise dg.Failure(f"{exc}; the codebook version folder is damaged: re-materialize sid_codebook with "
-                         "refit=True (a new version) or restore the file") from None
 
 
 def manifest_history(home: LgsidHome) -> list[dict]:

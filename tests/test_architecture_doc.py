@@ -72,3 +72,22 @@ def test_residual_step_by_hand():
     z, nxt = residual_step(Rt, torch.from_numpy(C))
     assert z.tolist() == [0, 1, 0] and isinstance(nxt, torch.Tensor)
     assert torch.equal(Rt, torch.from_numpy(R))  # torch: the input is left alone
+
+
+def test_no_asset_module_imports_another():
+    """Assets are thin and side by side: what two of them share lives in the core or in a
+    helper module of assets/ that defines no asset (assets/reads.py, metadata.py, partitions.py)."""
+    import ast
+
+    folder = DOC.parents[1] / "assets"
+    modules = {p.stem: p for p in folder.glob("*.py") if p.stem != "__init__"}
+    asset_modules = {name for name, p in modules.items() if "@dg.asset" in p.read_text()
+                     or "@dg.multi_asset" in p.read_text()}
+    assert {"alignment", "data", "evaluation", "signals", "tokenization"} <= asset_modules
+    offenders = []
+    for name in asset_modules:
+        for node in ast.walk(ast.parse(modules[name].read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("assets."):
+                if node.module.split(".")[1] in asset_modules:
+                    offenders.append(f"assets/{name}.py imports {node.module}")
+    assert not offenders, offenders

@@ -39,6 +39,7 @@ from ..progress import advance
 from .data import SplitData
 from .heuristics import stage_metrics
 from .metrics import topk_metrics
+from .reachability import recent_items as _history_matrix  # (users, h) last items, -1 left-padded
 
 PAD, BOS, N_SPECIAL = 0, 1, 2
 DENSE_TABLE_LIMIT = 1 << 24  # entries (int64: 128 MiB) of one level's valid-next-token table
@@ -366,16 +367,6 @@ def _autocast(cfg: TigerConfig):
 
 def _user_token(user_ids: list[str], buckets: int, base: int) -> np.ndarray:
     return np.array([base + zlib.crc32(u.encode()) % buckets for u in user_ids], dtype=np.int64)
-
-
-def _history_matrix(histories: list[np.ndarray], h: int) -> np.ndarray:
-    """(users, h) last-``h`` items, left-padded with -1."""
-    out = np.full((len(histories), h), -1, dtype=np.int64)
-    for u, s in enumerate(histories):
-        t = np.asarray(s[-h:], dtype=np.int64)
-        if t.size:
-            out[u, h - t.size :] = t
-    return out
 
 
 def _training_prefixes(split: SplitData, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -46,6 +46,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from lgsid_pipeline.geo import unit_vectors as geo_unit_vectors
 from lgsid_pipeline.tokenizers.base import SemanticIdTokenizer, check_embeddings, check_items
 from lgsid_pipeline.tokenizers.codebook_io import require_tensors
 from lgsid_pipeline.tokenizers.kmeans import fit_kmeans, group_means, nearest_centre, residual_step, sq_distances
@@ -108,8 +109,7 @@ def unit_vectors(items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
         raise ValueError(f"items row {r}: lat={lat[r]}, lon={lon[r]} is outside [-90, 90] x [-180, 180]")
-    la, lo = np.radians(np.where(ok, lat, 0.0)), np.radians(np.where(ok, lon, 0.0))
-    u = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=1)
+    u = geo_unit_vectors(np.where(ok, lat, 0.0), np.where(ok, lon, 0.0))
     u[~ok] = 0.0
     return u, ok
 
