@@ -15,6 +15,7 @@ from assets.metadata import Timer, config_json, flat, image, table
 from assets.reads import load_embeddings
 from assets.partitions import CITY_BACKFILL, DELTA, ENCODER_POOL, TRAINING_POOL, city_partitions, emit, run_cities
 from lgsid_pipeline import alignment, alignment_metrics, gdpo, reward
+from lgsid_pipeline.plotting import pyplot, save
 from lgsid_pipeline.budgets import allocation_summary
 from lgsid_pipeline.negatives import STRATEGIES as NEGATIVE_STRATEGIES
 from lgsid_pipeline.prompts import build_prompts
@@ -115,19 +116,13 @@ def _allocation_table(allocation: dict[str, int], what: str):
 
 
 def _plot_curve(values, xlabel: str, title: str, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(range(1, len(values) + 1), values)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=90)
 
 
 _P = alignment.PairSettings

@@ -36,6 +36,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
 from lgsid_pipeline.budgets import allocate
+from lgsid_pipeline.plotting import pyplot, save
 
 # The pipeline's alignment report (the asset's defaults): a total query budget, allocated across
 # cities by size after a floor each. The function's own default scores every item.
@@ -305,10 +306,7 @@ def projection_plot(
     seed: int = 0,
 ) -> Path:
     """PNG with one 2-D PCA panel per variant, points coloured by ``labels`` (e.g. city)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels_arr = np.asarray([("" if v is None else str(v)) for v in labels], dtype=object)
     n = labels_arr.size
@@ -334,9 +332,4 @@ def projection_plot(
             for i, u in enumerate(uniq)
         ]
         axes[0][-1].legend(handles=handles, fontsize=6, loc="best", markerscale=0.8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)

@@ -38,6 +38,7 @@ import torch
 from torch.nn import functional as F
 
 from lgsid_pipeline import paper
+from lgsid_pipeline.plotting import pyplot, save
 from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, hash_files, model_files
 from lgsid_pipeline.progress import advance
 from lgsid_pipeline.prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, build_prompts
@@ -573,13 +574,7 @@ def _plot_steps(rows: list[dict], series: dict[str, str], path: Path | str, titl
                 ylabel: str | None = None, marker: str | None = None,
                 vline: tuple[int, str] | None = None) -> Path:
     """One line per ``series`` key (label = its value) against ``row["step"]`` (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [r["step"] for r in rows]
     for key, label in series.items():
@@ -591,7 +586,4 @@ def _plot_steps(rows: list[dict], series: dict[str, str], path: Path | str, titl
         ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)

@@ -158,10 +158,9 @@ def plot_item_map(lat: np.ndarray, lon: np.ndarray, groups: list | None, path, t
     """A small scatter map of items (equirectangular, scaled by cos(lat) so distances look
     right), coloured by ``groups`` (e.g. cat1; the ``max_groups`` most common, the rest grey).
     matplotlib Agg; returns ``path``."""
-    import matplotlib
+    from lgsid_pipeline.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     lat = np.asarray(lat, dtype=np.float64)
     lon = np.asarray(lon, dtype=np.float64)
@@ -186,6 +185,5 @@ def plot_item_map(lat: np.ndarray, lon: np.ndarray, groups: list | None, path, t
     ax.set_ylabel("lat")
     ax.set_title(title, fontsize=9)
     fig.subplots_adjust(left=0.16, right=0.97, bottom=0.11, top=0.93)  # fixed margins (tight_layout is slow)
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path, tight=False)
     return path

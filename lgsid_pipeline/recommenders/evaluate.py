@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from ..plotting import pyplot, save
 from ..progress import advance
 from .data import SplitData, item_attribute, next_item_split
 from .dien import DIENConfig, train_and_evaluate_dien
@@ -529,10 +530,7 @@ def _seed_stats(runs: pl.DataFrame, ours: str | None) -> pl.DataFrame:
 def plot_results(result: EvaluationResult, path: str | Path) -> Path:
     """Bar charts with 95% CI whiskers: TIGER test NDCG@10 (+ heuristics) and DIN (+ DIEN, bars
     side by side per variant) AUC."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_gen, ax_disc) = plt.subplots(1, 2, figsize=(11, 4))
 
@@ -575,12 +573,7 @@ def plot_results(result: EvaluationResult, path: str | Path) -> Path:
         ax_disc.legend(fontsize=8)
     if lo:
         ax_disc.set_ylim(max(0.0, min(lo) - 0.02), min(1.0, max(hi) + 0.02))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)
 
 
 def user_topk(result: GenResult, split: SplitData, *, stage: str = "serve", k: int = 10) -> pl.DataFrame:

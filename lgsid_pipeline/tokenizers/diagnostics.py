@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from lgsid_pipeline.plotting import pyplot, save
 from lgsid_pipeline.tokenizers.dedup import collision_rate, n_duplicates
 
 COVERAGE_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
@@ -146,18 +147,9 @@ def diagnostics_markdown(diags_by_method: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_coverage(diags_by_method: dict[str, dict[str, Any]], path: str | Path) -> Path:
     """Figure-4 style: items-per-token quantiles (50-99%) per level, one bar group per method."""
-    plt = _pyplot()
+    plt = pyplot()
     levels = max(d["levels"] for d in diags_by_method.values())
     fig, axes = plt.subplots(1, levels, figsize=(4.5 * levels, 3.6), squeeze=False)
     width = 0.8 / max(1, len(diags_by_method))
@@ -172,17 +164,12 @@ def plot_coverage(diags_by_method: dict[str, dict[str, Any]], path: str | Path) 
         ax.set_title(f"Level {lv + 1}: items per token")
         ax.set_yscale("log")
     axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
 
 
 def plot_codebook_usage(diags_by_method: dict[str, dict[str, Any]], path: str | Path) -> Path:
     """Per-level codebook usage fraction and perplexity / K, one bar group per method."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     methods = list(diags_by_method)
     width = 0.8 / max(1, len(methods))
@@ -197,9 +184,4 @@ def plot_codebook_usage(diags_by_method: dict[str, dict[str, Any]], path: str | 
         ax.set_ylim(0, 1.05)
         ax.set_title(title)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
