@@ -84,10 +84,10 @@ class RewardSettings:
     # Anchors in all, allocated across cities by size after anchors_floor each (None: all).
     anchors_total: int | None = 160
     anchors_floor: int = 8
-    hidden: int = 256
-    epochs: int = 40
-    lr: float = 1e-3
-    batch_size: int = 64
+    hidden: int = reward.HIDDEN
+    epochs: int = reward.EPOCHS
+    lr: float = reward.LR
+    batch_size: int = reward.BATCH_SIZE
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -52,7 +52,15 @@ REWARD_MODES = ("listwise", "pointwise")
 RewardMode = Literal[REWARD_MODES]
 
 
+# R's training defaults (the pipeline's RewardSettings cite these; one home)
+HIDDEN = 256
+EPOCHS = 40
+LR = 1e-3
+BATCH_SIZE = 64
+
+
 # -- data -------------------------------------------------------------------------------------
+
 def soft_labels(ranks: torch.Tensor, k: int) -> torch.Tensor:
     """Eq. 3 (:func:`lgsid_pipeline.negatives.soft_labels`) as float32 for R's training tensors."""
     return negatives.soft_labels(ranks, k).to(torch.float32)
@@ -123,7 +131,7 @@ def encode_prompt_lists(encoder, prompts_df: pl.DataFrame,
 class RewardModel(nn.Module):
     """Eq. 2: r_ij = MLP(E_j^i), a two-layer MLP giving one scalar (logit) per embedding."""
 
-    def __init__(self, d: int, hidden: int = 256) -> None:
+    def __init__(self, d: int, hidden: int = HIDDEN) -> None:
         super().__init__()
         if d < 1 or hidden < 1:
             raise ValueError(f"RewardModel needs d >= 1 and hidden >= 1, got d={d}, hidden={hidden}")
@@ -204,11 +212,11 @@ def train_reward_model(
     *,
     mode: RewardMode = "listwise",
     loss: ListwiseLoss = "listnet",
-    hidden: int = 256,
-    epochs: int = 30,
-    lr: float = 1e-3,
+    hidden: int = HIDDEN,
+    epochs: int = EPOCHS,
+    lr: float = LR,
     weight_decay: float = 0.0,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     seed: int = 0,
     holdout_frac: float = 0.2,
     checkpoint_dir: Path | str | None = None,

@@ -136,3 +136,29 @@ def test_asset_defaults_that_cite_a_core_constant(key):
     module, _, name = asset_cfg.partition(":")
     cfg = getattr(importlib.import_module(module), name)
     assert _norm(cfg.model_fields[field].default) == _norm(_resolve(SAME_NAME_ALIASES[key]))
+
+
+# Core settings objects and the core functions they feed: same-named defaults must agree, so a
+# direct call of the function trains what the pipeline trains.
+CORE_PAIRS = [
+    ("lgsid_pipeline.alignment:RewardSettings", "lgsid_pipeline.reward:train_reward_model"),
+    ("lgsid_pipeline.alignment:NegativeSettings", "lgsid_pipeline.negatives:distance_ranked_negatives"),
+    ("lgsid_pipeline.alignment:PairSettings", "lgsid_pipeline.gdpo:build_preference_pairs"),
+]
+
+
+CORE_INTENDED = {
+    ("lgsid_pipeline.alignment:NegativeSettings", "far_share"):
+        "the function's far pool is optional (far_items=None, a single-city call), so its share defaults "
+        "to 0 with it; the pipeline passes both",
+}
+
+
+@pytest.mark.parametrize("pair", CORE_PAIRS, ids=lambda p: p[0].split(":")[1])
+def test_core_settings_agree_with_the_functions_they_feed(pair):
+    settings, function = (_core_defaults(t) for t in pair)
+    shared = sorted(n for n in set(settings) & set(function) - {"seed"} if (pair[0], n) not in CORE_INTENDED)
+    assert len(shared) >= 2, f"{pair}: the map is stale"
+    for name in shared:
+        assert _norm(settings[name]) == _norm(function[name]), (
+            f"{pair[0]}.{name} = {settings[name]!r} but {pair[1]}({name}={function[name]!r})")
