@@ -14,11 +14,11 @@ from pydantic import Field, field_validator
 from assets.metadata import Timer, config_json, flat, image, table
 from assets.reads import load_embeddings
 from assets.partitions import CITY_BACKFILL, DELTA, ENCODER_POOL, TRAINING_POOL, city_partitions, emit, run_cities
-from lgsid_pipeline import alignment, alignment_metrics, gdpo, reward
+from lgsid_pipeline.alignment import stage as alignment, metrics as alignment_metrics, gdpo, reward
 from lgsid_pipeline.plotting import pyplot, save
 from lgsid_pipeline.budgets import allocation_summary
-from lgsid_pipeline.negatives import STRATEGIES as NEGATIVE_STRATEGIES
-from lgsid_pipeline.prompts import build_prompts
+from lgsid_pipeline.alignment.negatives import STRATEGIES as NEGATIVE_STRATEGIES
+from lgsid_pipeline.alignment.prompts import build_prompts
 from resources import EncoderResource, LgsidHome
 
 GROUP = "alignment"
@@ -70,7 +70,7 @@ class RewardModelConfig(dg.Config):
                 "read as ListNet (see docs/alignment.md). Mismatched prompts that render like an earlier "
                 "prompt of their list (same-town locations under the paper's template) are left out and "
                 "counted (dedupe.* metadata). Trained across all cities. "
-                "Core: lgsid_pipeline/alignment.py (fit_reward), lgsid_pipeline/reward.py",
+                "Core: lgsid_pipeline/alignment/stage.py (fit_reward), lgsid_pipeline/alignment/reward.py",
 )
 def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, home: LgsidHome,
                  encoder: EncoderResource) -> dg.MaterializeResult:
@@ -187,7 +187,7 @@ class AlignedEncoderConfig(dg.Config):
                 "model prefers an item's content at near/co-visited locations over far ones, with the in-batch "
                 "similarity regulariser (Eq. 7) keeping semantics. Preference pairs D_mix = D_dc U D_gc. "
                 "Held-out C@5 / T@5 / Top@5 are measured every eval_every steps and the best step is kept "
-                "(the unchanged encoder if no step helps). Resumable from checkpoints. Core: lgsid_pipeline/gdpo.py",
+                "(the unchanged encoder if no step helps). Resumable from checkpoints. Core: lgsid_pipeline/alignment/gdpo.py",
 )
 def aligned_encoder(context: dg.AssetExecutionContext, config: AlignedEncoderConfig, home: LgsidHome,
                     encoder: EncoderResource) -> dg.MaterializeResult:
@@ -331,7 +331,7 @@ class AlignmentReportConfig(dg.Config):
     description="Paper Table 3 / RQ2-3 for every embedding variant, per city and overall: Top@K semantic "
                 "similarity (in the origin space), P@K / C@K / T@K province, city and town coverage of the K "
                 "nearest neighbours, NMI of k-means clusters against province/city/town, and a 2-D projection. "
-                "Core: lgsid_pipeline/alignment_metrics.py",
+                "Core: lgsid_pipeline/alignment/metrics.py",
 )
 def alignment_report(context: dg.AssetExecutionContext, config: AlignmentReportConfig,
                      home: LgsidHome) -> dg.MaterializeResult:

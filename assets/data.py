@@ -21,7 +21,7 @@ OWNERS = ["team:lgsid-data"]
                      metadata=DELTA,
                      description="Validated local-life items of one city (name, category tree, brand, "
                                  "price, admin hierarchy, coordinates). Rejected rows go to "
-                                 "catalog_quarantine. Core: lgsid_pipeline/catalog.py"),
+                                 "catalog_quarantine. Core: lgsid_pipeline/data/catalog.py"),
         "user_interactions": dg.AssetOut(group_name=GROUP, owners=OWNERS, kinds={"polars", "delta"},
                      metadata=DELTA,
                      description="User clicks / check-ins on this city's items (timestamp or seq_idx "

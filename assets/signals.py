@@ -7,8 +7,8 @@ from pydantic import Field
 
 from assets.metadata import Timer, config_json, flat, table
 from assets.partitions import CITY_BACKFILL, DELTA, city_partitions, emit, run_cities
-from lgsid_pipeline.cooccurrence import cooccurrence_pairs as compute_pairs
-from lgsid_pipeline.alignment import NegativeSettings, city_negatives
+from lgsid_pipeline.alignment.cooccurrence import cooccurrence_pairs as compute_pairs
+from lgsid_pipeline.alignment.stage import NegativeSettings, city_negatives
 from resources import LgsidHome
 
 GROUP = "alignment"
@@ -25,7 +25,7 @@ class CooccurrenceConfig(dg.Config):
     partitions_def=city_partitions, backfill_policy=CITY_BACKFILL, group_name=GROUP, owners=OWNERS, kinds={"polars", "delta"},
     metadata=DELTA, io_manager_key="io_manager",
     description="Eq. 5: item pairs co-clicked by more than s_th users (domain-collaborative pairs "
-                "D_dc for G-DPO). Core: lgsid_pipeline/cooccurrence.py",
+                "D_dc for G-DPO). Core: lgsid_pipeline/alignment/cooccurrence.py",
 )
 def cooccurrence_pairs(context: dg.AssetExecutionContext, config: CooccurrenceConfig,
                        user_interactions: pl.DataFrame) -> dg.Output[pl.DataFrame]:
@@ -67,7 +67,7 @@ class NegativesConfig(dg.Config):
     description="Eq. 1/3: for every anchor item, K negatives chosen by haversine distance with a "
                 "density-aware scale (hard near negatives mixed with far ones), sorted near to far with "
                 "soft labels p = K - rank + 1; plus the plain uniform variant for the DPO-LR ablation. "
-                "Core: lgsid_pipeline/alignment.py (city_negatives), lgsid_pipeline/negatives.py",
+                "Core: lgsid_pipeline/alignment/stage.py (city_negatives), lgsid_pipeline/alignment/negatives.py",
 )
 def distance_ranked_negatives(context: dg.AssetExecutionContext, config: NegativesConfig,
                               item_catalog: pl.DataFrame, home: LgsidHome) -> dg.Output[pl.DataFrame]:

@@ -17,7 +17,7 @@ from assets.partitions import CITY_BACKFILL, DELTA, TRAINING_POOL, city_partitio
 from lgsid_pipeline.train_state import load_json
 from lgsid_pipeline.tokenizers import default_codebook_sizes, load_tokenizer, make_tokenizer
 from lgsid_pipeline.tokenizers.hgit import ADMIN_COLUMNS, HGITTokenizer
-from lgsid_pipeline.prompts import build_prompts
+from lgsid_pipeline.alignment.prompts import build_prompts
 from lgsid_pipeline.tokenizers.dedup import (DEDUP_ORDERS, DEDUP_STRATEGIES, assign_unique, collision_figures, collision_rate,
                                              dedup_order_key, hub_codes, unique_sids)
 from lgsid_pipeline.tokenizers.diagnostics import (diagnostics_markdown, plot_codebook_usage, plot_coverage,

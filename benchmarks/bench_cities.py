@@ -91,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="JSON results")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from lgsid_pipeline.encoder import build_tiny_bert
-    from lgsid_pipeline.world import generate_world
+    from lgsid_pipeline.alignment.encoder import build_tiny_bert
+    from lgsid_pipeline.world.generator import generate_world
 
     from dataclasses import replace
 
-    from lgsid_pipeline.world import PRESETS
+    from lgsid_pipeline.world.generator import PRESETS
 
     config = PRESETS[args.preset]
     if args.items:

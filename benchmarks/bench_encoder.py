@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
-from lgsid_pipeline.prompts import build_prompt
+from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder
+from lgsid_pipeline.alignment.prompts import build_prompt
 
 KINDS = ["pizza", "coffee", "sushi", "burger", "tea", "bakery", "ramen", "tacos", "bar", "deli"]
 TOWNS = ["Park Slope", "Astoria", "Harlem", "Midtown", "Flushing", "Hoboken", "Jersey City"]

@@ -33,9 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder  # noqa: E402
-from lgsid_pipeline.gdpo import GDPOConfig, build_preference_pairs, pair_texts, train_gdpo  # noqa: E402
-from lgsid_pipeline.reward import RewardModel  # noqa: E402
+from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder  # noqa: E402
+from lgsid_pipeline.alignment.gdpo import GDPOConfig, build_preference_pairs, pair_texts, train_gdpo  # noqa: E402
+from lgsid_pipeline.alignment.reward import RewardModel  # noqa: E402
 
 # BGE-large (BERT-large shape). MiniLM's shape is listed for a like-for-like device comparison.
 SIZES = {
@@ -82,7 +82,7 @@ def main() -> None:
     if args.items:
         items = pl.read_parquet(args.items)
     else:
-        from lgsid_pipeline.world import generate_world
+        from lgsid_pipeline.world.generator import generate_world
 
         items = generate_world("test", seed=args.seed).items
     pairs = build_preference_pairs(items, None, seed=args.seed).head(steps * args.batch_size)

@@ -29,7 +29,7 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lgsid_pipeline.serving import export_tables  # noqa: E402
+from lgsid_pipeline.serving.index import export_tables  # noqa: E402
 
 
 def synthetic_export(to: Path, n_items: int, n_users: int, seed: int = 0) -> tuple[list[str], list[str], list[str]]:

@@ -5,7 +5,7 @@ negatives (Eq. 1, 3), against naive baselines measured in the same run.
     .venv/bin/python benchmarks/bench_signals.py                # 100k, 1M, 2.3M items
 
 Data: the synthetic world presets ``bench-100k`` / ``bench-1m`` / ``bench-2.3m`` of
-``lgsid_pipeline.world`` (interactions ~= 10 x items, 13 cities), generated once with seed 0
+``lgsid_pipeline.world.generator`` (interactions ~= 10 x items, 13 cities), generated once with seed 0
 and cached as parquet under ``--cache-dir``; ``--data synthetic`` uses a small vectorised
 generator in this file instead (Gaussian cities, local Zipf-like histories).
 
@@ -112,7 +112,7 @@ def ensure_data(size: str, cache_dir: Path, source: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     if source == "world":
-        from lgsid_pipeline.world import generate_world
+        from lgsid_pipeline.world.generator import generate_world
 
         w = generate_world(SIZES[size], seed=0)
         items, inter = w.items, w.interactions
@@ -140,7 +140,7 @@ def load(data_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def step_pairs(items: pl.DataFrame, inter: pl.DataFrame, args) -> dict:
-    from lgsid_pipeline.cooccurrence import cooccurrence_pairs
+    from lgsid_pipeline.alignment.cooccurrence import cooccurrence_pairs
 
     out = {}
     for label, s_th in (("default", None), ("s_th=1", 1)):
@@ -195,7 +195,7 @@ def _step_pairs_workers(workers: int | None):
     cores; 1 = the single-thread code the threads replaced). One subprocess each, so each peak
     RSS is its own."""
     def step(items: pl.DataFrame, inter: pl.DataFrame, args) -> dict:
-        from lgsid_pipeline.cooccurrence import DEFAULT_WORKERS, cooccurrence_pairs
+        from lgsid_pipeline.alignment.cooccurrence import DEFAULT_WORKERS, cooccurrence_pairs
 
         w = DEFAULT_WORKERS if workers is None else workers
         t = time.perf_counter()
@@ -213,7 +213,7 @@ def step_pairs_naive_capped(items: pl.DataFrame, inter: pl.DataFrame, args) -> d
     the like-for-like baseline of the speed target."""
     import scipy.sparse as sp
 
-    from lgsid_pipeline.cooccurrence import capped_histories
+    from lgsid_pipeline.alignment.cooccurrence import capped_histories
 
     t = time.perf_counter()
     h = capped_histories(inter, 50)
@@ -226,7 +226,7 @@ def step_pairs_naive_capped(items: pl.DataFrame, inter: pl.DataFrame, args) -> d
 
 
 def step_negatives(items: pl.DataFrame, inter: pl.DataFrame, args) -> dict:
-    from lgsid_pipeline.negatives import distance_ranked_negatives
+    from lgsid_pipeline.alignment.negatives import distance_ranked_negatives
 
     t = time.perf_counter()
     res = distance_ranked_negatives(items, k=15, strategy="density", seed=0)
@@ -333,7 +333,7 @@ def main() -> None:
     source = args.data
     if source == "world":
         try:
-            import lgsid_pipeline.world  # noqa: F401
+            import lgsid_pipeline.world.generator  # noqa: F401
         except ImportError:
             source = "synthetic"
     results = []

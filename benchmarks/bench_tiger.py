@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.sid_shootout import build_sids, load_dataset, origin_embeddings, parse_method, ranked_items  # noqa: E402
-from lgsid_pipeline.prompts import build_prompts  # noqa: E402
+from lgsid_pipeline.alignment.prompts import build_prompts  # noqa: E402
 from lgsid_pipeline.recommenders.data import SplitData, next_item_split  # noqa: E402
 from lgsid_pipeline.recommenders.heuristics import item_counts  # noqa: E402
 from lgsid_pipeline.recommenders.metrics import topk_metrics  # noqa: E402

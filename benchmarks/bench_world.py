@@ -1,7 +1,7 @@
 """Benchmark the synthetic world generator: seconds and peak memory at 100k / 1M / 2.3M items.
 
 Each size runs in its own subprocess so the peak RSS (``resource.getrusage``) is per size.
-Interactions are ~10 x items (the ``bench-*`` presets). When ``lgsid_pipeline.catalog``
+Interactions are ~10 x items (the ``bench-*`` presets). When ``lgsid_pipeline.data.catalog``
 provides ``validate_items`` / ``validate_interactions``, their seconds are reported too.
 
 Baseline, measured in the same run: a naive per-row Python generator of the same model
@@ -37,8 +37,8 @@ def _peak_rss_gib() -> float:
 
 def child(preset: str, seed: int, validate: bool) -> dict:
     """Generate one preset (and validate it), report seconds and peak RSS as a dict."""
-    from lgsid_pipeline import gazetteer
-    from lgsid_pipeline.world import generate_world, resolve_config
+    from lgsid_pipeline.world import gazetteer
+    from lgsid_pipeline.world.generator import generate_world, resolve_config
 
     t = time.perf_counter()
     gazetteer._us_places()  # the GeoNames load is a fixed cost, reported separately
@@ -55,9 +55,9 @@ def child(preset: str, seed: int, validate: bool) -> dict:
     out["interactions_frame_gib"] = world.interactions.estimated_size() / 2**30
     if validate:
         try:
-            from lgsid_pipeline.catalog import validate_interactions, validate_items
+            from lgsid_pipeline.data.catalog import validate_interactions, validate_items
         except ImportError:
-            out["validation"] = "lgsid_pipeline.catalog has no validate_items/validate_interactions"
+            out["validation"] = "lgsid_pipeline.data.catalog has no validate_items/validate_interactions"
         else:
             t = time.perf_counter()
             items = validate_items(world.items)
@@ -76,7 +76,7 @@ def child(preset: str, seed: int, validate: bool) -> dict:
 
 def _naive_items(n: int, rng: random.Random) -> list[dict]:
     """Per-row Python item generation (the same fields the vectorised generator fills)."""
-    from lgsid_pipeline.world_categories import COMMON_WORDS, LEAVES
+    from lgsid_pipeline.world.categories import COMMON_WORDS, LEAVES
 
     towns = [(0.0, 0.0, 3.0, 0.6)] + [(rng.uniform(-30, 30), rng.uniform(-30, 30), 1.5, 0.4) for _ in range(20)]
     weights = [w for *_, w in towns]
@@ -155,7 +155,7 @@ def main() -> None:
 
     sizes = ["100k"] if args.quick else (args.sizes.split(",") if args.sizes else list(SIZES))
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from lgsid_pipeline.world import PRESETS
+    from lgsid_pipeline.world.generator import PRESETS
 
     print(f"cpu count: {os.cpu_count()}, load average {os.getloadavg()}, seed {args.seed}")
     rows = []

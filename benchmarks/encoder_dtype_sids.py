@@ -15,7 +15,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.sid_shootout import (build_sids, load_dataset, origin_embeddings, parse_method,  # noqa: E402
                                      prefix_labels as groups, ranked_items)
-from lgsid_pipeline.prompts import build_prompts
+from lgsid_pipeline.alignment.prompts import build_prompts
 from lgsid_pipeline.recommenders.data import next_item_split
 from lgsid_pipeline.recommenders.heuristics import item_counts
 from lgsid_pipeline.tokenizers.base import default_codebook_sizes

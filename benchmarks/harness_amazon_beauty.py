@@ -53,7 +53,7 @@ def letter_codes(items: pl.DataFrame) -> np.ndarray:
 
 
 def rqvae_codes(items: pl.DataFrame, seed: int, sizes: list[int], epochs: int) -> np.ndarray:
-    from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
+    from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder
     from lgsid_pipeline.tokenizers import make_tokenizer
 
     texts = items["name"].fill_null("").to_list()

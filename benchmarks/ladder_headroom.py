@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lgsid_pipeline.gdpo import GDPOConfig, headroom_closed as closed  # noqa: E402
+from lgsid_pipeline.alignment.gdpo import GDPOConfig, headroom_closed as closed  # noqa: E402
 
 CRITERION = 0.30  # the alignment issue's acceptance: both headrooms at least 30% closed
 MAX_TOP_LOSS = GDPOConfig.max_top_loss  # the same Top@5 bound as G-DPO's step selection

@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.sid_shootout import load_dataset, origin_embeddings, ranked_items  # noqa: E402
-from lgsid_pipeline.alignment_metrics import alignment_report  # noqa: E402
-from lgsid_pipeline.negatives import dedupe_prompt_lists, distance_ranked_negatives, mismatched_prompts  # noqa: E402
-from lgsid_pipeline.prompts import TEMPLATE_LINES, build_prompts, prompt_template  # noqa: E402
+from lgsid_pipeline.alignment.metrics import alignment_report  # noqa: E402
+from lgsid_pipeline.alignment.negatives import dedupe_prompt_lists, distance_ranked_negatives, mismatched_prompts  # noqa: E402
+from lgsid_pipeline.alignment.prompts import TEMPLATE_LINES, build_prompts, prompt_template  # noqa: E402
 from lgsid_pipeline.recommenders.data import next_item_split  # noqa: E402
 from lgsid_pipeline.tokenizers.dedup import collision_figures  # noqa: E402
 
@@ -42,7 +42,7 @@ VARIANTS = [(name, instr) for name in TEMPLATE_LINES for instr in (False, True)]
 
 def load_items(data: str) -> pl.DataFrame:
     if data in ("demo", "test"):
-        from lgsid_pipeline.world import generate_world
+        from lgsid_pipeline.world.generator import generate_world
 
         items = generate_world(data, seed=0).items
     else:

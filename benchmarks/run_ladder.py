@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lgsid_pipeline.alignment import PIPELINE_EVAL_EVERY, NegativeSettings, PairSettings, RewardSettings
-from lgsid_pipeline.encoder import EncoderConfig
-from lgsid_pipeline.gdpo import GDPOConfig
-from lgsid_pipeline.ladder import ladder_rows, paper_table, run_ladder
+from lgsid_pipeline.alignment.stage import PIPELINE_EVAL_EVERY, NegativeSettings, PairSettings, RewardSettings
+from lgsid_pipeline.alignment.encoder import EncoderConfig
+from lgsid_pipeline.alignment.gdpo import GDPOConfig
+from lgsid_pipeline.alignment.ladder import ladder_rows, paper_table, run_ladder
 
 
 def train_split(items: pl.DataFrame, inter: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -45,7 +45,7 @@ def train_split(items: pl.DataFrame, inter: pl.DataFrame) -> tuple[pl.DataFrame,
 
 def load_data(data: str, max_items: int | None, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     if data in ("demo", "test"):
-        from lgsid_pipeline.world import generate_world
+        from lgsid_pipeline.world.generator import generate_world
 
         world = generate_world(data, seed=seed)
         items, inter = world.items, world.interactions
@@ -173,7 +173,7 @@ def main() -> None:
 
 def write_embeddings(items: pl.DataFrame, workdir: Path, row: str, diag: dict, path: Path) -> None:
     """A ladder row's item embeddings as the shootout's --aligned parquet (item_id, embedding)."""
-    from lgsid_pipeline.ladder import _load_array, _slug
+    from lgsid_pipeline.alignment.ladder import _load_array, _slug
 
     key = diag["rows"].get(row, {}).get("run_key")
     if key is None:

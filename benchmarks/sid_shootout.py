@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_recommenders import airport_items  # noqa: E402
-from lgsid_pipeline.prompts import DEFAULT_TEMPLATE_NAME, TEMPLATE_LINES, build_prompts, prompt_template  # noqa: E402
+from lgsid_pipeline.alignment.prompts import DEFAULT_TEMPLATE_NAME, TEMPLATE_LINES, build_prompts, prompt_template  # noqa: E402
 from lgsid_pipeline.recommenders.data import SplitData, item_attribute, next_item_split  # noqa: E402
 from lgsid_pipeline.recommenders.din import DINConfig, train_and_evaluate_din  # noqa: E402
 from lgsid_pipeline.recommenders.heuristics import HEURISTICS, item_counts, run_heuristic  # noqa: E402
@@ -139,7 +139,7 @@ def origin_embeddings(prompts: list[str], cache: Path, encoder: str | None, dtyp
 
     ``dtype`` defaults to the exact float32 path, the one the recorded tables were measured
     with; ``"auto"`` is the pipeline's default (bfloat16 inference where the CPU has it)."""
-    from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
+    from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder
 
     enc = TextEncoder(EncoderConfig(model_path=encoder, device="cpu", dtype=dtype))
     key = hashlib.sha1(("\x1e".join(prompts) + enc.version).encode()).hexdigest()[:16]

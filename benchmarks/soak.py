@@ -4,7 +4,7 @@ fault drills of ``tests/reliability`` repeated more times.
     .venv/bin/python benchmarks/soak.py --quick       # bench-100k items, fewer drills
     .venv/bin/python benchmarks/soak.py               # bench-1m items (1,000,000)
 
-Refresh phases (items of ``lgsid_pipeline.world.stream_world(preset, seed)``, no interactions):
+Refresh phases (items of ``lgsid_pipeline.world.generator.stream_world(preset, seed)``, no interactions):
 
 1. ``generate``: the synthetic catalog; then 1% of the rows are damaged (NaN / out-of-range /
    swapped coordinates, empty and duplicated ids, NUL bytes), seeded.
@@ -97,8 +97,8 @@ def write_cities(valid: pl.DataFrame, table_uri: str) -> int:
 
 
 def refresh(preset: str, seed: int, work: Path) -> dict:
-    from lgsid_pipeline.catalog import validate_items
-    from lgsid_pipeline.world import stream_world
+    from lgsid_pipeline.data.catalog import validate_items
+    from lgsid_pipeline.world.generator import stream_world
 
     out: dict = {"preset": preset, "seed": seed}
     t = time.perf_counter()

@@ -54,34 +54,34 @@ class Setting:
 APPENDIX_B: tuple[Setting, ...] = (
     Setting("negatives per positive (K)", 15, "each positive sample is paired with 15 negative samples to "
             "construct list-wise inputs for the reward model", NEGATIVES_PER_POSITIVE,
-            ("lgsid_pipeline.alignment:NegativeSettings.k", "lgsid_pipeline.negatives:distance_ranked_negatives.k",
+            ("lgsid_pipeline.alignment.stage:NegativeSettings.k", "lgsid_pipeline.alignment.negatives:distance_ranked_negatives.k",
              "assets.signals:NegativesConfig.k")),
     Setting("reward model layers", 2, "a two-layer MLP with a sigmoid activation", REWARD_MLP_LINEAR_LAYERS,
-            ("lgsid_pipeline.reward:RewardModel",),
+            ("lgsid_pipeline.alignment.reward:RewardModel",),
             why="Two linear layers as printed. The hidden activation is GELU; the sigmoid is applied to R's "
                 "score inside Eq. 4's loss (docs/alignment.md)."),
     Setting("LoRA rank", 8, "LoRA with a rank of 8", LORA_RANK,
-            ("lgsid_pipeline.gdpo:GDPOConfig.lora_r", "assets.alignment:AlignedEncoderConfig.lora_r")),
+            ("lgsid_pipeline.alignment.gdpo:GDPOConfig.lora_r", "assets.alignment:AlignedEncoderConfig.lora_r")),
     Setting("LoRA dropout", 0.05, "a dropout rate of 0.05", LORA_DROPOUT,
-            ("lgsid_pipeline.gdpo:GDPOConfig.lora_dropout", "assets.alignment:AlignedEncoderConfig.lora_dropout")),
+            ("lgsid_pipeline.alignment.gdpo:GDPOConfig.lora_dropout", "assets.alignment:AlignedEncoderConfig.lora_dropout")),
     Setting("LoRA target modules", ("key", "value"), "fine-tuning only the key and value layers", LORA_TARGETS,
-            ("lgsid_pipeline.gdpo:LORA_TARGETS",)),
+            ("lgsid_pipeline.alignment.gdpo:LORA_TARGETS",)),
     Setting("beta (Eq. 6)", 0.9, "In the DPO loss, we set beta=0.9", DPO_BETA,
-            ("lgsid_pipeline.gdpo:GDPOConfig.beta", "assets.alignment:AlignedEncoderConfig.beta")),
+            ("lgsid_pipeline.alignment.gdpo:GDPOConfig.beta", "assets.alignment:AlignedEncoderConfig.beta")),
     Setting("lambda (Eq. 8)", 155, "use Euclidean distance for the similarity constraint with a weight of "
             "lambda=155", SIM_LAMBDA,
-            ("lgsid_pipeline.gdpo:GDPOConfig.lam", "assets.alignment:AlignedEncoderConfig.lam"),
+            ("lgsid_pipeline.alignment.gdpo:GDPOConfig.lam", "assets.alignment:AlignedEncoderConfig.lam"),
             why="Table 6 sweeps 1.0-1.8 and Appendix B prints 155: two scales of L_sim. On L2-normalised "
                 "embeddings Eq. 7 is bounded in [-4, 4] and any lambda above about 1 freezes the policy at "
                 "the reference. 0.2 was chosen by the sweep on held-out validation items "
                 "(benchmarks/RESULTS.md, 'Default lambda' and 'One alignment stage')."),
     Setting("co-occurrence threshold s_th (Eq. 5)", 1200, "we filter samples using a co-occurrence score "
-            "threshold of 1200", COOCCURRENCE_THRESHOLD, ("lgsid_pipeline.cooccurrence:PAPER_S_TH",),
+            "threshold of 1200", COOCCURRENCE_THRESHOLD, ("lgsid_pipeline.alignment.cooccurrence:PAPER_S_TH",),
             why="1200 is the cap. The default scales it with the data, floor(1200 * interactions / 50M), "
                 "clipped to [1, 1200], since 1200 co-clicks never occur on a city of a public data set "
                 "(cooccurrence.default_threshold)."),
     Setting("far items per D_mix sample", 1, "randomly select one negative item per sample to construct the "
-            "training pairs", DMIX_FAR_PER_SAMPLE, ("lgsid_pipeline.gdpo:build_preference_pairs.n_gc_per_item",)),
+            "training pairs", DMIX_FAR_PER_SAMPLE, ("lgsid_pipeline.alignment.gdpo:build_preference_pairs.n_gc_per_item",)),
     Setting("DIN embedding size per feature", 8, "We set the embedding dimension for each feature to 8",
             DIN_EMBED_DIM, ("lgsid_pipeline.recommenders.din:DINConfig.embed_dim",)),
     Setting("DIN tower", (32, 16), "the predict MLP tower dimensions configured as [32, 16, 1]", DIN_TOWER,
@@ -105,11 +105,11 @@ APPENDIX_B: tuple[Setting, ...] = (
     Setting("ranking cut-offs K", (5, 10), "NDCG@K and Hit@K with k = {5, 10}", EVAL_KS,
             ("lgsid_pipeline.recommenders.metrics:KS",)),
     Setting("prompt length", 512, "we set the prompt length to 512 tokens", ENCODER_MAX_LENGTH,
-            ("lgsid_pipeline.encoder:EncoderConfig.max_length",),
+            ("lgsid_pipeline.alignment.encoder:EncoderConfig.max_length",),
             why="The default encoder (all-MiniLM-L6-v2) was trained at 128 tokens and the Appendix A prompts "
                 "are 40-90 tokens; batches are padded to their own longest item, never to the cap."),
     Setting("text pooling", "last", "using the last token's hidden state to represent the entire text",
-            ENCODER_POOLING, ("lgsid_pipeline.encoder:EncoderConfig.pooling",),
+            ENCODER_POOLING, ("lgsid_pipeline.alignment.encoder:EncoderConfig.pooling",),
             why="Last-token pooling suits the paper's decoder-style BGE setup; the default sentence encoder "
                 "was trained with mean pooling. 'last' stays available (EncoderConfig.pooling)."),
 )

@@ -490,7 +490,7 @@ def _serving_cache(home):
 
 def cmd_sid(args) -> int:
     """``lgsid sid``: one item's SIDs and neighbours, or the items behind a SID prefix."""
-    from lgsid_pipeline.lookup import SIDLookupError, item_report, parse_prefix, prefix_report
+    from lgsid_pipeline.serving.lookup import SIDLookupError, item_report, parse_prefix, prefix_report
 
     if bool(args.item_id) == bool(args.prefix):
         raise UsageError("lgsid sid: give either an ITEM_ID or --prefix CODES (e.g. --prefix 12/7)")
@@ -517,7 +517,7 @@ def cmd_sid(args) -> int:
 
 def cmd_export(args) -> int:
     """``lgsid export``: the SID table (+ codebook and embedding versions) and the serving cache."""
-    from lgsid_pipeline.serving import ServingError, export_tables
+    from lgsid_pipeline.serving.index import ServingError, export_tables
 
     root, home = _open_home(args, "export")
     manifest = _codebook_manifest(home)
@@ -543,7 +543,7 @@ def cmd_export(args) -> int:
 
 
 def _serving_index(args):
-    from lgsid_pipeline.serving import ServingError, ServingIndex, read_export, sid_export_frame, topk_export_frame
+    from lgsid_pipeline.serving.index import ServingError, ServingIndex, read_export, sid_export_frame, topk_export_frame
 
     if bool(args.export) == bool(args.home):
         raise UsageError("lgsid serve: give either --export DIR (from `lgsid export`) or --home DIR")
@@ -582,7 +582,7 @@ def cmd_recommend(args) -> int:
 
     from lgsid_pipeline.recommenders.data import user_history
     from lgsid_pipeline.recommenders.tiger import load_tiger, saved_item_ids
-    from lgsid_pipeline.serving import ServingError, recommend
+    from lgsid_pipeline.serving.index import ServingError, recommend
 
     _, home = _open_home(args, "recommend", tables=("item_catalog", "user_interactions"))
     ev = _evaluation_dir(home)
@@ -725,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--json", action="store_true", help="machine-readable JSON")
     c.set_defaults(func=cmd_recommend)
     args = parser.parse_args(argv)
-    from lgsid_pipeline.catalog import DataValidationError
+    from lgsid_pipeline.data.catalog import DataValidationError
     from resources.storage import DeltaLogError
 
     try:

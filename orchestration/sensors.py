@@ -17,8 +17,8 @@ import dagster as dg
 import polars as pl
 
 from assets.partitions import city_partitions
-from lgsid_pipeline import sources
-from lgsid_pipeline.catalog import DataValidationError, landed_city_keys
+from lgsid_pipeline.data import sources
+from lgsid_pipeline.data.catalog import DataValidationError, landed_city_keys
 from lgsid_pipeline.housekeeping import prune_cursor
 from lgsid_pipeline.partitions import city_batches
 from assets.partitions import batch_request_args

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, HTTPException, Query
 
-from lgsid_pipeline.serving import ServingError, ServingIndex
+from lgsid_pipeline.serving.index import ServingError, ServingIndex
 
 MAX_ID_CHARS = 512
 

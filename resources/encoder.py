@@ -8,8 +8,8 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from lgsid_pipeline.encoder import DTYPES, POOLINGS, EncoderConfig, TextEncoder
-from lgsid_pipeline.prompts import DEFAULT_TEMPLATE_NAME, TEMPLATE_LINES, TEMPLATE_NAMES, PromptTemplate, prompt_template
+from lgsid_pipeline.alignment.encoder import DTYPES, POOLINGS, EncoderConfig, TextEncoder
+from lgsid_pipeline.alignment.prompts import DEFAULT_TEMPLATE_NAME, TEMPLATE_LINES, TEMPLATE_NAMES, PromptTemplate, prompt_template
 
 
 @functools.lru_cache(maxsize=2)

@@ -11,8 +11,8 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from lgsid_pipeline import sources
-from lgsid_pipeline.catalog import ValidationResult, validate_interactions, validate_items
+from lgsid_pipeline.data import sources
+from lgsid_pipeline.data.catalog import ValidationResult, validate_interactions, validate_items
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def test_world():
-    from lgsid_pipeline.world import generate_world
+    from lgsid_pipeline.world.generator import generate_world
 
     return generate_world("test", seed=0)
 

@@ -2,7 +2,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lgsid_pipeline.alignment_metrics import (
+from lgsid_pipeline.alignment.metrics import (
     alignment_report,
     cosine_neighbours,
     projection_plot,
@@ -180,7 +180,7 @@ def test_nmi_does_not_depend_on_the_clustering_seed_when_two_structures_compete(
     """Cities and content topics of similar scale: one k-means run finds either, depending on
     its seed (on this data single runs gave NMI city from 0.58 to 1.0). The restarts keep the
     lowest-inertia partition, so the figure is the same for every seed."""
-    from lgsid_pipeline.alignment_metrics import _nmi
+    from lgsid_pipeline.alignment.metrics import _nmi
 
     rng = np.random.default_rng(1)
     n = 800

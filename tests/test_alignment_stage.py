@@ -1,4 +1,4 @@
-"""The alignment stage (lgsid_pipeline/alignment.py): one code path for the assets and the ladder,
+"""The alignment stage (lgsid_pipeline/alignment/stage.py): one code path for the assets and the ladder,
 the pair budget across cities, and the distance oracle for R."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 import torch
 
-from lgsid_pipeline import alignment, ladder, reward
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, build_tiny_bert
-from lgsid_pipeline.gdpo import GDPOConfig, build_preference_pairs
+from lgsid_pipeline.alignment import stage as alignment, ladder, reward
+from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder, build_tiny_bert
+from lgsid_pipeline.alignment.gdpo import GDPOConfig, build_preference_pairs
 from tests.test_gdpo import make_items
 
 

@@ -3,7 +3,7 @@
 import polars as pl
 
 from benchmarks.bench_cities import spread_over_cities
-from lgsid_pipeline.catalog import validate_items
+from lgsid_pipeline.data.catalog import validate_items
 
 
 def test_spread_keeps_items_valid_and_makes_the_asked_cities(test_world):

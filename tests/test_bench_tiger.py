@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import bench_tiger  # noqa: E402
-from lgsid_pipeline.encoder import build_tiny_bert  # noqa: E402
+from lgsid_pipeline.alignment.encoder import build_tiny_bert  # noqa: E402
 from tests.test_sid_shootout import tiny_dataset  # noqa: E402
 
 

@@ -5,7 +5,7 @@ import math
 import polars as pl
 import pytest
 
-from lgsid_pipeline.catalog import DataValidationError, validate_interactions, validate_items
+from lgsid_pipeline.data.catalog import DataValidationError, validate_interactions, validate_items
 from lgsid_pipeline.schema import CATALOG_SCHEMA, MAX_TEXT_CHARS, QUARANTINE_SCHEMA
 
 

@@ -70,7 +70,7 @@ def test_a_batch_is_one_run_and_one_commit_that_touches_only_its_cities(tmp_path
 
 def test_the_quarantine_check_fails_a_batch_naming_the_bad_city(tmp_path):
     """One city of a batch over the quarantine limit fails the batch's check, naming that city."""
-    from lgsid_pipeline.world import generate_world
+    from lgsid_pipeline.world.generator import generate_world
 
     world = generate_world("test", seed=0)
     portland = world.items["city"] == "Portland"
@@ -157,7 +157,7 @@ def test_the_negatives_batch_sorts_the_far_pool_once(tmp_path, monkeypatch):
     sorted flag set), so the core's own sort of the pool costs nothing per city and strategy;
     the lists equal those of an unsorted pool."""
     import assets.signals as signals
-    from lgsid_pipeline.alignment import city_negatives
+    from lgsid_pipeline.alignment.stage import city_negatives
 
     instance = dg.DagsterInstance.ephemeral()
     cities = SOURCE.city_keys()

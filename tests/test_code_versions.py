@@ -34,6 +34,6 @@ def test_a_core_change_moves_exactly_the_assets_that_reach_it(monkeypatch):
 
 def test_the_data_assets_see_the_validation_code_through_their_resource():
     _, core = versions.code_parts(_fn("item_catalog"))
-    assert {"lgsid_pipeline.catalog", "lgsid_pipeline.sources"} <= set(core)
+    assert {"lgsid_pipeline.data.catalog", "lgsid_pipeline.data.sources"} <= set(core)
     own, _ = versions.code_parts(_fn("sid_codebook"))
     assert any("class CodebookConfig" in s or "Config(dg.Config)" in s for s in own)

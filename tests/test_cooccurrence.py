@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lgsid_pipeline import cooccurrence as cooc
-from lgsid_pipeline.cooccurrence import cooccurrence_pairs, default_threshold
+from lgsid_pipeline.alignment import cooccurrence
+from lgsid_pipeline.alignment.cooccurrence import cooccurrence_pairs, default_threshold
 
 
 def _brute(df: pl.DataFrame, s_th: int) -> dict[tuple[str, str], int]:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import polars as pl
 
-from lgsid_pipeline import catalog, schema, serving, sources
+from lgsid_pipeline.data import catalog, sources
+from lgsid_pipeline import schema
+from lgsid_pipeline.serving import index as serving
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, build_tiny_bert, default_model_path
+from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder, build_tiny_bert, default_model_path
 
 TEXTS = [
     "you are now a local life recommender. item: joe's pizza",
@@ -126,7 +126,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_auto_dtype_encodes_in_bf16_within_the_bound_and_trains_exact(bert_dir, monkeypatch):
-    import lgsid_pipeline.encoder as encoder_mod
+    import lgsid_pipeline.alignment.encoder as encoder_mod
 
     monkeypatch.setattr(encoder_mod, "native_bf16", lambda device: True)
     fast = _enc(bert_dir, dtype="auto")
@@ -149,7 +149,7 @@ def test_auto_dtype_encodes_in_bf16_within_the_bound_and_trains_exact(bert_dir, 
 
 
 def test_auto_dtype_falls_back_to_float32_when_the_probe_misses_or_no_bf16(bert_dir, monkeypatch):
-    import lgsid_pipeline.encoder as encoder_mod
+    import lgsid_pipeline.alignment.encoder as encoder_mod
 
     exact = _enc(bert_dir, dtype="float32")
     monkeypatch.setattr(encoder_mod, "native_bf16", lambda device: True)
@@ -168,7 +168,7 @@ def test_auto_dtype_falls_back_to_float32_when_the_probe_misses_or_no_bf16(bert_
 def test_embed_batch_in_length_sorted_chunks_equals_one_padded_batch(bert_dir):
     """More than EMBED_CHUNK texts run as length-sorted chunks: same embeddings and gradients as
     one batch padded to the longest text, in the caller's order."""
-    import lgsid_pipeline.encoder as encoder_mod
+    import lgsid_pipeline.alignment.encoder as encoder_mod
 
     enc = _enc(bert_dir, pooling="mean")
     rng = np.random.default_rng(0)

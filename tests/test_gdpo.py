@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, build_tiny_bert
-from lgsid_pipeline.gdpo import (
+from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder, build_tiny_bert
+from lgsid_pipeline.alignment.gdpo import (
     GDPOConfig,
     build_preference_pairs,
     gdpo_align_loss,
@@ -24,7 +24,7 @@ from lgsid_pipeline.gdpo import (
     similarity_loss,
     train_gdpo,
 )
-from lgsid_pipeline.reward import RewardModel
+from lgsid_pipeline.alignment.reward import RewardModel
 
 CITIES = {"new york": ["brooklyn", "queens"], "phoenix": ["central", "north"], "madison": ["east", "west"]}
 KINDS = ["pizza", "coffee", "sushi", "burger", "tea", "bakery"]
@@ -251,8 +251,8 @@ def test_heldout_eval_keeps_the_selected_adapter_and_stops(encoder, setup, tmp_p
     assert res.metrics["stopped_early"] and len(later) == 2 and res.metrics["steps"] < total
     # The saved adapter is the kept step's: its held-out geography equals the recorded one.
     aligned = load_aligned_encoder(encoder.config, res.adapter_path)
-    from lgsid_pipeline.alignment_metrics import geography_at_k
-    from lgsid_pipeline.prompts import build_prompts
+    from lgsid_pipeline.alignment.metrics import geography_at_k
+    from lgsid_pipeline.alignment.prompts import build_prompts
 
     held = items.filter(~pl.col("item_id").is_in(pairs["target_id"].implode()))
     held = (held if held.height >= 12 else items).sample(n=12, seed=0).sort("item_id")

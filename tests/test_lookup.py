@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lgsid_pipeline.lookup import SIDLookupError, item_report, parse_prefix, prefix_report, sid_neighbours
+from lgsid_pipeline.serving.lookup import SIDLookupError, item_report, parse_prefix, prefix_report, sid_neighbours
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 
 from lgsid_pipeline.geo import GeoIndex, haversine_km
-from lgsid_pipeline.negatives import _unskipped, dedupe_prompt_lists, distance_ranked_negatives, mismatched_prompts
+from lgsid_pipeline.alignment.negatives import _unskipped, dedupe_prompt_lists, distance_ranked_negatives, mismatched_prompts
 
 
 def _city(n_dense=300, n_sparse=120, seed=0, key="metro", centre=(40.75, -73.98)):
@@ -230,7 +230,7 @@ def test_bad_input():
 
 
 def test_a_sorted_pool_names_the_same_duplicate_as_an_unsorted_one():
-    from lgsid_pipeline.negatives import _check_items
+    from lgsid_pipeline.alignment.negatives import _check_items
 
     items = _city(n_dense=10, n_sparse=0)
     twice = pl.concat([items, items.slice(4, 1), items.slice(7, 1)]).sort("item_id", maintain_order=True)
@@ -339,7 +339,7 @@ def test_same_town_duplicates_are_left_out_and_counted():
     assert not out["same_as_true_prompt"].any()
     assert stats["kept_list_len_min"] >= 1 and stats["anchors"] == raw["anchor_id"].n_unique()
     # The coordinates template makes every location distinct: nothing to leave out.
-    from lgsid_pipeline.prompts import prompt_template
+    from lgsid_pipeline.alignment.prompts import prompt_template
 
     coords = mismatched_prompts(items, lists, prompt_template("coordinates"))
     assert dedupe_prompt_lists(coords)[1]["duplicate_prompts_dropped"] == 0

@@ -41,8 +41,8 @@ def _norm(v):
 def test_every_appendix_b_default_is_the_table_value(row):
     assert row.homes, f"{row.name}: no home given"
     for home in row.homes:
-        if home == "lgsid_pipeline.reward:RewardModel":
-            from lgsid_pipeline.reward import RewardModel
+        if home == "lgsid_pipeline.alignment.reward:RewardModel":
+            from lgsid_pipeline.alignment.reward import RewardModel
 
             linear = [m for m in RewardModel(d=4).modules() if isinstance(m, nn.Linear)]
             assert len(linear) == row.ours, home
@@ -62,7 +62,7 @@ def test_departures_say_why_and_followers_match_the_print():
 
 def test_the_resolver_sees_a_changed_default(monkeypatch):
     """The check above can fail: a dataclass default moved away from the table is caught."""
-    from lgsid_pipeline import gdpo
+    from lgsid_pipeline.alignment import gdpo
 
     changed = dataclasses.make_dataclass("GDPOConfig", [("beta", float, dataclasses.field(default=0.5))])
     monkeypatch.setattr(gdpo, "GDPOConfig", changed)
@@ -72,10 +72,10 @@ def test_the_resolver_sees_a_changed_default(monkeypatch):
 
 # Asset config -> the core objects whose same-named defaults it must equal.
 CORE_OF = {
-    "assets.alignment:RewardModelConfig": ["lgsid_pipeline.alignment:RewardSettings"],
-    "assets.alignment:AlignedEncoderConfig": ["lgsid_pipeline.gdpo:GDPOConfig", "lgsid_pipeline.alignment:PairSettings"],
-    "assets.signals:NegativesConfig": ["lgsid_pipeline.alignment:NegativeSettings"],
-    "assets.signals:CooccurrenceConfig": ["lgsid_pipeline.cooccurrence:cooccurrence_pairs"],
+    "assets.alignment:RewardModelConfig": ["lgsid_pipeline.alignment.stage:RewardSettings"],
+    "assets.alignment:AlignedEncoderConfig": ["lgsid_pipeline.alignment.gdpo:GDPOConfig", "lgsid_pipeline.alignment.stage:PairSettings"],
+    "assets.signals:NegativesConfig": ["lgsid_pipeline.alignment.stage:NegativeSettings"],
+    "assets.signals:CooccurrenceConfig": ["lgsid_pipeline.alignment.cooccurrence:cooccurrence_pairs"],
     "assets.tokenization:CodebookConfig": ["lgsid_pipeline.tokenizers.hgit:HGITTokenizer"],
     "assets.evaluation:EvaluationConfig": ["lgsid_pipeline.recommenders.evaluate:evaluate_all",
                                            "lgsid_pipeline.recommenders.data:next_item_split"],
@@ -97,9 +97,9 @@ INTENDED = {
         "inline unless asked",
 }
 SAME_NAME_ALIASES = {  # asset field -> core parameter of another name
-    ("assets.alignment:AlignmentReportConfig", "max_queries"): "lgsid_pipeline.alignment_metrics:PIPELINE_MAX_QUERIES",
-    ("assets.alignment:AlignmentReportConfig", "queries_floor"): "lgsid_pipeline.alignment_metrics:PIPELINE_QUERIES_FLOOR",
-    ("assets.alignment:AlignedEncoderConfig", "eval_every"): "lgsid_pipeline.alignment:PIPELINE_EVAL_EVERY",
+    ("assets.alignment:AlignmentReportConfig", "max_queries"): "lgsid_pipeline.alignment.metrics:PIPELINE_MAX_QUERIES",
+    ("assets.alignment:AlignmentReportConfig", "queries_floor"): "lgsid_pipeline.alignment.metrics:PIPELINE_QUERIES_FLOOR",
+    ("assets.alignment:AlignedEncoderConfig", "eval_every"): "lgsid_pipeline.alignment.stage:PIPELINE_EVAL_EVERY",
     ("assets.tokenization:CodebookConfig", "admin_columns"): "lgsid_pipeline.tokenizers.hgit:ADMIN_COLUMNS",
 }
 
@@ -141,14 +141,14 @@ def test_asset_defaults_that_cite_a_core_constant(key):
 # Core settings objects and the core functions they feed: same-named defaults must agree, so a
 # direct call of the function trains what the pipeline trains.
 CORE_PAIRS = [
-    ("lgsid_pipeline.alignment:RewardSettings", "lgsid_pipeline.reward:train_reward_model"),
-    ("lgsid_pipeline.alignment:NegativeSettings", "lgsid_pipeline.negatives:distance_ranked_negatives"),
-    ("lgsid_pipeline.alignment:PairSettings", "lgsid_pipeline.gdpo:build_preference_pairs"),
+    ("lgsid_pipeline.alignment.stage:RewardSettings", "lgsid_pipeline.alignment.reward:train_reward_model"),
+    ("lgsid_pipeline.alignment.stage:NegativeSettings", "lgsid_pipeline.alignment.negatives:distance_ranked_negatives"),
+    ("lgsid_pipeline.alignment.stage:PairSettings", "lgsid_pipeline.alignment.gdpo:build_preference_pairs"),
 ]
 
 
 CORE_INTENDED = {
-    ("lgsid_pipeline.alignment:NegativeSettings", "far_share"):
+    ("lgsid_pipeline.alignment.stage:NegativeSettings", "far_share"):
         "the function's far pool is optional (far_items=None, a single-city call), so its share defaults "
         "to 0 with it; the pipeline passes both",
 }

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lgsid_pipeline.encoder import build_tiny_bert
+from lgsid_pipeline.alignment.encoder import build_tiny_bert
 from orchestration.cli import materialize_graph
 from orchestration.definitions import build_defs
 from resources import DataSource, EncoderResource, LgsidHome
@@ -263,7 +263,7 @@ def _free_port() -> int:
 
 
 def test_lgsid_export_writes_versions_atomically_in_every_format(pipeline, tmp_path, capsys):
-    from lgsid_pipeline.serving import read_export
+    from lgsid_pipeline.serving.index import read_export
     from orchestration.cli import main
 
     root = pipeline["home"].home
@@ -351,7 +351,7 @@ def test_lgsid_serve_answers_over_real_http(pipeline, tmp_path):
 def test_lgsid_recommend_from_the_cache_and_from_the_model(pipeline, capsys):
     from lgsid_pipeline.recommenders.data import user_history
     from lgsid_pipeline.recommenders.tiger import load_tiger, saved_item_ids
-    from lgsid_pipeline.serving import recommend
+    from lgsid_pipeline.serving.index import recommend
     from orchestration.cli import main
 
     home = pipeline["home"]

@@ -6,7 +6,7 @@ import polars as pl
 
 import pytest
 
-from lgsid_pipeline.prompts import (DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, PromptTemplate, build_prompt,
+from lgsid_pipeline.alignment.prompts import (DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, PromptTemplate, build_prompt,
                                     build_prompts, prompt_template)
 
 COORDS = prompt_template("coordinates")

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 import torch
 
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, build_tiny_bert
-from lgsid_pipeline.reward import (
+from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder, build_tiny_bert
+from lgsid_pipeline.alignment.reward import (
     RewardModel,
     common_list_length,
     encode_prompt_lists,

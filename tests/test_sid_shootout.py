@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lgsid_pipeline.encoder import build_tiny_bert
+from lgsid_pipeline.alignment.encoder import build_tiny_bert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import sid_shootout  # noqa: E402  (a package import, so spawned workers can unpickle its functions)

@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lgsid_pipeline.catalog import DataValidationError, validate_interactions, validate_items
-from lgsid_pipeline.sources import SourceSpec, load_foursquare, load_source, load_yelp
+from lgsid_pipeline.data.catalog import DataValidationError, validate_interactions, validate_items
+from lgsid_pipeline.data.sources import SourceSpec, load_foursquare, load_source, load_yelp
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -162,7 +162,7 @@ def test_landed_versions_follow_the_explicit_sequence_not_mtime(landing_folder, 
     later = time.time_ns() + 10_000_000_000
     os.utime(landing / "2-shops.parquet", ns=(later, later))
     spec = SourceSpec(kind="folder", path=str(base), landing_dir=str(landing))
-    from lgsid_pipeline.sources import landing_files
+    from lgsid_pipeline.data.sources import landing_files
     assert [p.name for p in landing_files(landing)] == ["2-shops.parquet", "10-shops.parquet"]
     name = lambda: validate_items(load_source(spec).items).valid.filter(  # noqa: E731
         pl.col("item_id") == first_id)["name"].item()

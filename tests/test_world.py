@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from lgsid_pipeline import schema
-from lgsid_pipeline.gazetteer import CITIES, CITY_CATALOG, CONFUSABLE_GROUPS, haversine_km, nearby_towns
-from lgsid_pipeline.world import (
+from lgsid_pipeline.world.gazetteer import CITIES, CITY_CATALOG, CONFUSABLE_GROUPS, haversine_km, nearby_towns
+from lgsid_pipeline.world.generator import (
     PRESETS,
     WorldConfig,
     generate_world,
@@ -18,7 +18,7 @@ from lgsid_pipeline.world import (
     stream_world,
     world_statistics,
 )
-from lgsid_pipeline.world_categories import LEAVES
+from lgsid_pipeline.world.categories import LEAVES
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_items_lie_near_their_city_and_town(test_world):
 
 
 def test_largest_us_cities_are_real_populous_and_apart():
-    from lgsid_pipeline.gazetteer import CITIES, LARGEST_CITIES_MIN_SEPARATION_KM, largest_us_cities
+    from lgsid_pipeline.world.gazetteer import CITIES, LARGEST_CITIES_MIN_SEPARATION_KM, largest_us_cities
 
     keys = largest_us_cities(150)
     assert len(keys) == len(set(keys)) == 150

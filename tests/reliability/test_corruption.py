@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 import torch
 
-from lgsid_pipeline.reward import RewardModel, load_reward_model, save_reward_model, train_reward_model
+from lgsid_pipeline.alignment.reward import RewardModel, load_reward_model, save_reward_model, train_reward_model
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:
@@ -130,8 +130,8 @@ def test_corrupted_codebook_is_refused(tmp_path, target, damage, figures):
 
 
 def test_corrupted_lora_adapter_is_refused(tmp_path, figures):
-    from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, build_tiny_bert
-    from lgsid_pipeline.gdpo import GDPOConfig, build_preference_pairs, load_aligned_encoder, train_gdpo
+    from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder, build_tiny_bert
+    from lgsid_pipeline.alignment.gdpo import GDPOConfig, build_preference_pairs, load_aligned_encoder, train_gdpo
 
     torch.set_num_threads(1)
     bert = build_tiny_bert(tmp_path / "bert")

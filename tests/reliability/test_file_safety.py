@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lgsid_pipeline import train_state
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, build_tiny_bert
+from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder, build_tiny_bert
 from lgsid_pipeline.train_state import artefact_lock, atomic_save_tensors, atomic_write_text, load_tensors
 from resources import LgsidHome
 

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lgsid_pipeline import schema
-from lgsid_pipeline.catalog import DataValidationError, validate_interactions, validate_items
+from lgsid_pipeline.data.catalog import DataValidationError, validate_interactions, validate_items
 from lgsid_pipeline.partitions import is_valid_city_key
-from lgsid_pipeline.sources import SourceSpec, load_source
+from lgsid_pipeline.data.sources import SourceSpec, load_source
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

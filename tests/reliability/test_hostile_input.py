@@ -200,7 +200,7 @@ def test_repository_never_unpickles(figures):
 def test_encoder_refuses_pickled_weights(tmp_path):
     """A model folder with only a pickled ``pytorch_model.bin`` never executes its pickle."""
     torch = pytest.importorskip("torch")
-    from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, build_tiny_bert
+    from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder, build_tiny_bert
 
     path = build_tiny_bert(tmp_path / "bert")
     from safetensors.torch import load_file

@@ -27,7 +27,7 @@ PYTHON = sys.executable
 REWARD_CHILD = r'''
 import sys, time, torch
 torch.set_num_threads(1)
-import lgsid_pipeline.reward as R
+import lgsid_pipeline.alignment.reward as R
 _save = R.save_checkpoint
 def slow_save(*a, **k):  # checkpoint as usual, then pause so the parent can kill mid-run
     _save(*a, **k)
@@ -42,9 +42,9 @@ print("finished", flush=True)
 GDPO_CHILD = r'''
 import sys, time, json, torch, polars as pl
 torch.set_num_threads(1)
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
-from lgsid_pipeline.gdpo import GDPOConfig, train_gdpo
-from lgsid_pipeline.reward import load_reward_model
+from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder
+from lgsid_pipeline.alignment.gdpo import GDPOConfig, train_gdpo
+from lgsid_pipeline.alignment.reward import load_reward_model
 bert, rm_dir, items_path, pairs_path, ckpt, cfg_json = sys.argv[1:7]
 enc = TextEncoder(EncoderConfig(model_path=bert, device="cpu", max_length=48))
 cfg = GDPOConfig(**json.loads(cfg_json))
@@ -85,7 +85,7 @@ def _kill_after_checkpoint(cmd, state_file: Path, min_progress: int, key: str, e
 
 
 def test_reward_training_resumes_after_sigkill(tmp_path, child_env, figures):
-    from lgsid_pipeline.reward import train_reward_model
+    from lgsid_pipeline.alignment.reward import train_reward_model
     from lgsid_pipeline.train_state import atomic_save_tensors
 
     torch.set_num_threads(1)
@@ -134,9 +134,9 @@ def _gdpo_items() -> pl.DataFrame:
 def test_gdpo_training_resumes_after_sigkill(tmp_path, child_env, figures):
     from safetensors.torch import load_file
 
-    from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, build_tiny_bert
-    from lgsid_pipeline.gdpo import GDPOConfig, build_preference_pairs, train_gdpo
-    from lgsid_pipeline.reward import RewardModel, save_reward_model
+    from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder, build_tiny_bert
+    from lgsid_pipeline.alignment.gdpo import GDPOConfig, build_preference_pairs, train_gdpo
+    from lgsid_pipeline.alignment.reward import RewardModel, save_reward_model
 
     torch.set_num_threads(1)
     bert = build_tiny_bert(tmp_path / "bert", seed=0)
@@ -156,7 +156,7 @@ def test_gdpo_training_resumes_after_sigkill(tmp_path, child_env, figures):
         ckpt / "state.json", 2, "step", child_env, random.Random(11))
     done = state["step"]
     assert 2 <= done < total and done % 2 == 0
-    from lgsid_pipeline.reward import load_reward_model
+    from lgsid_pipeline.alignment.reward import load_reward_model
 
     resumed = train_gdpo(encoder, load_reward_model(rm_dir), items, pairs, GDPOConfig(**cfg), checkpoint_dir=ckpt)
     assert resumed.metrics["steps"] == total

@@ -129,7 +129,7 @@ def test_corrupt_landed_file_does_not_block_other_files(landing_folder, test_wor
         ctx = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"source": source})
         again = new_items_sensor(ctx)
         assert isinstance(again, dg.SkipReason) and "broken.parquet" in again.skip_message
-    from lgsid_pipeline.sources import load_source
+    from lgsid_pipeline.data.sources import load_source
 
     ds = load_source(source.spec())
     assert len(ds.landing_errors) == 1 and "broken.parquet" in ds.landing_errors[0]
@@ -187,7 +187,7 @@ def test_the_tick_plans_from_the_landed_files_without_validating_the_dataset(lan
     """Planning reads the landed files and the items file's (province, city) columns only: a
     corrupt interactions file, or a validator that would fail, does not stop the tick, and
     same-name cities still get the run's own keys."""
-    from lgsid_pipeline import catalog
+    from lgsid_pipeline.data import catalog
     from orchestration.sensors import plan_landing
 
     base, landing, source = _plan_source(landing_folder)

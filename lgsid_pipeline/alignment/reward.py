@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lgsid_pipeline import negatives
+from lgsid_pipeline.alignment import negatives
 from lgsid_pipeline.train_state import (
     atomic_save_tensors,
     atomic_write_text,
@@ -62,14 +62,14 @@ BATCH_SIZE = 64
 # -- data -------------------------------------------------------------------------------------
 
 def soft_labels(ranks: torch.Tensor, k: int) -> torch.Tensor:
-    """Eq. 3 (:func:`lgsid_pipeline.negatives.soft_labels`) as float32 for R's training tensors."""
+    """Eq. 3 (:func:`lgsid_pipeline.alignment.negatives.soft_labels`) as float32 for R's training tensors."""
     return negatives.soft_labels(ranks, k).to(torch.float32)
 
 
 def common_list_length(prompts_df: pl.DataFrame, keep_share: float = 0.9) -> int:
     """The largest K that at least ``keep_share`` of the anchors' lists reach (at least 1).
 
-    After :func:`~lgsid_pipeline.negatives.dedupe_prompt_lists` lists differ in length; R trains
+    After :func:`~lgsid_pipeline.alignment.negatives.dedupe_prompt_lists` lists differ in length; R trains
     on fixed (A, K+1) tensors, so lists are cut to their K nearest negatives and shorter ones left
     out. This K keeps most anchors without letting one long list set the length.
     """

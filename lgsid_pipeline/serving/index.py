@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .geo import haversine_km
-from .train_state import atomic_write_text, replace_durably, tmp_name
+from lgsid_pipeline.geo import haversine_km
+from lgsid_pipeline.train_state import atomic_write_text, replace_durably, tmp_name
 
 EXPORT_FORMATS = ("parquet", "csv", "jsonl")
 EXPORT_VERSION = 1
@@ -191,7 +191,7 @@ class ServingIndex:
         return self._items.get(str(item_id))
 
     def prefix(self, text: str, method: str | None = None, limit: int = 100) -> dict:
-        from .lookup import SIDLookupError, parse_prefix, with_prefix
+        from lgsid_pipeline.serving.lookup import SIDLookupError, parse_prefix, with_prefix
 
         method = method or self.default_method
         if method not in self._by_method:
@@ -270,7 +270,7 @@ def recommend(user_id: str, *, k: int = 10, within_km: float | None = None, cach
             candidates = candidates[candidates != known[-1]]
             if candidates.size == 0:
                 raise ServingError(f"user {user_id!r}: no item lies within {within_km} km of the last place")
-        from .recommenders.tiger import recommend_history
+        from lgsid_pipeline.recommenders.tiger import recommend_history
 
         top, scores = recommend_history(model, codec, known, k, candidates=candidates, user_id=str(user_id))
         rows = [{"item_id": item_ids[i], "sid": codec.codes[i].tolist(), "score": float(s), "km": km_of(item_ids[i])}

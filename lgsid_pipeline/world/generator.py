@@ -49,9 +49,9 @@ import polars as pl
 from scipy.spatial import cKDTree
 
 from lgsid_pipeline import schema
-from lgsid_pipeline.gazetteer import (CITIES, CITY_CATALOG, city_spec, haversine_km, known_keys_hint, largest_us_cities,
+from lgsid_pipeline.world.gazetteer import (CITIES, CITY_CATALOG, city_spec, haversine_km, known_keys_hint, largest_us_cities,
                                       nearby_towns)
-from lgsid_pipeline.world_categories import CAT2_WORDS, COMMON_WORDS, LEAVES
+from lgsid_pipeline.world.categories import CAT2_WORDS, COMMON_WORDS, LEAVES
 
 __all__ = [
     "CITY_CATALOG",

@@ -7,7 +7,7 @@
                across cities -> [oracle R] -> G-DPO (Eq. 6-8)                          fit_gdpo
 
 The assets call these functions with their Dagster config; the ladder
-(:mod:`lgsid_pipeline.ladder`) calls the same functions and only changes switches (reward mode,
+(:mod:`lgsid_pipeline.alignment.ladder`) calls the same functions and only changes switches (reward mode,
 negatives strategy, D_dc on or off, lambda, learned or oracle R). The defaults of every setting
 live in the dataclasses below; the asset configs read them from here.
 """
@@ -24,16 +24,17 @@ import numpy as np
 import polars as pl
 import torch
 
-from lgsid_pipeline import gdpo, paper, reward
+from lgsid_pipeline.alignment import gdpo, reward
+from lgsid_pipeline import paper
 from lgsid_pipeline.budgets import allocation_summary, sample_by_city
 from lgsid_pipeline.geo import haversine_km
-from lgsid_pipeline.negatives import (
+from lgsid_pipeline.alignment.negatives import (
     STRATEGIES,
     dedupe_prompt_lists,
     distance_ranked_negatives,
     mismatched_prompts,
 )
-from lgsid_pipeline.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from lgsid_pipeline.alignment.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from lgsid_pipeline.train_state import atomic_save_tensors, load_tensors
 
 REWARD_SOURCES = ("learned", "oracle")

@@ -36,8 +36,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from . import paper
-from .progress import advance
+from lgsid_pipeline import paper
+from lgsid_pipeline.progress import advance
 
 log = logging.getLogger(__name__)
 

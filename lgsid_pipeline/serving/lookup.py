@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from .geo import haversine_km
+from lgsid_pipeline.geo import haversine_km
 
 
 class SIDLookupError(ValueError):

@@ -39,10 +39,10 @@ from torch.nn import functional as F
 
 from lgsid_pipeline import paper
 from lgsid_pipeline.plotting import pyplot, save
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder, hash_files, model_files
+from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder, hash_files, model_files
 from lgsid_pipeline.progress import advance
-from lgsid_pipeline.prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, build_prompts
-from lgsid_pipeline.reward import RewardModel
+from lgsid_pipeline.alignment.prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, build_prompts
+from lgsid_pipeline.alignment.reward import RewardModel
 from lgsid_pipeline.train_state import (
     atomic_save_tensors,
     atomic_write_text,
@@ -299,7 +299,7 @@ class _GeographyEval:
 
     def __init__(self, encoder: TextEncoder, model, items: pl.DataFrame, pairs: pl.DataFrame,
                  template: PromptTemplate, cfg: GDPOConfig) -> None:
-        from lgsid_pipeline.alignment_metrics import LEVELS
+        from lgsid_pipeline.alignment.metrics import LEVELS
 
         missing = [c for _, c in LEVELS if c not in items.columns]
         if missing:
@@ -318,7 +318,7 @@ class _GeographyEval:
 
     def __call__(self, step: int, base: dict | None) -> dict:
         """The evaluation at ``step``, scored against ``base`` (step 0's; None = this is step 0)."""
-        from lgsid_pipeline.alignment_metrics import geography_at_k
+        from lgsid_pipeline.alignment.metrics import geography_at_k
 
         self.model.eval()
         try:

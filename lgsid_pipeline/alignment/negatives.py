@@ -54,7 +54,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from lgsid_pipeline import paper, prompts
+from lgsid_pipeline import paper
+from lgsid_pipeline.alignment import prompts
 from lgsid_pipeline.geo import (
     GeoIndex,
     chord_to_km,

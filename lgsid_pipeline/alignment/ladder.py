@@ -17,7 +17,7 @@ G-DPO      list-wise    density    D_gc + D_dc    ``gdpo_lam``
 (The paper's Table 6 lists its lambda = 1.0 run with exactly the DPO-LRDMS numbers and its
 chosen lambda with the G-DPO numbers, so the last two rows differ only in lambda.)
 
-Every row runs through the pipeline's own alignment path (:mod:`lgsid_pipeline.alignment`,
+Every row runs through the pipeline's own alignment path (:mod:`lgsid_pipeline.alignment.stage`,
 the functions the assets call): per-city negatives and co-occurrence pairs, anchors allocated
 across cities, the same dedupe, reward model, pair budget and G-DPO with held-out selection.
 The extra row "G-DPO oracle-R" swaps R for the distance oracle (:func:`reward.train_oracle_reward`).
@@ -39,7 +39,7 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
-from lgsid_pipeline.alignment import (
+from lgsid_pipeline.alignment.stage import (
     PIPELINE_EVAL_EVERY,
     NegativeSettings,
     PairSettings,
@@ -48,9 +48,9 @@ from lgsid_pipeline.alignment import (
     fit_gdpo,
     fit_reward,
 )
-from lgsid_pipeline.encoder import EncoderConfig, TextEncoder
-from lgsid_pipeline.gdpo import GDPOConfig, load_aligned_encoder
-from lgsid_pipeline.prompts import build_prompts
+from lgsid_pipeline.alignment.encoder import EncoderConfig, TextEncoder
+from lgsid_pipeline.alignment.gdpo import GDPOConfig, load_aligned_encoder
+from lgsid_pipeline.alignment.prompts import build_prompts
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def city_signals(catalog: pl.DataFrame, interactions: pl.DataFrame, negatives: N
                  cooccurrence: dict | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """The per-city signals as the per-city assets compute them: for each city_key, its negatives
     (far slots from the other cities) and its co-occurrence pairs (Eq. 5 over its interactions)."""
-    from lgsid_pipeline.cooccurrence import cooccurrence_pairs
+    from lgsid_pipeline.alignment.cooccurrence import cooccurrence_pairs
 
     lists, pairs, metrics = [], [], {}
     city_of = catalog.select(pl.col("item_id").cast(pl.Utf8), "city_key")
@@ -151,7 +151,7 @@ def run_ladder(
     workdir: Path | str,
 ) -> tuple[pl.DataFrame, dict]:
     """Run the ladder rows on ``items`` through the pipeline's own alignment code path
-    (:mod:`lgsid_pipeline.alignment`); returns (overall metrics per row, diagnostics).
+    (:mod:`lgsid_pipeline.alignment.stage`); returns (overall metrics per row, diagnostics).
 
     The settings default to the pipeline's (the asset defaults); each row only switches the reward
     mode, the negatives strategy, D_dc, lambda and the reward source. The table has one row per
@@ -159,7 +159,7 @@ def run_ladder(
     ``alignment_report`` over all items; ``heldout_score`` is G-DPO's own held-out validation
     figure (headroom closed on items that are no pair's target), the one to choose lambda on.
     """
-    from lgsid_pipeline.alignment_metrics import alignment_report
+    from lgsid_pipeline.alignment.metrics import alignment_report
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import polars as pl
 
-from lgsid_pipeline.catalog import (
+from lgsid_pipeline.data.catalog import (
     REQUIRED_INTERACTION_COLUMNS,
     REQUIRED_ITEM_COLUMNS,
     DataValidationError,
@@ -282,7 +282,7 @@ def load_foursquare(path: str | Path, city: str | None = None, province: str | N
 
 
 def load_generator(preset: str, seed: int) -> RawDataset:
-    from lgsid_pipeline.world import generate_world
+    from lgsid_pipeline.world.generator import generate_world
 
     world = generate_world(preset, seed=seed)
     return RawDataset(world.items, world.interactions, f"world-{preset}-{seed}")
