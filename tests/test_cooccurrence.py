@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lgsid_pipeline.alignment import cooccurrence
+from lgsid_pipeline.alignment import cooccurrence as cooc
 from lgsid_pipeline.alignment.cooccurrence import cooccurrence_pairs, default_threshold
 
 
