@@ -68,7 +68,7 @@ def rqvae_codes(items: pl.DataFrame, seed: int, sizes: list[int], epochs: int) -
     return codes
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "amazon_beauty"))
     ap.add_argument("--sid", choices=("letter", "rqvae"), default="letter")
@@ -92,27 +92,11 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write metrics JSON here")
     ap.add_argument("--valid-users", type=int, default=3000, help="users scored for early stopping")
     ap.add_argument("--full-valid", action="store_true", help="also rank the full catalogue for every validation user")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    return ap
 
-    items = pl.read_parquet(Path(args.data) / "items.parquet")
-    inter = pl.read_parquet(Path(args.data) / "interactions.parquet")
-    if args.quick:
-        keep = inter["user_id"].unique().sort().head(2000)
-        inter = inter.filter(pl.col("user_id").is_in(keep.implode()))
-    split = next_item_split(inter, min_core=0, known_items=items["item_id"])
-    print("split", split.metadata(), flush=True)
 
-    raw = letter_codes(items) if args.sid == "letter" else rqvae_codes(
-        items, args.seed, [int(k) for k in args.rq_sizes.split(",")], args.rq_epochs)
-    print(f"{args.sid} SIDs: {raw.shape[1]} levels, {n_duplicates(raw)} duplicates before dedup", flush=True)
-    codes = append_dedup_level(raw)
-    sids = dict(zip(items["item_id"].to_list(), map(tuple, codes.tolist())))
-
-    base = run_heuristic("transitions", split)
-    print("baseline transitions", json.dumps({k: round(v, 4) for k, v in base.metrics.items()}), flush=True)
-
-    cfg = TigerConfig(
+def tiger_config(args) -> TigerConfig:
+    return TigerConfig(
         d_model=args.d_model,
         ff_dim=args.ff_dim,
         enc_layers=args.layers,
@@ -134,6 +118,30 @@ def main() -> None:
         seed=args.seed,
         threads=args.threads,
     )
+
+
+def main() -> None:
+    args = parser().parse_args()
+    torch.set_num_threads(args.threads)
+
+    items = pl.read_parquet(Path(args.data) / "items.parquet")
+    inter = pl.read_parquet(Path(args.data) / "interactions.parquet")
+    if args.quick:
+        keep = inter["user_id"].unique().sort().head(2000)
+        inter = inter.filter(pl.col("user_id").is_in(keep.implode()))
+    split = next_item_split(inter, min_core=0, known_items=items["item_id"])
+    print("split", split.metadata(), flush=True)
+
+    raw = letter_codes(items) if args.sid == "letter" else rqvae_codes(
+        items, args.seed, [int(k) for k in args.rq_sizes.split(",")], args.rq_epochs)
+    print(f"{args.sid} SIDs: {raw.shape[1]} levels, {n_duplicates(raw)} duplicates before dedup", flush=True)
+    codes = append_dedup_level(raw)
+    sids = dict(zip(items["item_id"].to_list(), map(tuple, codes.tolist())))
+
+    base = run_heuristic("transitions", split)
+    print("baseline transitions", json.dumps({k: round(v, 4) for k, v in base.metrics.items()}), flush=True)
+
+    cfg = tiger_config(args)
     stages = ("valid", "test") if (args.full_valid or args.quick) else ("test",)
     res = train_and_evaluate_tiger(
         split, sids, cfg, log=lambda r: print("epoch", json.dumps(r), flush=True), stages=stages

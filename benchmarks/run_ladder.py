@@ -68,7 +68,7 @@ def markdown(df: pl.DataFrame, digits: int = 4) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="demo")
     ap.add_argument("--max-items", type=int, default=None)
@@ -101,26 +101,24 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="the table and diagnostics as JSON")
     ap.add_argument("--aligned-out", default=None,
                     help="ROW=PATH: write that row's item embeddings as parquet (item_id, embedding)")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return ap
 
-    t0 = time.perf_counter()
-    items, inter = load_data(args.data, args.max_items, args.seed)
-    if args.train_only:
-        items, inter = train_split(items, inter)
 
-    def given(**kw):
-        return {k: v for k, v in kw.items() if v is not None}
+def _given(**kw):
+    return {k: v for k, v in kw.items() if v is not None}
 
+
+def settings(args) -> dict:
+    """run_ladder's keyword arguments from the command line (None = the pipeline's default)."""
     gcfg = replace(GDPOConfig(eval_every=PIPELINE_EVAL_EVERY),
-                   **given(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_pairs=args.eval_pairs,
+                   **_given(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_pairs=args.eval_pairs,
                            lam=args.gdpo_lam, sim_reading=args.sim_reading, eval_every=args.eval_every,
                            max_length=args.max_length))
-    neg = replace(NegativeSettings(), **given(far_share=args.far_share))
-    rset = replace(RewardSettings(), **given(anchors_floor=args.anchors_floor))
+    neg = replace(NegativeSettings(), **_given(far_share=args.far_share))
+    rset = replace(RewardSettings(), **_given(anchors_floor=args.anchors_floor))
     if args.reward_anchors is not None:
         rset = replace(rset, anchors_total=None if args.reward_anchors == "all" else int(args.reward_anchors))
-    pset = replace(PairSettings(), **given(max_steps=args.max_steps, max_pairs=args.max_pairs))
+    pset = replace(PairSettings(), **_given(max_steps=args.max_steps, max_pairs=args.max_pairs))
     extra = tuple(float(x) for x in args.extra_lams.split(",") if x)
     rows = ladder_rows(gcfg.lam, extra, oracle=args.oracle, negatives=args.negatives)
     if args.rows:
@@ -128,13 +126,35 @@ def main() -> None:
         rows = [r for r in rows if r.name in want]
     tag = Path(args.data).name
     workdir = Path(args.workdir or f"/tmp/lgsid_ladder/{tag}_{args.max_items}_{args.seed}")
-    enc_cfg = EncoderConfig(**given(model_path=args.model_path, max_length=args.max_length))
-    table, diag = run_ladder(items, inter, encoder_config=enc_cfg, rows=rows, gdpo_config=gcfg, negatives=neg,
-                             reward_settings=rset, pair_settings=pset, seed=args.seed, max_queries=args.max_queries,
-                             workdir=workdir)
+    enc_cfg = EncoderConfig(**_given(model_path=args.model_path, max_length=args.max_length))
+    return dict(encoder_config=enc_cfg, rows=rows, gdpo_config=gcfg, negatives=neg, reward_settings=rset,
+                pair_settings=pset, seed=args.seed, max_queries=args.max_queries, workdir=workdir)
+
+
+def main() -> None:
+    args = parser().parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    t0 = time.perf_counter()
+    items, inter = load_data(args.data, args.max_items, args.seed)
+    if args.train_only:
+        items, inter = train_split(items, inter)
+    kwargs = settings(args)
+    table, diag = run_ladder(items, inter, **kwargs)
     if args.aligned_out:
         row, _, path = args.aligned_out.partition("=")
-        write_embeddings(items, workdir, row, diag, Path(path))
+        write_embeddings(items, kwargs["workdir"], row, diag, Path(path))
+    text = report(args, items, inter, table, diag, t0)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "table": table.to_dicts(),
+                                               "diagnostics": diag, "wall_s": time.perf_counter() - t0},
+                                              indent=1, default=str))
+
+
+def report(args, items: pl.DataFrame, inter: pl.DataFrame, table: pl.DataFrame, diag: dict, t0: float) -> str:
+    """The markdown report: the table, its change against Origin, R and G-DPO costs, paper Table 3."""
     origin = table.filter(pl.col("variant") == "Origin").row(0, named=True)
     rel = table.select(
         "variant",
@@ -161,14 +181,7 @@ def main() -> None:
            "### Relative change vs Origin (same run)", markdown(rel, 1), "",
            "### Reward model (held-out anchors) and G-DPO cost", markdown(pl.DataFrame(cost), 3) if cost else "", "",
            "### Paper Table 3", markdown(paper_table())]
-    text = "\n".join(out)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "table": table.to_dicts(),
-                                               "diagnostics": diag, "wall_s": time.perf_counter() - t0},
-                                              indent=1, default=str))
+    return "\n".join(out)
 
 
 def write_embeddings(items: pl.DataFrame, workdir: Path, row: str, diag: dict, path: Path) -> None:

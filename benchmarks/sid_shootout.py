@@ -302,9 +302,8 @@ def _run_all(tasks: list[tuple], ctx: dict, jobs: int):
             yield f.result()
 
 
-def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
+def _prepare(args: argparse.Namespace) -> dict:
+    """The split, the items' embeddings per space, their coordinates, strata and local candidates."""
     items, inter = load_dataset(Path(args.data))
     split = next_item_split(inter, known_items=items["item_id"])
     ranked = ranked_items(split, items)
@@ -319,24 +318,20 @@ def run(args: argparse.Namespace) -> dict:
     if any(s.embeddings == "gnpr" for s in specs):
         X["gnpr"] = gnpr_features(ranked, inter.filter(pl.col("item_id").is_in(split.item_ids)))
     sizes = [args.codebook_size] * args.levels if args.codebook_size else default_codebook_sizes(split.n_items, args.levels)
-    popularity = item_counts(split, "valid")  # training visits only
     lat = item_attribute(split, ranked, "lat").astype(np.float64)
     lon = item_attribute(split, ranked, "lon").astype(np.float64)
     airports = airport_items(split, ranked) if "name" in ranked.columns else np.array([], dtype=np.int64)
-    no_airport = ~np.isin(split.test_target, airports)
-    strata = target_strata(split, lat, lon, airports=airports)
     cands = local_candidates(split, lat, lon, "test", km=args.local_km)
-    eligible = eligible_users(split, cands, "test")
+    return {"split": split, "ranked": ranked, "prompts": prompts, "specs": specs, "X": X, "sizes": sizes,
+            "popularity": item_counts(split, "valid"),  # training visits only
+            "lat": lat, "lon": lon, "no_airport": ~np.isin(split.test_target, airports),
+            "strata": target_strata(split, lat, lon, airports=airports), "cands": cands,
+            "eligible": eligible_users(split, cands, "test")}
 
-    tiger_cfg = TigerConfig(epochs=1000, max_steps=args.tiger_steps, max_seconds=None, seed=0,
-                            max_valid_users=args.max_valid_users)
-    din_cfg = DINConfig(epochs=args.din_epochs)
-    per_user: dict[str, dict[str, list[np.ndarray]]] = {}
-    out_methods: dict[str, dict] = {}
 
-    def keep(name, stage, arr):
-        per_user.setdefault(name, {}).setdefault(stage, []).append(arr)
-
+def _heuristics(d: dict, keep, out_methods: dict) -> None:
+    """The heuristics' per-user scores (full catalogue and local), kept beside the tokenizers'."""
+    split, lat, lon, cands, eligible = d["split"], d["lat"], d["lon"], d["cands"], d["eligible"]
     for h in HEURISTICS:
         r = run_heuristic(h, split, item_lat=lat, item_lon=lon)
         keep(h, "valid", _per_user(r.topk["valid"], split.valid_target))
@@ -347,19 +342,20 @@ def run(args: argparse.Namespace) -> dict:
         lm = local_metrics(topk, split, "test", eligible)
         keep(name, "local", np.stack([lm["hit@10_per_user"], lm["ndcg@10_per_user"]]))
 
-    ctx = {"split": split, "lat": lat, "lon": lon, "cands": cands, "eligible": eligible, "tiger_cfg": tiger_cfg,
-           "din_cfg": din_cfg, "din_epochs": args.din_epochs, "local_km": args.local_km,
-           "threads": max(1, args.threads // max(1, args.jobs))}
-    runs = Path(args.runs) if args.runs else Path(args.out).with_suffix(".runs")
+
+def _plan(args: argparse.Namespace, d: dict, ctx: dict, runs: Path):
+    """Fit every method's SIDs (per tokenizer seed) and sort its (method, seed) runs into the
+    finished ones (reused from ``runs``) and the tasks still to train."""
     tasks, entries, keys, done = [], {}, {}, {}
-    for spec in specs:
+    for spec in d["specs"]:
         fits: dict[int, tuple[np.ndarray, dict]] = {}
         for seed in args.seeds:
             # --paired-seeds: run seed s fits its own codebooks with seed codebook_seed + s, so the
             # spread over seeds includes the tokenizer's; otherwise one fit serves every seed
             t_seed = args.codebook_seed + (seed if args.paired_seeds else 0)
             if t_seed not in fits:
-                fits[t_seed] = build_sids(spec, X, ranked, sizes, args.levels, popularity, t_seed, args.hub_share)
+                fits[t_seed] = build_sids(spec, d["X"], d["ranked"], d["sizes"], args.levels, d["popularity"],
+                                          t_seed, args.hub_share)
             sids = fits[t_seed][0]
             keys[(spec.name, seed)] = k = _run_key(spec.name, sids, seed, ctx)
             saved = _load_run(runs, k)
@@ -375,6 +371,65 @@ def run(args: argparse.Namespace) -> dict:
         if len(figs) > 1:
             entries[spec.name]["collisions_per_tokenizer_seed"] = {str(s): f for s, (_, f) in fits.items()}
             entries[spec.name]["tokenizer_seed_ari"] = _seed_ari(fits)
+    return tasks, entries, keys, done
+
+
+def _summarise(args: argparse.Namespace, d: dict, means: dict, out_methods: dict) -> None:
+    """Each method's validation / test / airport-free / local summaries and its strata."""
+    for m, st in means.items():
+        e = out_methods[m]
+        e["valid"] = _summary(st["valid"])
+        e["test"] = _summary(st["test"])
+        e["test_no_airports"] = _summary(st["test"], d["no_airport"])
+        if "local" in st:
+            e["local"] = _summary(st["local"]) | {"km": args.local_km, "eligible_share": float(d["eligible"].mean())}
+    strata_rows = stratified_scores({m: (st["test"][0], st["test"][1]) for m, st in means.items()}, d["strata"])
+    for row in strata_rows:
+        out_methods[row["method"]].setdefault("strata", {})[row["stratum"]] = {
+            k: row[k] for k in row if k not in ("method", "stratum")}
+
+
+def _paired_against(best_baseline: str, methods: list[str], means: dict, no_airport: np.ndarray,
+                    out_methods: dict) -> None:
+    """Paired over-users differences (and CIs) of every method against the best baseline."""
+    for m in methods:
+        if m == best_baseline:
+            continue
+        paired = {}
+        for view, stage, mask in (("valid", "valid", None), ("test", "test", None),
+                                  ("test_no_airports", "test", no_airport), ("local", "local", None)):
+            if stage not in means[m] or stage not in means[best_baseline]:
+                continue
+            a, b = means[m][stage], means[best_baseline][stage]
+            if mask is not None:
+                a, b = a[:, mask], b[:, mask]
+            if a.shape[1] == 0:
+                continue
+            paired[view] = {metric: paired_over_users(a[i], b[i], n_perm=2000)
+                            for i, metric in enumerate(("hit@10", "ndcg@10"))}
+        out_methods[m]["paired"] = paired
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    d = _prepare(args)
+    split, specs, no_airport = d["split"], d["specs"], d["no_airport"]
+    tiger_cfg = TigerConfig(epochs=1000, max_steps=args.tiger_steps, max_seconds=None, seed=0,
+                            max_valid_users=args.max_valid_users)
+    din_cfg = DINConfig(epochs=args.din_epochs)
+    per_user: dict[str, dict[str, list[np.ndarray]]] = {}
+    out_methods: dict[str, dict] = {}
+
+    def keep(name, stage, arr):
+        per_user.setdefault(name, {}).setdefault(stage, []).append(arr)
+
+    _heuristics(d, keep, out_methods)
+    ctx = {"split": split, "lat": d["lat"], "lon": d["lon"], "cands": d["cands"], "eligible": d["eligible"],
+           "tiger_cfg": tiger_cfg, "din_cfg": din_cfg, "din_epochs": args.din_epochs, "local_km": args.local_km,
+           "threads": max(1, args.threads // max(1, args.jobs))}
+    runs = Path(args.runs) if args.runs else Path(args.out).with_suffix(".runs")
+    tasks, entries, keys, done = _plan(args, d, ctx, runs)
     if args.dry_run:
         print(f"dry run: {len(tasks)} of {len(keys)} (method, seed) runs to train; {len(done)} reused", flush=True)
         return {"dry_run": True, "to_run": [[t[0], t[2]] for t in tasks], "reused": [list(k) for k in done]}
@@ -397,53 +452,27 @@ def run(args: argparse.Namespace) -> dict:
         out_methods[spec.name] = entry
 
     means = {m: {st: np.mean(v, axis=0) for st, v in stages.items()} for m, stages in per_user.items()}
-    for m, st in means.items():
-        e = out_methods[m]
-        e["valid"] = _summary(st["valid"])
-        e["test"] = _summary(st["test"])
-        e["test_no_airports"] = _summary(st["test"], no_airport)
-        if "local" in st:
-            e["local"] = _summary(st["local"]) | {"km": args.local_km, "eligible_share": float(eligible.mean())}
-    strata_rows = stratified_scores({m: (st["test"][0], st["test"][1]) for m, st in means.items()}, strata)
-    for row in strata_rows:
-        out_methods[row["method"]].setdefault("strata", {})[row["stratum"]] = {
-            k: row[k] for k in row if k not in ("method", "stratum")}
-
+    _summarise(args, d, means, out_methods)
     scored = [s.name for s in specs]
     baselines = [s.name for s in specs if s.family == "baseline"]
     best_baseline = max(baselines, key=lambda m: out_methods[m]["valid"]["hit@10"]) if baselines else None
     default_method = max([s.name for s in specs if s.family != "control"] or scored,
                          key=lambda m: out_methods[m]["valid"]["hit@10"])
     if best_baseline is not None:
-        for m in [*scored, *HEURISTICS]:
-            if m == best_baseline:
-                continue
-            paired = {}
-            for view, stage, mask in (("valid", "valid", None), ("test", "test", None),
-                                      ("test_no_airports", "test", no_airport), ("local", "local", None)):
-                if stage not in means[m] or stage not in means[best_baseline]:
-                    continue
-                a, b = means[m][stage], means[best_baseline][stage]
-                if mask is not None:
-                    a, b = a[:, mask], b[:, mask]
-                if a.shape[1] == 0:
-                    continue
-                paired[view] = {metric: paired_over_users(a[i], b[i], n_perm=2000)
-                                for i, metric in enumerate(("hit@10", "ndcg@10"))}
-            out_methods[m]["paired"] = paired
-    identical = collision_figures(np.zeros((split.n_items, 1), dtype=np.int64), prompts=prompts)["identical_prompt_share"]
+        _paired_against(best_baseline, [*scored, *HEURISTICS], means, no_airport, out_methods)
+    identical = collision_figures(np.zeros((split.n_items, 1), dtype=np.int64), prompts=d["prompts"])["identical_prompt_share"]
     return {
         "dataset": Path(args.data).name,
         "command": " ".join(["python -m benchmarks.sid_shootout", *sys.argv[1:]]),
         "split": split.metadata(),
         "settings": {"seeds": args.seeds, "tiger_steps": args.tiger_steps, "din_epochs": args.din_epochs,
-                     "codebook_sizes": sizes, "levels": args.levels, "codebook_seed": args.codebook_seed,
+                     "codebook_sizes": d["sizes"], "levels": args.levels, "codebook_seed": args.codebook_seed,
                      "tokenizer_seed": "codebook_seed + run seed" if args.paired_seeds else "codebook_seed",
                      "local_km": args.local_km, "dedup": "append", "fitted_on": "the ranked (5-core) items",
                      "tiger": {k: v for k, v in tiger_cfg.__dict__.items()}, "threads": args.threads,
                      "jobs": args.jobs, "prompt_template": args.template, "instruction": args.instruction},
         "identical_prompt_share": identical,
-        "targets_reachability": target_reachability(split, lat, lon),
+        "targets_reachability": target_reachability(split, d["lat"], d["lon"]),
         "airport_target_share": float(1 - no_airport.mean()),
         "best_baseline": best_baseline,
         "default_method": default_method,

@@ -653,10 +653,11 @@ def _sid_text(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lgsid", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_tables_uri(parser) -> None:
+    parser.add_argument("--tables-uri", help="where the Delta tables live (default: $LGSID_TABLES_URI, else HOME/delta)")
+
+
+def _add_materialize(sub) -> None:
     m = sub.add_parser("materialize", help="materialize the asset graph for every city partition")
     m.add_argument("--home", required=True, help="output folder (Delta tables, artefacts, Dagster instance)")
     m.add_argument("--data", help="dataset folder in the shared schema (default: the embedded world)")
@@ -686,10 +687,16 @@ def main(argv: list[str] | None = None) -> int:
                                        '{"config": {"epochs": 10}}}}')
     m.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     m.set_defaults(func=cmd_materialize)
+
+
+def _add_report(sub) -> None:
     r = sub.add_parser("report", help="print the latest metadata and metrics of each asset")
     r.add_argument("--home", required=True)
     r.add_argument("--json", action="store_true", help="machine-readable JSON")
     r.set_defaults(func=cmd_report)
+
+
+def _add_sid(sub) -> None:
     q = sub.add_parser("sid", help="look up an item's SIDs and neighbours, or the items behind a SID prefix")
     q.add_argument("item_id", nargs="?", help="the item to look up")
     q.add_argument("--home", required=True)
@@ -697,33 +704,59 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--method", help="one tokenizer variant (default: every method in the SID table)")
     q.add_argument("--k", type=int, default=5, help="neighbours to show per space")
     q.add_argument("--limit", type=int, default=50, help="items to show under a prefix")
-    q.add_argument("--tables-uri", help="where the Delta tables live (default: $LGSID_TABLES_URI, else HOME/delta)")
+    _add_tables_uri(q)
     q.add_argument("--json", action="store_true", help="machine-readable JSON")
     q.set_defaults(func=cmd_sid)
+
+
+def _add_export(sub) -> None:
     e = sub.add_parser("export", help="write the SID table and the serving cache for a serving system")
     e.add_argument("--home", required=True)
     e.add_argument("--to", required=True, help="output folder (sid_table.*, user_topk.*, manifest.json)")
     e.add_argument("--format", default="parquet", choices=["parquet", "csv", "jsonl"])
     e.add_argument("--method", help="one tokenizer variant (default: every method)")
-    e.add_argument("--tables-uri", help="where the Delta tables live (default: $LGSID_TABLES_URI, else HOME/delta)")
+    _add_tables_uri(e)
     e.add_argument("--json", action="store_true", help="print the export manifest as JSON")
     e.set_defaults(func=cmd_export)
+
+
+def _add_serve(sub) -> None:
     v = sub.add_parser("serve", help="a read-only HTTP service over an export or a home")
     v.add_argument("--export", help="an `lgsid export` folder")
     v.add_argument("--home", help="or a pipeline home")
     v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--tables-uri", help="where the Delta tables live (default: $LGSID_TABLES_URI, else HOME/delta)")
+    _add_tables_uri(v)
     v.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     v.set_defaults(func=cmd_serve)
+
+
+def _add_recommend(sub) -> None:
     c = sub.add_parser("recommend", help="a user's top-K: from the serving cache, else the saved TIGER model")
     c.add_argument("--home", required=True)
     c.add_argument("--user", required=True)
     c.add_argument("--k", type=int, default=10)
     c.add_argument("--within-km", type=float, default=None, help="only items this near the user's last place")
-    c.add_argument("--tables-uri", help="where the Delta tables live (default: $LGSID_TABLES_URI, else HOME/delta)")
+    _add_tables_uri(c)
     c.add_argument("--json", action="store_true", help="machine-readable JSON")
     c.set_defaults(func=cmd_recommend)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lgsid", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_materialize(sub)
+    _add_report(sub)
+    _add_sid(sub)
+    _add_export(sub)
+    _add_serve(sub)
+    _add_recommend(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     from lgsid_pipeline.data.catalog import DataValidationError
     from resources.storage import DeltaLogError
