@@ -13,6 +13,20 @@ from torch import nn
 from lgsid_pipeline import paper
 
 
+def _defaults(obj) -> dict:
+    """Every field or parameter default of a pydantic model (dg.Config), a dataclass, or a
+    function or class signature (factories called)."""
+    fields = getattr(obj, "model_fields", None)
+    if fields is not None:  # dg.Config (pydantic)
+        return {k: f.default for k, f in fields.items()}
+    if dataclasses.is_dataclass(obj):
+        return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(obj)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    return {k: p.default for k, p in inspect.signature(obj).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def _resolve(home: str):
     """The default held at ``module:Name.attr`` (a dataclass field, a function or class
     parameter, a pydantic field) or ``module:NAME`` (a module constant)."""
@@ -21,16 +35,7 @@ def _resolve(home: str):
     parts = path.split(".")
     for p in parts[:-1]:
         obj = getattr(obj, p)
-    name = parts[-1]
-    if len(parts) == 1:
-        return getattr(obj, name)
-    fields = getattr(obj, "model_fields", None)
-    if fields is not None and name in fields:  # dg.Config (pydantic)
-        return fields[name].default
-    if dataclasses.is_dataclass(obj):
-        f = {f.name: f for f in dataclasses.fields(obj)}[name]
-        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    return inspect.signature(obj).parameters[name].default
+    return getattr(obj, parts[-1]) if len(parts) == 1 else _defaults(obj)[parts[-1]]
 
 
 def _norm(v):
@@ -106,11 +111,7 @@ SAME_NAME_ALIASES = {  # asset field -> core parameter of another name
 
 def _core_defaults(target: str) -> dict:
     module, _, name = target.partition(":")
-    obj = getattr(importlib.import_module(module), name)
-    if dataclasses.is_dataclass(obj):
-        return {f.name: f.default for f in dataclasses.fields(obj) if f.default is not dataclasses.MISSING}
-    return {k: p.default for k, p in inspect.signature(obj).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return _defaults(getattr(importlib.import_module(module), name))
 
 
 @pytest.mark.parametrize("asset_cfg", sorted(CORE_OF))
