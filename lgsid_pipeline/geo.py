@@ -14,6 +14,24 @@ from scipy.spatial import cKDTree
 
 EARTH_RADIUS_KM = 6371.0088
 """Mean Earth radius (IUGG), the usual constant for haversine distances."""
+LAT_LIMIT, LON_LIMIT = 90.0, 180.0  # |lat| <= 90, |lon| <= 180 (degrees)
+
+
+# The one coordinate-range rule. Each takes numpy arrays or polars expressions / Series alike
+# (``abs`` and ``>`` mean the same on both), so the catalog's quarantine rules, the asset check,
+# HGIT's features and validate_lat_lon below all use it. A NaN is not out of range for numpy and
+# is for polars (NaN sorts above every number there); every caller tests finiteness itself.
+def lat_out_of_range(lat):
+    return abs(lat) > LAT_LIMIT
+
+
+def lon_out_of_range(lon):
+    return abs(lon) > LON_LIMIT
+
+
+def out_of_range(lat, lon):
+    """True where ``lat`` is outside [-90, 90] or ``lon`` outside [-180, 180]."""
+    return lat_out_of_range(lat) | lon_out_of_range(lon)
 
 
 def _as_float_array(x: object, name: str) -> np.ndarray:
@@ -29,11 +47,11 @@ def validate_lat_lon(lat: object, lon: object) -> tuple[np.ndarray, np.ndarray]:
     lon_a = _as_float_array(lon, "lon")
     if lat_a.shape != lon_a.shape:
         raise ValueError(f"lat has shape {lat_a.shape} but lon has shape {lon_a.shape}")
-    bad = ~np.isfinite(lat_a) | (np.abs(lat_a) > 90.0)
+    bad = ~np.isfinite(lat_a) | lat_out_of_range(lat_a)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"lat must be finite and within [-90, 90]; row {i} has lat={lat_a[i]!r}")
-    bad = ~np.isfinite(lon_a) | (np.abs(lon_a) > 180.0)
+    bad = ~np.isfinite(lon_a) | lon_out_of_range(lon_a)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(

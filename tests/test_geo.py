@@ -78,3 +78,17 @@ def test_geo_index_k_larger_than_n_and_radius():
 def test_bad_coordinates_raise(lat, lon, msg):
     with pytest.raises(ValueError, match=msg):
         GeoIndex(lat, lon)
+
+
+def test_the_coordinate_range_rule_is_the_same_on_numpy_and_polars():
+    import polars as pl
+
+    from lgsid_pipeline.geo import lat_out_of_range, out_of_range
+
+    lat = [0.0, 90.0, -90.0, 90.0001, -91.0, 45.0, 45.0]
+    lon = [0.0, 180.0, -180.0, 0.0, 0.0, 180.5, -200.0]
+    want = [False, False, False, True, True, True, True]
+    assert out_of_range(np.array(lat), np.array(lon)).tolist() == want
+    df = pl.DataFrame({"lat": lat, "lon": lon})
+    assert df.select(out_of_range(pl.col("lat"), pl.col("lon")))["lat"].to_list() == want
+    assert lat_out_of_range(df["lat"]).to_list() == [False, False, False, True, True, False, False]
