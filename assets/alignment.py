@@ -1,20 +1,19 @@
 """Alignment assets: the list-wise reward model (Eq. 2-4), the G-DPO-aligned encoder (Eq. 6-8),
 item embeddings (origin and aligned) and the alignment report (Table 3 metrics)."""
 
-import hashlib
 import json
 import time
 from typing import Literal
 
 import dagster as dg
-import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
 from assets.metadata import Timer, config_json, flat, image, table
 from assets.reads import load_embeddings
 from assets.partitions import CITY_BACKFILL, DELTA, ENCODER_POOL, TRAINING_POOL, city_partitions, emit, run_cities
-from lgsid_pipeline.alignment import stage as alignment, metrics as alignment_metrics, gdpo, reward
+from lgsid_pipeline.alignment import stage as alignment, metrics as alignment_metrics, embeddings, gdpo, reward
+from lgsid_pipeline.alignment.verdicts import MAX_TOP5_LOSS, geography_gain_verdict, reward_signal_verdict
 from lgsid_pipeline.plotting import pyplot, save
 from lgsid_pipeline.budgets import allocation_summary
 from lgsid_pipeline.alignment.negatives import STRATEGIES as NEGATIVE_STRATEGIES
@@ -238,10 +237,6 @@ class EmbeddingsConfig(dg.Config):
                                 description="origin = base encoder; aligned = with the G-DPO adapter.")
 
 
-def _prompt_hash(prompts: list[str]) -> list[str]:
-    return [hashlib.sha1(p.encode()).hexdigest()[:16] for p in prompts]
-
-
 @dg.asset(
     pool=ENCODER_POOL,
     partitions_def=city_partitions, backfill_policy=CITY_BACKFILL, group_name=GROUP, owners=OWNERS,
@@ -258,14 +253,11 @@ def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig,
     # The whole batch at once: item ids are unique across cities, so one encode call per variant
     # covers every city's new or changed items (a batch pays the encoder's start-up once).
     prompts = build_prompts(item_catalog, template=encoder.template())
-    hashes = _prompt_hash(prompts)
-    current = pl.DataFrame({"item_id": item_catalog["item_id"], "prompt_hash": hashes,
-                            "city_key": item_catalog["city_key"]})
+    current = embeddings.current_items(item_catalog, prompts)
     existing_lf = home.scan("item_embeddings", cities)
     existing = existing_lf.collect() if existing_lf is not None else None
     frames, common = [], {}
     counts = {c: {} for c in cities}
-    items_per_city = dict(current.group_by("city_key").len().iter_rows())
     for variant in config.variants:
         if variant == "origin":
             enc = encoder.encoder()
@@ -277,30 +269,19 @@ def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig,
             enc = _aligned(encoder, str(adapter))
         else:
             raise dg.Failure(f"unknown embedding variant {variant!r}")
-        reuse = pl.DataFrame(schema={"item_id": pl.Utf8, "embedding": pl.List(pl.Float32)})
-        if existing is not None and existing.height:
-            reuse = (existing.filter((pl.col("variant") == variant) & (pl.col("encoder_version") == enc.version))
-                     .join(current, on=["item_id", "prompt_hash"]).select("item_id", "embedding"))
-        todo = current.join(reuse.select("item_id"), on="item_id", how="anti")
-        idx = current.with_row_index().join(todo, on=["item_id", "prompt_hash"])["index"].to_list()
+        progress = _progress_logger(context, f"encoding {variant}")
         with timer(f"encode_{variant}"):
-            emb = enc.encode([prompts[i] for i in idx], progress=_progress_logger(context, f"encoding {variant}"))
-        vectors = (pl.Series("embedding", emb).cast(pl.List(pl.Float32)) if len(idx)
-                   else pl.Series("embedding", [], dtype=pl.List(pl.Float32)))  # nothing to encode
-        fresh = pl.DataFrame({"item_id": todo["item_id"]}).with_columns(vectors)
-        rows = current.join(pl.concat([reuse, fresh]), on="item_id").with_columns(
-            pl.lit(variant).alias("variant"), pl.lit(enc.version).alias("encoder_version"),
-            pl.lit(json.dumps(enc.identity, default=str)).alias("encoder_identity"))
-        frames.append(rows)
-        encoded = dict(todo.group_by("city_key").len().iter_rows())
+            done = embeddings.embed_variant(current, prompts, existing, variant=variant, version=enc.version,
+                                            identity=enc.identity,
+                                            encode=lambda texts: enc.encode(texts, progress=progress))
+        frames.append(done.rows)
         for city in cities:
-            counts[city][f"{variant}.encoded"] = int(encoded.get(city, 0))
-            counts[city][f"{variant}.reused"] = int(items_per_city.get(city, 0)) - int(encoded.get(city, 0))
+            counts[city][f"{variant}.encoded"] = done.encoded.get(city, 0)
+            counts[city][f"{variant}.reused"] = done.reused.get(city, 0)
         common[f"{variant}.encoder_version"] = enc.version
-        if len(idx):
-            common[f"{variant}.items_per_s"] = round(len(idx) / max(timer.seconds[f"encode_{variant}"], 1e-9), 1)
-    out = pl.concat(frames).select(
-        "item_id", "variant", "encoder_version", "encoder_identity", "prompt_hash", "embedding", "city_key")
+        if done.n_encoded:
+            common[f"{variant}.items_per_s"] = round(done.n_encoded / max(timer.seconds[f"encode_{variant}"], 1e-9), 1)
+    out = pl.concat(frames)
     dim = len(out["embedding"][0]) if out.height else 0
     rows_per_city = dict(out.group_by("city_key").len().iter_rows())
     per_city = {c: {"dagster/row_count": int(rows_per_city.get(c, 0)), **counts[c]} for c in cities}
@@ -369,7 +350,6 @@ def alignment_report(context: dg.AssetExecutionContext, config: AlignmentReportC
 
 
 # -- checks: does the alignment do what it is for? ----------------------------------------------
-MAX_TOP5_LOSS = 0.05
 
 
 def _latest_metadata(context: dg.AssetCheckExecutionContext, asset: str) -> dict[str, float] | None:
@@ -383,28 +363,6 @@ def _latest_metadata(context: dg.AssetCheckExecutionContext, asset: str) -> dict
         except (TypeError, ValueError):
             continue
     return out
-
-
-def reward_signal_verdict(meta: dict[str, float]) -> tuple[bool, dict[str, float]]:
-    """G-DPO (Eq. 6) only widens the margin the reward model already draws between the preferred
-    (near / co-visited) and the dispreferred (far) location: if R does not prefer the near one on
-    the *reference* embeddings, training amplifies whatever else R rewards, not geography."""
-    ref_acc, pol_acc = meta.get("reference_pair_acc"), meta.get("policy_pair_acc")
-    if ref_acc is None or pol_acc is None:
-        raise ValueError("aligned_encoder metadata lacks reference_pair_acc / policy_pair_acc")
-    return ref_acc > 0.5, {"reference_pair_acc": ref_acc, "policy_pair_acc": pol_acc}
-
-
-def geography_gain_verdict(meta: dict[str, float], max_top5_loss: float = MAX_TOP5_LOSS
-                           ) -> tuple[bool, dict[str, float]]:
-    """Aligned vs origin (alignment_report overall): C@5 and T@5 must not fall, and top@5
-    semantic similarity may lose at most ``max_top5_loss`` relative (the paper: -2.5%)."""
-    need = [f"{v}.{k}" for v in ("origin", "aligned") for k in ("top@5", "c@5", "t@5")]
-    if any(k not in meta for k in need):
-        raise ValueError(f"alignment_report metadata lacks {[k for k in need if k not in meta]}")
-    rel = {k: meta[f"aligned.{k}"] / max(meta[f"origin.{k}"], 1e-12) - 1.0 for k in ("top@5", "c@5", "t@5")}
-    passed = rel["c@5"] >= 0 and rel["t@5"] >= 0 and rel["top@5"] >= -max_top5_loss
-    return passed, {f"relative_change.{k}": v for k, v in rel.items()}
 
 
 @dg.asset_check(asset="aligned_encoder", blocking=False,

@@ -8,7 +8,7 @@ from assets.metadata import Timer, image, table
 from assets.partitions import CITY_BACKFILL, DELTA, city_partitions, emit, run_cities, run_partition_keys
 from lgsid_pipeline import schema
 from lgsid_pipeline.geo import plot_item_map
-from lgsid_pipeline.partitions import UNASSIGNED
+from lgsid_pipeline.data.checks import QUARANTINE_RATE_LIMIT, catalog_problems, quarantine_rates, quarantine_verdict
 from resources import DataSource, LgsidHome
 
 GROUP = "data"
@@ -104,24 +104,9 @@ def _partition_slice(context: dg.AssetCheckExecutionContext, home: LgsidHome, ta
                 description="Schema, unique ids and valid coordinates; blocks downstream if broken.")
 def catalog_schema_and_coordinates(context: dg.AssetCheckExecutionContext, home: LgsidHome) -> dg.AssetCheckResult:
     item_catalog = _partition_slice(context, home, "item_catalog")
-    problems = []
-    for col, dtype in schema.CATALOG_SCHEMA.items():
-        if col not in item_catalog.columns:
-            problems.append(f"missing column {col}")
-        elif item_catalog.schema[col] != dtype:
-            problems.append(f"{col} has dtype {item_catalog.schema[col]}, expected {dtype}")
-    if not problems:
-        if item_catalog["item_id"].is_duplicated().any():
-            problems.append("duplicated item_id")
-        bad = item_catalog.filter(~pl.col("lat").is_between(-90, 90) | ~pl.col("lon").is_between(-180, 180)
-                                  | pl.col("lat").is_null() | pl.col("lon").is_null())
-        if bad.height:
-            problems.append(f"{bad.height} rows with invalid coordinates")
+    problems = catalog_problems(item_catalog)
     return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none",
                                                               "rows": item_catalog.height})
-
-
-QUARANTINE_RATE_LIMIT = 0.2
 
 
 @dg.asset_check(asset="catalog_quarantine", blocking=True,
@@ -137,42 +122,6 @@ def quarantine_rate(context: dg.AssetCheckExecutionContext, home: LgsidHome) -> 
         interactions = schema.empty_frame(schema.INTERACTIONS_TABLE_SCHEMA)
     cities = run_partition_keys(context) or sorted(set(catalog["city_key"].to_list())
                                                    | set(quarantine["city_key"].to_list()))
-    def count(frame: pl.DataFrame, name: str, where: pl.Expr | None = None) -> pl.DataFrame:
-        frame = frame.filter(where) if where is not None else frame
-        return frame.group_by("city_key").agg(pl.len().cast(pl.Int64).alias(name))
-    is_items = pl.col("source").str.ends_with("items")
-    per = pl.DataFrame({"city_key": cities}, schema={"city_key": pl.Utf8})
-    for part in (count(catalog, "n_items"), count(interactions, "n_inter"),
-                 count(quarantine, "rejected", is_items), count(quarantine, "rejected_inter", ~is_items)):
-        per = per.join(part, on="city_key", how="left")
-    per = per.fill_null(0).with_columns(
-        (pl.col("rejected") + pl.col("n_items")).alias("total"),
-        (pl.col("rejected_inter") + pl.col("n_inter")).alias("total_inter"),
-        (pl.col("city_key") == UNASSIGNED).alias("exempt"))
-    per = per.with_columns(
-        pl.when(pl.col("total") > 0).then(pl.col("rejected") / pl.col("total")).otherwise(0.0).alias("rate"),
-        pl.when(pl.col("total_inter") > 0).then(pl.col("rejected_inter") / pl.col("total_inter"))
-        .otherwise(0.0).alias("rate_inter"))
-    failing = [f"{r['city_key']}: {what} quarantine rate {r[col]:.1%} exceeds {QUARANTINE_RATE_LIMIT:.0%}"
-               for r in per.filter(~pl.col("exempt")).iter_rows(named=True)
-               for what, col in (("item", "rate"), ("interaction", "rate_inter")) if r[col] > QUARANTINE_RATE_LIMIT]
-    ranked = per.with_columns(pl.when(pl.col("exempt")).then(-1.0)
-                              .otherwise(pl.max_horizontal("rate", "rate_inter")).alias("worst")).sort("worst")
-    w = ranked.row(-1, named=True) if ranked.height else dict(city_key=None, rate=0.0, rejected=0, total=0,
-                                                              rate_inter=0.0, rejected_inter=0, total_inter=0,
-                                                              exempt=False)
-    city, exempt = w["city_key"], bool(w["exempt"])
-    rate, rejected, total = float(w["rate"]), int(w["rejected"]), int(w["total"])
-    rate_inter, rejected_inter, total_inter = float(w["rate_inter"]), int(w["rejected_inter"]), int(w["total_inter"])
-    if len(cities) == 1:  # one city: its own figures, as before batching
-        failing = [f.split(": ", 1)[1] for f in failing]
-    extra = {"cities_checked": len(cities), "worst_city": city or "none"} if len(cities) > 1 else {}
-    return dg.AssetCheckResult(
-        passed=not failing,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(failing) or None,
-        metadata={"item_quarantine_rate": rate, "rejected_items": rejected, "items_in": total,
-                  "interaction_quarantine_rate": rate_inter, "rejected_interactions": rejected_inter,
-                  "interactions_in": total_inter, "limit": QUARANTINE_RATE_LIMIT,
-                  "exempt_partition": exempt, **extra},
-    )
+    failing, figures = quarantine_verdict(quarantine_rates(catalog, interactions, quarantine, cities))
+    return dg.AssetCheckResult(passed=not failing, severity=dg.AssetCheckSeverity.ERROR,
+                               description="; ".join(failing) or None, metadata=figures)

@@ -4,12 +4,8 @@ geography gain of the aligned embeddings over origin."""
 import dagster as dg
 import pytest
 
-from assets.alignment import (
-    aligned_encoder_reward_signal,
-    alignment_geography_gain,
-    geography_gain_verdict,
-    reward_signal_verdict,
-)
+from assets.alignment import aligned_encoder_reward_signal, alignment_geography_gain
+from lgsid_pipeline.alignment.verdicts import geography_gain_verdict, reward_signal_verdict
 
 # Measured on gowalla_nyc (5-core items, demo G-DPO settings): geography fell.
 GOWALLA = {"origin.top@5": 0.8425, "origin.c@5": 0.9016, "origin.t@5": 0.8777,

@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from lgsid_pipeline import schema
-from lgsid_pipeline.geo import haversine_km
+from lgsid_pipeline.geo import haversine_km, lat_out_of_range, out_of_range
 from lgsid_pipeline.partitions import UNASSIGNED, city_key_table
 
 TEXT_COLUMNS = ("item_id", "name", "cat1", "cat2", "cat3", "brand", "province", "city",
@@ -253,6 +253,28 @@ def validate_items(raw: pl.DataFrame, *, source: str = "items",
     coerced = coerced.join(keys, on=["province", "city"], how="left", nulls_equal=True)
     coerced = coerced.with_columns(pl.col("city_key").fill_null(UNASSIGNED))
 
+    verdicts = _Verdicts(coerced)
+    for code, col, mask, text in _row_checks(coerced, type_checks):
+        verdicts.add(code, col, mask, text)
+    _flag_far_from_city(coerced, verdicts, far_from_city_km)
+    _flag_duplicate_ids(coerced, verdicts)
+
+    bad = verdicts.bad
+    bad_idx = np.flatnonzero(bad)
+    reasons, fields, details = verdicts.describe(bad_idx)
+    quarantine = _quarantine_frame(
+        raw.drop("__row"), source, raw["__row"].to_numpy()[bad_idx], reasons, fields, details,
+        coerced["city_key"].to_numpy()[bad_idx].tolist(),
+    )
+    valid = schema.conform(coerced.filter(pl.Series(~bad)), schema.CATALOG_SCHEMA)
+    counts = {"input_rows": raw.height, "valid_rows": valid.height, "quarantined_rows": int(bad.sum())}
+    counts.update({f"reason:{k}": v for k, v in quarantine["reason"].value_counts().iter_rows()})
+    return ValidationResult(valid, quarantine, counts)
+
+
+def _row_checks(coerced: pl.DataFrame, type_checks: list) -> list:
+    """The per-row rules, in the order a row's first reason is reported:
+    ``(code, field, mask, text)``."""
     has_names = coerced["name"].is_not_null().any()
     lat, lon = pl.col("lat"), pl.col("lon")
     finite = lat.is_finite() & lon.is_finite()
@@ -271,21 +293,21 @@ def validate_items(raw: pl.DataFrame, *, source: str = "items",
         checks.append(("empty_name", "name",
                        pl.col("name").is_null() | (pl.col("name").str.strip_chars() == ""),
                        "name is missing or empty"))
-    checks += [
+    return checks + [
         ("missing_coordinates", "lat", lat.is_null() | lon.is_null(), "lat or lon is missing"),
         ("non_finite_coordinates", "lat", ~finite, "lat or lon is NaN or infinite"),
-        ("coordinates_swapped", "lat", (lat.abs() > 90) & (lon.abs() <= 90),
+        ("coordinates_swapped", "lat", lat_out_of_range(lat) & ~lat_out_of_range(lon),
          "lat is outside [-90, 90] but lon would fit: lat/lon look swapped"),
-        ("coordinates_out_of_range", "lat", (lat.abs() > 90) | (lon.abs() > 180),
+        ("coordinates_out_of_range", "lat", out_of_range(lat, lon),
          "lat must be in [-90, 90] and lon in [-180, 180]"),
         ("null_island_coordinates", "lat", (lat == 0) & (lon == 0),
          "coordinates are (0, 0), a geocoding failure"),
     ]
-    verdicts = _Verdicts(coerced)
-    for code, col, mask, text in checks:
-        verdicts.add(code, col, mask, text)
 
-    # Far from the city's median location (swapped but in-range lat/lon, bad geocodes).
+
+def _flag_far_from_city(coerced: pl.DataFrame, verdicts: "_Verdicts", far_from_city_km: float) -> None:
+    """Rows far from their city's median location (swapped but in-range lat/lon, bad geocodes);
+    the median is taken over rows that passed every earlier rule, in cities of 3 or more."""
     ok = coerced.filter(pl.Series(~verdicts.bad))
     med = ok.group_by("city_key").agg(
         pl.col("lat").median().alias("_mlat"), pl.col("lon").median().alias("_mlon"),
@@ -301,30 +323,21 @@ def validate_items(raw: pl.DataFrame, *, source: str = "items",
         verdicts.details[int(i)] = (f"{dist[i]:.0f} km from the median location of its city "
                                     f"(limit {far_from_city_km:.0f} km)")
 
-    # Duplicated ids: keep the first valid occurrence.
+
+def _flag_duplicate_ids(coerced: pl.DataFrame, verdicts: "_Verdicts") -> None:
+    """Duplicated ids: the first valid occurrence is kept, later ones are quarantined."""
     ids = coerced["item_id"]
     dup = (~verdicts.bad) & ids.is_duplicated().to_numpy()
-    if dup.any():
-        first_seen = (
-            pl.DataFrame({"id": ids, "i": np.arange(coerced.height), "ok": ~verdicts.bad})
-            .filter(pl.col("ok")).group_by("id").agg(pl.col("i").min())
-        )
-        keep = np.zeros(coerced.height, dtype=bool)
-        keep[first_seen["i"].to_numpy()] = True
-        verdicts.add("duplicate_item_id", "item_id", dup & ~keep,
-                     "item_id already used by an earlier row (first occurrence kept)")
-
-    bad = verdicts.bad
-    bad_idx = np.flatnonzero(bad)
-    reasons, fields, details = verdicts.describe(bad_idx)
-    quarantine = _quarantine_frame(
-        raw.drop("__row"), source, raw["__row"].to_numpy()[bad_idx], reasons, fields, details,
-        coerced["city_key"].to_numpy()[bad_idx].tolist(),
+    if not dup.any():
+        return
+    first_seen = (
+        pl.DataFrame({"id": ids, "i": np.arange(coerced.height), "ok": ~verdicts.bad})
+        .filter(pl.col("ok")).group_by("id").agg(pl.col("i").min())
     )
-    valid = schema.conform(coerced.filter(pl.Series(~bad)), schema.CATALOG_SCHEMA)
-    counts = {"input_rows": raw.height, "valid_rows": valid.height, "quarantined_rows": int(bad.sum())}
-    counts.update({f"reason:{k}": v for k, v in quarantine["reason"].value_counts().iter_rows()})
-    return ValidationResult(valid, quarantine, counts)
+    keep = np.zeros(coerced.height, dtype=bool)
+    keep[first_seen["i"].to_numpy()] = True
+    verdicts.add("duplicate_item_id", "item_id", dup & ~keep,
+                 "item_id already used by an earlier row (first occurrence kept)")
 
 
 def _later_duplicates(frame: pl.DataFrame, cols: list[str]) -> np.ndarray:
