@@ -131,6 +131,23 @@ def test_shared_datasets_load_with_one_config_line(name):
         assert 0.15 < share < 0.25
 
 
+def test_a_generated_folder_loads_with_one_config_line_and_every_row_is_accounted(tmp_path, test_world):
+    """The twin of the shared-data test above, on a generated world written in the same folder
+    schema, with unknown-item check-ins and bad coordinates mixed in: nothing is lost."""
+    items = test_world.items.with_columns(
+        pl.when(pl.int_range(pl.len()) < 3).then(pl.lit(95.0)).otherwise(pl.col("lat")).alias("lat"))
+    ghost = test_world.interactions.head(7).with_columns(pl.lit("no-such-item").alias("item_id"))
+    items.write_parquet(tmp_path / "items.parquet")
+    pl.concat([test_world.interactions, ghost]).write_parquet(tmp_path / "interactions.parquet")
+    ds = load_source(SourceSpec(kind="folder", path=str(tmp_path)))
+    res = validate_items(ds.items)
+    inter = validate_interactions(ds.interactions, res.valid)
+    assert res.valid.height == items.height - 3 and res.counts["reason:coordinates_swapped"] == 3
+    assert res.valid.height + res.quarantine.height == ds.items.height
+    assert inter.valid.height + inter.quarantine.height == ds.interactions.height
+    assert inter.counts.get("reason:unknown_item", 0) >= 7  # the ghosts, plus check-ins on the 3 rejected items
+
+
 def test_duplicate_csv_header_is_refused_naming_the_column(tmp_path):
     (tmp_path / "items.csv").write_text(
         "item_id,name,lat,lon,lat,city\ns1,A,51.5,-0.12,0.0,London\n")
