@@ -56,8 +56,8 @@ from lgsid_pipeline.alignment.prompts import build_prompts  # noqa: E402
 from lgsid_pipeline.recommenders.data import SplitData, next_item_split  # noqa: E402
 from lgsid_pipeline.recommenders.heuristics import item_counts  # noqa: E402
 from lgsid_pipeline.recommenders.metrics import topk_metrics  # noqa: E402
-from lgsid_pipeline.recommenders.tiger import (TigerConfig, TigerModel, _history_matrix, _rank_users,  # noqa: E402
-                                               _Tokens, _trim, beam_search, train_tiger)
+from lgsid_pipeline.recommenders.tiger import (TigerConfig, TigerModel, Tokens, beam_search,  # noqa: E402
+                                               history_matrix, rank_users, train_tiger, trim)
 from lgsid_pipeline.tokenizers import default_codebook_sizes  # noqa: E402
 
 
@@ -69,14 +69,14 @@ def _train(split, sid_map, cfg):
 
 def _rank(model, tk, hist, users, masked, cfg):
     t = time.perf_counter()
-    items, _ = _rank_users(model, tk, hist, users, masked, cfg, cfg.k)
+    items, _ = rank_users(model, tk, hist, users, masked, cfg, cfg.k)
     return items, users.size / (time.perf_counter() - t)
 
 
 def _latency_ms(model, tk, hist, cfg, n=50) -> float:
     ts = []
     for u in range(min(n, hist.shape[0])):
-        src = tk.encoder_input(_trim(hist[u : u + 1], cfg), np.array([u]))
+        src = tk.encoder_input(trim(hist[u : u + 1], cfg), np.array([u]))
         t = time.perf_counter()
         beam_search(model, tk.codec, src, cfg.beams)
         ts.append(time.perf_counter() - t)
@@ -253,17 +253,17 @@ def run(args) -> dict:
 
     rng = np.random.default_rng(0)
     users = np.sort(rng.choice(split.n_users, min(args.users, split.n_users), replace=False))
-    hist = _history_matrix([split.history("valid")[u] for u in users], base.max_history)
+    hist = history_matrix([split.history("valid")[u] for u in users], base.max_history)
     masked = split.last_item("valid")[users]
     ref_view = _as(fast_model, ref_cfg)
-    ri, ref_ups = _rank(ref_view, _Tokens(codec, ref_cfg, split), hist, users, masked, ref_cfg)
+    ri, ref_ups = _rank(ref_view, Tokens(codec, ref_cfg, split), hist, users, masked, ref_cfg)
     fi, fast_ups = _rank(fast_model, tk_fast, hist, users, masked, base)
     out["rank"] = {"users": int(users.size), "reference_users_per_s": ref_ups, "fast_users_per_s": fast_ups,
                    "ratio": fast_ups / ref_ups, "same_top10": float((ri == fi).all(1).mean()),
-                   "latency_ms_batch1": {"reference": _latency_ms(ref_view, _Tokens(codec, ref_cfg, split), hist, ref_cfg),
+                   "latency_ms_batch1": {"reference": _latency_ms(ref_view, Tokens(codec, ref_cfg, split), hist, ref_cfg),
                                          "fast": _latency_ms(fast_model, tk_fast, hist, base)}}
 
-    src = tk_fast.encoder_input(_trim(hist, base), users)
+    src = tk_fast.encoder_input(trim(hist, base), users)
     free, _ = beam_search(fast_model, codec, src, base.beams, constrained=False)
     out["unconstrained_valid_share"] = {"top1": float((free[:, 0] >= 0).float().mean()),
                                         "all_beams": float((free >= 0).float().mean())}

@@ -44,23 +44,17 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 def step_profile(split, sid_map, cfg: T.TigerConfig, steps: int) -> dict:
     """Seconds per training step and the matrix products' share, on the real training step."""
-    gen = T._seed_all(cfg.seed)
+    gen = T.seed_all(cfg.seed)
     codec = T.SIDCodec(T.sid_codes_for(split, sid_map))
-    tk = T._Tokens(codec, cfg, split)
+    tk = T.Tokens(codec, cfg, split)
     model = T.TigerModel(cfg, codec.n_codes, codec.levels)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    su, sh, st = T._training_prefixes(split, cfg.max_history)
-    perm = torch.randperm(st.size, generator=gen).numpy()
-    batches = T._epoch_batches(perm, (sh >= 0).sum(1), cfg, gen)
+    samples = T.training_prefixes(split, cfg.max_history)  # (users, histories, targets)
+    perm = torch.randperm(samples[2].size, generator=gen).numpy()
+    batches = T.epoch_batches(perm, (samples[1] >= 0).sum(1), cfg, gen)
 
     def step(idx):
-        src = tk.encoder_input(T._trim(sh[idx], cfg), su[idx])
-        tgt = tk.decoder_target(st[idx])
-        with T._autocast(cfg):
-            loss = model.train_loss(src, tgt, codec)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        T.train_step(model, opt, tk, samples, idx)
 
     model.train()
     for b in batches[:10]:  # warm-up
@@ -110,12 +104,12 @@ def main() -> None:
     total = time.perf_counter() - t  # training, one validation pass per epoch, the final rankings
     per_val = float(np.mean([h["epoch_seconds"] - h["train_seconds"] for h in res.history]))  # early-stopping pass
     final_s = total - sum(h["epoch_seconds"] for h in res.history)  # valid and test rankings of every user
-    epochs_in_budget = int(np.ceil(1500 * base.batch_size / T._training_prefixes(split, base.max_history)[2].size))
+    epochs_in_budget = int(np.ceil(1500 * base.batch_size / T.training_prefixes(split, base.max_history)[2].size))
     lat = S.item_attribute(split, ranked, "lat").astype(np.float64)
     lon = S.item_attribute(split, ranked, "lon").astype(np.float64)
     cands = S.local_candidates(split, lat, lon, "test", km=5.0)
     t = time.perf_counter()
-    S.tiger_local_topk(res.model, T._Tokens(res.codec, short, split), split, "test", short, cands)
+    S.tiger_local_topk(res.model, T.Tokens(res.codec, short, split), split, "test", short, cands)
     local_s = time.perf_counter() - t
     t = time.perf_counter()
     train_and_evaluate_din(split, sid_map, DINConfig(epochs=3, seed=0))

@@ -67,7 +67,7 @@ from lgsid_pipeline.recommenders.metrics import per_user_hit_ndcg, target_ranks 
 from lgsid_pipeline.recommenders.reachability import reachable_share  # noqa: E402
 from lgsid_pipeline.recommenders.stats import paired_over_users  # noqa: E402
 from lgsid_pipeline.recommenders.strata import stratified_scores, target_reachability, target_strata  # noqa: E402
-from lgsid_pipeline.recommenders.tiger import TigerConfig, _Tokens, train_and_evaluate_tiger  # noqa: E402
+from lgsid_pipeline.recommenders.tiger import TigerConfig, Tokens, train_and_evaluate_tiger  # noqa: E402
 from lgsid_pipeline.tokenizers import default_codebook_sizes, make_tokenizer  # noqa: E402
 from lgsid_pipeline.tokenizers.dedup import (DEDUP_ORDERS, collision_figures, dedup_order_key,  # noqa: E402
                                               hub_codes, unique_sids)
@@ -229,7 +229,7 @@ def _one_run(task: tuple) -> tuple[tuple[str, int], dict]:
     sid_map = dict(zip(split.item_ids, sids.tolist()))
     cfg = replace(c["tiger_cfg"], seed=seed)
     res = train_and_evaluate_tiger(split, sid_map, cfg)
-    loc, _ = tiger_local_topk(res.model, _Tokens(res.codec, cfg, split), split, "test", cfg, c["cands"])
+    loc, _ = tiger_local_topk(res.model, Tokens(res.codec, cfg, split), split, "test", cfg, c["cands"])
     lm = local_metrics(loc, split, "test", c["eligible"])
     out = {
         "method": name,

@@ -14,7 +14,7 @@ pytest.importorskip("cornac")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import bench_tiger  # noqa: E402
 from lgsid_pipeline.recommenders.data import SplitData  # noqa: E402
-from lgsid_pipeline.recommenders.tiger import TigerConfig, _history_matrix  # noqa: E402
+from lgsid_pipeline.recommenders.tiger import TigerConfig, history_matrix  # noqa: E402
 from lgsid_pipeline.tokenizers.dedup import unique_sids  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,7 +40,7 @@ def test_compare_cornac_reports_positive_finite_rates():
     sid_map = dict(zip(split.item_ids, codes.tolist()))
     model, codec, tk, fast_sps = bench_tiger._train(split, sid_map, cfg)
     users = np.arange(8)
-    hist = _history_matrix([split.history("valid")[u] for u in users], cfg.max_history)
+    hist = history_matrix([split.history("valid")[u] for u in users], cfg.max_history)
     _, fast_ups = bench_tiger._rank(model, tk, hist, users, split.last_item("valid")[users], cfg)
 
     res = bench_tiger.compare_cornac(split, codec.codes, cfg, 3, users, fast_sps, fast_ups)

@@ -30,7 +30,7 @@ def test_tiger_training_reports_its_steps(monkeypatch, planted):
     seen = []
     monkeypatch.setenv(progress.ENV, "bar")
     monkeypatch.setattr(progress, "advance", lambda what, done, total, **kw: seen.append((what, done, total)))
-    import lgsid_pipeline.recommenders.tiger as tiger
+    import lgsid_pipeline.recommenders.tiger.train as tiger
 
     monkeypatch.setattr(tiger, "advance", progress.advance)
     d, split = planted

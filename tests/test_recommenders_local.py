@@ -23,10 +23,10 @@ from lgsid_pipeline.recommenders.synthetic import planted_sequences
 from lgsid_pipeline.recommenders.tiger import (
     SIDCodec,
     TigerConfig,
-    _history_matrix,
-    _rank_users,
     beam_search,
+    history_matrix,
     rank_stage,
+    rank_users,
     train_tiger,
 )
 
@@ -252,9 +252,9 @@ def test_tiger_local_topk_respects_candidates_and_all_allowed_is_unchanged(plant
     assert (got.sum(axis=1) == np.minimum(n_c, 10)).all()
 
     # an allowed mask that allows everything reproduces the unrestricted search exactly
-    hist = _history_matrix(split.history(stage), cfg.max_history)
+    hist = history_matrix(split.history(stage), cfg.max_history)
     everything = lambda rows: [torch.ones(len(rows), n, dtype=torch.bool) for n in codec.n_nodes]  # noqa: E731
-    a_i, a_s = _rank_users(model, tk, hist, np.arange(split.n_users), last, cfg, 10, allowed=everything)
+    a_i, a_s = rank_users(model, tk, hist, np.arange(split.n_users), last, cfg, 10, allowed=everything)
     b_i, b_s = rank_stage(model, tk, split, stage, cfg)
     np.testing.assert_array_equal(a_i, b_i)
     np.testing.assert_array_equal(a_s, b_s)

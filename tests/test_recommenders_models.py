@@ -14,13 +14,13 @@ from lgsid_pipeline.recommenders.tiger import (
     SIDCodec,
     TigerConfig,
     TigerModel,
-    _Tokens,
-    _training_prefixes,
+    Tokens,
     beam_search,
     load_tiger,
     save_tiger,
     sid_codes_for,
     train_and_evaluate_tiger,
+    training_prefixes,
 )
 
 
@@ -52,7 +52,7 @@ def test_beam_search_emits_valid_distinct_items_untrained(planted):
     cfg = TigerConfig(**SMALL)
     codec = SIDCodec(sid_codes_for(s, d.sids.filter(pl.col("method") == "hgit")))
     model = TigerModel(cfg, codec.n_codes, codec.levels)
-    tk = _Tokens(codec, cfg, s)
+    tk = Tokens(codec, cfg, s)
     hist = np.array([h[-4:] for h in s.train_seqs[:16]])
     items, scores = beam_search(model, codec, tk.encoder_input(hist, np.arange(16)), beams=12)
     assert items.shape == (16, 12)
@@ -118,7 +118,7 @@ def test_tiger_is_deterministic_and_round_trips_safetensors(planted, tmp_path):
 def test_tiger_step_budget_counts_steps_across_epochs_and_reproduces(planted):
     d, s = planted
     sids = d.sids.filter(pl.col("method") == "hgit")
-    per_epoch = -(-_training_prefixes(s, SMALL["max_history"])[2].size // SMALL["batch_size"])
+    per_epoch = -(-training_prefixes(s, SMALL["max_history"])[2].size // SMALL["batch_size"])
     budget = per_epoch + 2  # one full epoch, then two steps into the second
     cfg = TigerConfig(**SMALL, epochs=50, patience=50, max_steps=budget, seed=3)
     a = train_and_evaluate_tiger(s, sids, cfg)

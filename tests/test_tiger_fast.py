@@ -7,20 +7,20 @@ import polars as pl
 import pytest
 import torch
 
-from lgsid_pipeline.recommenders import tiger as T
+from lgsid_pipeline.recommenders.tiger import codec as T
 from lgsid_pipeline.recommenders.tiger import (
     SIDCodec,
     TigerConfig,
     TigerModel,
-    _epoch_batches,
-    _history_matrix,
-    _rank_users,
-    _Tokens,
-    _training_prefixes,
-    _trim,
+    Tokens,
     beam_search,
+    epoch_batches,
+    history_matrix,
+    rank_users,
     sid_codes_for,
     train_and_evaluate_tiger,
+    training_prefixes,
+    trim,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,7 +84,7 @@ def test_trimming_leading_padding_changes_nothing():
     hist[:, :2] = -1  # every row shorter than the window
     tk_tok = np.vstack([np.zeros((1, codec.levels), dtype=np.int64), codec.tokens])
     full = torch.from_numpy(tk_tok[hist + 1])
-    trimmed_hist = _trim(hist, cfg)
+    trimmed_hist = trim(hist, cfg)
     assert trimmed_hist.shape[1] <= 4
     trimmed = torch.from_numpy(tk_tok[trimmed_hist + 1])
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_trimming_leading_padding_changes_nothing():
     torch.testing.assert_close(a[:, -trimmed.shape[1]:], b, atol=1e-5, rtol=1e-4)
     assert pa[:, : full.shape[1] - trimmed.shape[1]].all()
     # with a user token the window start is a fixed position, so nothing is trimmed
-    assert _trim(hist, TigerConfig(**SMALL, user_buckets=8)).shape == hist.shape
+    assert trim(hist, TigerConfig(**SMALL, user_buckets=8)).shape == hist.shape
 
 
 @pytest.mark.parametrize("dense_limit", [T.DENSE_TABLE_LIMIT, 0])
@@ -143,29 +143,29 @@ def test_length_sorted_ranking_returns_users_in_input_order(planted):
     sids = d.sids.filter(pl.col("method") == "hgit")
     codec = SIDCodec(sid_codes_for(s, sids))
     cfg = TigerConfig(**SMALL, eval_batch=7)
-    tk = _Tokens(codec, cfg, s)
+    tk = Tokens(codec, cfg, s)
     torch.manual_seed(0)
     model = TigerModel(cfg, codec.n_codes, codec.levels)
-    hist = _history_matrix(s.history("test"), cfg.max_history)
+    hist = history_matrix(s.history("test"), cfg.max_history)
     hist[::3, :3] = -1  # ragged lengths, so the sort reorders
     users = np.arange(s.n_users)
-    a_i, a_s = _rank_users(model, tk, hist, users, s.last_item("test"), cfg, 10)
+    a_i, a_s = rank_users(model, tk, hist, users, s.last_item("test"), cfg, 10)
     one = TigerConfig(**SMALL, eval_batch=10_000, fast=False)
     ref = TigerModel(one, codec.n_codes, codec.levels)
     ref.load_state_dict(model.state_dict())
-    b_i, b_s = _rank_users(ref, _Tokens(codec, one, s), hist, users, s.last_item("test"), one, 10)
+    b_i, b_s = rank_users(ref, Tokens(codec, one, s), hist, users, s.last_item("test"), one, 10)
     np.testing.assert_array_equal(a_i, b_i)
     np.testing.assert_allclose(a_s, b_s, atol=1e-4)
 
 
 def test_epoch_batches_see_every_sample_once_with_less_padding(planted):
     _, s = planted
-    _, hist, tgt = _training_prefixes(s, 6)
+    _, hist, tgt = training_prefixes(s, 6)
     lens = (hist >= 0).sum(1)
     gen = torch.Generator().manual_seed(0)
     perm = torch.randperm(tgt.size, generator=gen).numpy()
-    plain = _epoch_batches(perm, lens, TigerConfig(**SMALL, length_buckets=0), gen)
-    bucketed = _epoch_batches(perm, lens, TigerConfig(**SMALL, length_buckets=4), gen)
+    plain = epoch_batches(perm, lens, TigerConfig(**SMALL, length_buckets=0), gen)
+    bucketed = epoch_batches(perm, lens, TigerConfig(**SMALL, length_buckets=4), gen)
     assert len(plain) == len(bucketed) == -(-tgt.size // SMALL["batch_size"])
     assert sorted(np.concatenate(bucketed).tolist()) == list(range(tgt.size))
     assert sorted(b.size for b in bucketed) == sorted(b.size for b in plain)

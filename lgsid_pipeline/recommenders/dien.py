@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import SplitData
-from .din import DINConfig, DiscResult, ItemEncoder, _mlp, sample_negatives, train_and_evaluate_din
+from .din import DINConfig, DiscResult, ItemEncoder, build_mlp, sample_negatives, train_and_evaluate_din
 
 AUX_NEG_STREAM = 1  # the auxiliary negatives are drawn from np.random.default_rng((seed, 1))
 
@@ -115,7 +115,7 @@ class DIEN(ItemEncoder):
         self.extractor = nn.GRU(d, d, batch_first=True)  # interest extractor layer
         self.att_w = nn.Linear(d, d, bias=False)  # W of the attention a_t = softmax(h_t W e_a)
         self.evolver = AUGRUCell(d, d)  # interest evolving layer
-        self.tower = _mlp([3 * d, *cfg.mlp, 1])
+        self.tower = build_mlp([3 * d, *cfg.mlp, 1])
 
     def _run(self, hist: torch.Tensor, target: torch.Tensor, aux_neg: torch.Tensor | None = None):
         """Logits (B,), and the auxiliary loss when ``aux_neg`` (B, H) raw item indices is given."""

@@ -33,7 +33,7 @@ from torch import nn
 from .. import paper
 from .data import SplitData
 from .metrics import auc, gauc
-from .tiger import _training_prefixes, sid_codes_for
+from .tiger import sid_codes_for, training_prefixes
 
 
 @dataclass
@@ -57,7 +57,8 @@ class DINConfig:
     threads: int | None = None
 
 
-def _mlp(dims: list[int], act: bool = True) -> nn.Sequential:
+def build_mlp(dims: list[int], act: bool = True) -> nn.Sequential:
+    """Linear layers ``dims[0] -> ... -> dims[-1]`` with a PReLU between two (none when not ``act``)."""
     layers: list[nn.Module] = []
     for i in range(len(dims) - 1):
         layers.append(nn.Linear(dims[i], dims[i + 1]))
@@ -124,8 +125,8 @@ class DIN(ItemEncoder):
     def __init__(self, n_items: int, codes: np.ndarray | None, cfg: DINConfig):
         super().__init__(n_items, codes, cfg)
         d = self.dim
-        self.attn = _mlp([4 * d, *cfg.attn_hidden, 1])
-        self.tower = _mlp([3 * d, *cfg.mlp, 1])
+        self.attn = build_mlp([4 * d, *cfg.attn_hidden, 1])
+        self.tower = build_mlp([3 * d, *cfg.mlp, 1])
 
     def activation_weights(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """DIN's activation unit: the MLP ``attn`` of [h, t, h - t, h * t] for each history
@@ -219,7 +220,7 @@ def build_training_samples(split: SplitData, cfg: DINConfig, clicked: np.ndarray
 
     Returns the user of each prefix, ``rows`` (each sample's prefix index into ``hist``),
     ``hist``, ``item``, ``label``."""
-    users_a, hist, targets = _training_prefixes(split, cfg.max_history)
+    users_a, hist, targets = training_prefixes(split, cfg.max_history)
     hist = hist + 1  # -1 pad -> 0
     neg = sample_negatives(split, users_a, cfg.neg_ratio, cfg.seed, clicked)
     rep = cfg.neg_ratio + 1
@@ -288,12 +289,28 @@ def train_and_evaluate_din(
 
     model = model_cls(split.n_items, codes, cfg).to(cfg.device)
     extras = model.training_extras(split, cfg, prefix_users, train_clicked)
-    extras_t = None if extras is None else torch.from_numpy(extras)
+    samples = (rows, torch.from_numpy(hist), item, label, None if extras is None else torch.from_numpy(extras))
+    history, best_epoch = _fit(model, samples, ev["valid"], cfg, gen, log)
+    metrics, test_frame = _final_scores(model, split, ev, cfg)
+    return DiscResult(
+        metrics=metrics,
+        seconds=time.perf_counter() - w0,
+        cpu_seconds=time.process_time() - c0,
+        history=history,
+        best_epoch=best_epoch,
+        test_scores=test_frame,
+    )
+
+
+def _fit(model: ItemEncoder, samples, valid, cfg: DINConfig, gen: torch.Generator, log) -> tuple[list[dict], int]:
+    """AdamW + StepLR over the training ``samples`` (prefix rows, histories, items, labels,
+    extras), early-stopped on validation AUC; leaves the best epoch's weights in ``model`` and
+    returns (per-epoch history, best epoch)."""
+    rows, hist_t, item, label, extras_t = samples
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
     history: list[dict[str, float]] = []
-    hist_t = torch.from_numpy(hist)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(item.size, generator=gen)
@@ -310,7 +327,7 @@ def train_and_evaluate_din(
             opt.step()
             sched.step()
             tot += float(loss.detach()) * idx.size
-        vr, vh, vi, vl = ev["valid"]
+        vr, vh, vi, vl = valid
         v_auc = auc(vl, _score(model, vr, vh, vi, cfg))
         rec = {"epoch": epoch, "loss": tot / item.size, "valid_auc": v_auc}
         history.append(rec)
@@ -325,7 +342,12 @@ def train_and_evaluate_din(
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    return history, best_epoch
 
+
+def _final_scores(model: ItemEncoder, split: SplitData, ev: dict, cfg: DINConfig) -> tuple[dict[str, float], pl.DataFrame]:
+    """AUC / GAUC on the validation and test impressions ``ev``, and the scored test impressions
+    (``user_id, item_id, label, score``)."""
     metrics: dict[str, float] = {}
     test_frame = None
     for st, prefix in (("valid", "valid_"), ("test", "")):
@@ -343,11 +365,4 @@ def train_and_evaluate_din(
                 },
                 schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "label": pl.Int8, "score": pl.Float64},
             )
-    return DiscResult(
-        metrics=metrics,
-        seconds=time.perf_counter() - w0,
-        cpu_seconds=time.process_time() - c0,
-        history=history,
-        best_epoch=best_epoch,
-        test_scores=test_frame,
-    )
+    return metrics, test_frame

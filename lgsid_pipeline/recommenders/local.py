@@ -24,7 +24,7 @@ from .data import SplitData
 from .heuristics import item_counts
 from .metrics import KS, hit_ndcg, per_user_hit_ndcg, target_ranks
 from .strata import item_coords
-from .tiger import SIDCodec, TigerConfig, TigerModel, _history_matrix, _rank_users, _Tokens
+from .tiger import SIDCodec, TigerConfig, TigerModel, Tokens, history_matrix, rank_users
 
 
 def local_candidates(split: SplitData, item_lat, item_lon, stage: str, km: float = 5.0) -> sp.csr_matrix:
@@ -123,7 +123,7 @@ def allowed_masks(codec: SIDCodec, cands: sp.csr_matrix) -> list[torch.Tensor]:
     return out
 
 
-def tiger_local_topk(model: TigerModel, tk: _Tokens, split: SplitData, stage: str, cfg: TigerConfig,
+def tiger_local_topk(model: TigerModel, tk: Tokens, split: SplitData, stage: str, cfg: TigerConfig,
                      cands: sp.csr_matrix, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """TIGER top-``k`` (items, scores) per user with the beam search restricted to the user's
     candidates: at every level only codes leading to a prefix node above one of the user's
@@ -133,13 +133,13 @@ def tiger_local_topk(model: TigerModel, tk: _Tokens, split: SplitData, stage: st
     cands = sp.csr_matrix(cands)
     if cands.shape != (split.n_users, split.n_items):
         raise ValueError(f"cands must be (users, items) = {(split.n_users, split.n_items)}, got {cands.shape}")
-    hist = _history_matrix(split.history(stage), cfg.max_history)
+    hist = history_matrix(split.history(stage), cfg.max_history)
     users = np.arange(split.n_users)
 
     def allowed(rows: np.ndarray) -> list[torch.Tensor]:
         return allowed_masks(tk.codec, cands[rows])
 
-    return _rank_users(model, tk, hist, users, split.last_item(stage), cfg, k, allowed=allowed)
+    return rank_users(model, tk, hist, users, split.last_item(stage), cfg, k, allowed=allowed)
 
 
 def local_metrics(topk: np.ndarray, split: SplitData, stage: str, eligible: np.ndarray,
