@@ -186,12 +186,12 @@ def report(args, items: pl.DataFrame, inter: pl.DataFrame, table: pl.DataFrame, 
 
 def write_embeddings(items: pl.DataFrame, workdir: Path, row: str, diag: dict, path: Path) -> None:
     """A ladder row's item embeddings as the shootout's --aligned parquet (item_id, embedding)."""
-    from lgsid_pipeline.alignment.ladder import _load_array, _slug
+    from lgsid_pipeline.alignment.ladder import load_array, slug
 
     key = diag["rows"].get(row, {}).get("run_key")
     if key is None:
         raise SystemExit(f"error: row {row!r} was not run (rows run: {sorted(diag['rows'])})")
-    x = _load_array(workdir / f"emb_{_slug(row)}-{key}.safetensors")
+    x = load_array(workdir / f"emb_{slug(row)}-{key}.safetensors")
     pl.DataFrame({"item_id": items["item_id"].cast(pl.Utf8), "embedding": x.tolist()}).write_parquet(path)
 
 

@@ -65,7 +65,7 @@ APPENDIX_B: tuple[Setting, ...] = (
     Setting("LoRA dropout", 0.05, "a dropout rate of 0.05", LORA_DROPOUT,
             ("lgsid_pipeline.alignment.gdpo:GDPOConfig.lora_dropout", "assets.alignment:AlignedEncoderConfig.lora_dropout")),
     Setting("LoRA target modules", ("key", "value"), "fine-tuning only the key and value layers", LORA_TARGETS,
-            ("lgsid_pipeline.alignment.gdpo:LORA_TARGETS",)),
+            ("lgsid_pipeline.alignment.gdpo_policy:LORA_TARGETS",)),
     Setting("beta (Eq. 6)", 0.9, "In the DPO loss, we set beta=0.9", DPO_BETA,
             ("lgsid_pipeline.alignment.gdpo:GDPOConfig.beta", "assets.alignment:AlignedEncoderConfig.beta")),
     Setting("lambda (Eq. 8)", 155, "use Euclidean distance for the similarity constraint with a weight of "
@@ -81,7 +81,7 @@ APPENDIX_B: tuple[Setting, ...] = (
                 "clipped to [1, 1200], since 1200 co-clicks never occur on a city of a public data set "
                 "(cooccurrence.default_threshold)."),
     Setting("far items per D_mix sample", 1, "randomly select one negative item per sample to construct the "
-            "training pairs", DMIX_FAR_PER_SAMPLE, ("lgsid_pipeline.alignment.gdpo:build_preference_pairs.n_gc_per_item",)),
+            "training pairs", DMIX_FAR_PER_SAMPLE, ("lgsid_pipeline.alignment.preference_pairs:build_preference_pairs.n_gc_per_item",)),
     Setting("DIN embedding size per feature", 8, "We set the embedding dimension for each feature to 8",
             DIN_EMBED_DIM, ("lgsid_pipeline.recommenders.din:DINConfig.embed_dim",)),
     Setting("DIN tower", (32, 16), "the predict MLP tower dimensions configured as [32, 16, 1]", DIN_TOWER,

@@ -3,7 +3,8 @@ import polars as pl
 import pytest
 
 from lgsid_pipeline.geo import GeoIndex, haversine_km
-from lgsid_pipeline.alignment.negatives import _unskipped, dedupe_prompt_lists, distance_ranked_negatives, mismatched_prompts
+from lgsid_pipeline.alignment.city_lists import _unskipped
+from lgsid_pipeline.alignment.negatives import dedupe_prompt_lists, distance_ranked_negatives, mismatched_prompts
 
 
 def _city(n_dense=300, n_sparse=120, seed=0, key="metro", centre=(40.75, -73.98)):

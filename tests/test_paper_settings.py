@@ -144,7 +144,7 @@ def test_asset_defaults_that_cite_a_core_constant(key):
 CORE_PAIRS = [
     ("lgsid_pipeline.alignment.stage:RewardSettings", "lgsid_pipeline.alignment.reward:train_reward_model"),
     ("lgsid_pipeline.alignment.stage:NegativeSettings", "lgsid_pipeline.alignment.negatives:distance_ranked_negatives"),
-    ("lgsid_pipeline.alignment.stage:PairSettings", "lgsid_pipeline.alignment.gdpo:build_preference_pairs"),
+    ("lgsid_pipeline.alignment.stage:PairSettings", "lgsid_pipeline.alignment.preference_pairs:build_preference_pairs"),
 ]
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +105,13 @@ def _save_array(path: Path, x: np.ndarray) -> None:
     save_file({"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))}, str(path))
 
 
-def _load_array(path: Path) -> np.ndarray:
+def load_array(path: Path) -> np.ndarray:
+    """An array saved by the ladder (its cached item embeddings)."""
     return load_file(str(path))["x"].numpy()
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """A row name as it appears in the ladder's cache file names."""
     return name.replace(" ", "_").replace("=", "")
 
 
@@ -134,6 +136,75 @@ def city_signals(catalog: pl.DataFrame, interactions: pl.DataFrame, negatives: N
             metrics[city] = res.metrics
     cooc = pl.concat(pairs, how="diagonal_relaxed") if pairs else None
     return pl.concat(lists, how="diagonal_relaxed"), cooc, metrics
+
+
+@dataclass
+class _LadderRun:
+    """What every row of one ladder run shares: the data, the base encoder, the settings, the
+    reward models fitted so far (by reward mode and negatives) and the diagnostics."""
+
+    items: pl.DataFrame
+    lists: pl.DataFrame
+    cooc: pl.DataFrame | None
+    encoder: TextEncoder
+    enc_cfg: EncoderConfig
+    gcfg: GDPOConfig
+    r_cfg: RewardSettings
+    p_cfg: PairSettings
+    texts: list[str]
+    reference: dict | None
+    workdir: Path
+    diag: dict
+    rewards: dict[tuple[str, str], object] = field(default_factory=dict)
+
+
+def _origin_embeddings(workdir: Path, encoder: TextEncoder, texts: list[str], diag: dict) -> np.ndarray:
+    """The Origin row's item embeddings, cached in ``workdir`` (a fresh encode records its rate)."""
+    path = workdir / f"emb_{slug('Origin')}.safetensors"
+    if path.is_file():
+        return load_array(path)
+    t = time.perf_counter()
+    x = encoder.encode(texts)
+    diag["rows"].setdefault("Origin", {})["encode_items_per_s"] = len(texts) / (time.perf_counter() - t)
+    _save_array(path, x)
+    return x
+
+
+def _run_row(run: _LadderRun, row: LadderRow) -> np.ndarray:
+    """Fit (or reuse) the row's reward model, run its G-DPO and return its item embeddings (cached)."""
+    key = (row.reward, row.negatives)
+    if key not in run.rewards:
+        run.rewards[key] = fit_reward(run.items, run.lists, run.encoder,
+                                      replace(run.r_cfg, mode=row.reward, negatives=row.negatives),
+                                      workdir=run.workdir / f"reward_{row.reward}_{row.negatives}")
+        run.diag.setdefault("prompt_dedupe", {})[row.negatives] = run.rewards[key].dedupe
+    rstage = run.rewards[key]
+    stage = fit_gdpo(run.items, run.cooc if row.use_dc else None, run.encoder, rstage.model,
+                     replace(run.gcfg, lam=row.lam), replace(run.p_cfg, use_dc=row.use_dc),
+                     workdir=run.workdir / "gdpo", reward_source=row.reward_source,
+                     reference_embeddings=run.reference)
+    info: dict = {"reward": rstage.metrics, "pairs": stage.pairs.height,
+                  "pairs_dc": int((stage.pairs["source"] == "dc").sum()), "gdpo": stage.result.metrics,
+                  "reward_source": row.reward_source, "oracle": stage.oracle, "run_key": stage.run_key}
+    run.diag["rows"].setdefault(row.name, {}).update(info)
+    emb_path = run.workdir / f"emb_{slug(row.name)}-{stage.run_key}.safetensors"
+    if emb_path.is_file():
+        emb = load_array(emb_path)
+    else:
+        emb = load_aligned_encoder(run.enc_cfg, stage.adapter).encode(run.texts)
+        _save_array(emb_path, emb)
+    log.info("ladder row %s done", row.name)
+    return emb
+
+
+def _ladder_table(report, diag: dict) -> pl.DataFrame:
+    """The overall rows of the report, one per variant, with G-DPO's held-out score beside them."""
+    table = report.table.filter(pl.col("scope") == "overall").drop("scope")
+    table = table.with_columns(pl.col("variant").replace("origin", "Origin"))
+    held = {name: info["gdpo"].get("heldout_headroom_closed_best") for name, info in diag["rows"].items()
+            if "gdpo" in info}
+    return table.with_columns(pl.col("variant").replace_strict(held, default=None, return_dtype=pl.Float64)
+                              .alias("heldout_score"))
 
 
 def run_ladder(
@@ -176,57 +247,20 @@ def run_ladder(
                   "gdpo_config": asdict(gcfg), "negatives": asdict(neg_cfg), "reward_settings": asdict(r_cfg),
                   "pair_settings": asdict(p_cfg), "seed": seed}
     texts = build_prompts(items)
-
-    def item_embeddings(name: str, enc: TextEncoder) -> np.ndarray:
-        path = workdir / f"emb_{_slug(name)}.safetensors"
-        if path.is_file():
-            return _load_array(path)
-        t = time.perf_counter()
-        x = enc.encode(texts)
-        diag["rows"].setdefault(name, {})["encode_items_per_s"] = len(texts) / (time.perf_counter() - t)
-        _save_array(path, x)
-        return x
-
-    embeddings = {"origin": item_embeddings("Origin", encoder)}
+    embeddings = {"origin": _origin_embeddings(workdir, encoder, texts, diag)}
     # E_ref of the true prompts, shared by rows. G-DPO's reference must come from the exact path
     # the policy trains on: when encode() ran the bfloat16 copy, G-DPO encodes its own.
     exact = encoder.fast_check["encode_dtype"] == encoder.identity["dtype"]
     reference = dict(zip(texts, embeddings["origin"])) if exact else None
     lists, cooc, cooc_metrics = city_signals(items, interactions, neg_cfg)
     diag["cooccurrence"] = {"pairs": 0 if cooc is None else cooc.height, "cities": len(cooc_metrics)}
-    rewards: dict[tuple[str, str], object] = {}
-
+    run = _LadderRun(items, lists, cooc, encoder, enc_cfg, gcfg, r_cfg, p_cfg, texts, reference, workdir, diag)
     for row in rows:
-        if row.reward is None:
-            continue
-        key = (row.reward, row.negatives)
-        if key not in rewards:
-            rewards[key] = fit_reward(items, lists, encoder, replace(r_cfg, mode=row.reward, negatives=row.negatives),
-                                      workdir=workdir / f"reward_{row.reward}_{row.negatives}")
-            diag.setdefault("prompt_dedupe", {})[row.negatives] = rewards[key].dedupe
-        rstage = rewards[key]
-        stage = fit_gdpo(items, cooc if row.use_dc else None, encoder, rstage.model, replace(gcfg, lam=row.lam),
-                         replace(p_cfg, use_dc=row.use_dc), workdir=workdir / "gdpo", reward_source=row.reward_source,
-                         reference_embeddings=reference)
-        info: dict = {"reward": rstage.metrics, "pairs": stage.pairs.height,
-                      "pairs_dc": int((stage.pairs["source"] == "dc").sum()), "gdpo": stage.result.metrics,
-                      "reward_source": row.reward_source, "oracle": stage.oracle, "run_key": stage.run_key}
-        diag["rows"].setdefault(row.name, {}).update(info)
-        emb_path = workdir / f"emb_{_slug(row.name)}-{stage.run_key}.safetensors"
-        if emb_path.is_file():
-            embeddings[row.name] = _load_array(emb_path)
-        else:
-            embeddings[row.name] = load_aligned_encoder(enc_cfg, stage.adapter).encode(texts)
-            _save_array(emb_path, embeddings[row.name])
-        log.info("ladder row %s done", row.name)
+        if row.reward is not None:
+            embeddings[row.name] = _run_row(run, row)
 
     group_col = "city_key" if "city_key" in items.columns else None
     report = alignment_report(embeddings, items, seed=seed, max_queries=max_queries, group_col=group_col)
-    table = report.table.filter(pl.col("scope") == "overall").drop("scope")
-    table = table.with_columns(pl.col("variant").replace("origin", "Origin"))
-    held = {name: info["gdpo"].get("heldout_headroom_closed_best") for name, info in diag["rows"].items()
-            if "gdpo" in info}
-    table = table.with_columns(pl.col("variant").replace_strict(held, default=None, return_dtype=pl.Float64)
-                               .alias("heldout_score"))
+    table = _ladder_table(report, diag)
     (workdir / "diagnostics.json").write_text(json.dumps(diag, indent=1, default=str))
     return table, diag

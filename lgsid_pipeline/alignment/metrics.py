@@ -192,6 +192,66 @@ def geography_at_k(embedding: np.ndarray, origin: np.ndarray, items: pl.DataFram
     return {key: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for key, v in per_q.items()}
 
 
+def _groups(items: pl.DataFrame, group_col: str | None) -> tuple[np.ndarray, list[str], list[np.ndarray]]:
+    """Each item's group index, the group names and each group's members (none without
+    ``group_col``); groups by one sort, not one scan per group: O(N log N) at any number of cities."""
+    group_of = np.zeros(items.height, dtype=np.int64)
+    names: list[str] = []
+    members_of: list[np.ndarray] = []
+    if group_col:
+        uniq, group_of = np.unique(items[group_col].cast(pl.Utf8).fill_null("").to_numpy().astype(str),
+                                   return_inverse=True)
+        order = np.argsort(group_of, kind="stable")
+        bounds = np.searchsorted(group_of[order], np.arange(len(uniq) + 1))
+        names = [str(g) for g in uniq]
+        members_of = [order[bounds[i]:bounds[i + 1]] for i in range(len(uniq))]
+    return group_of, names, members_of
+
+
+def _queries(n: int, max_queries: int | None, group_col: str | None, queries_floor: int, names: list[str],
+             members_of: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, dict[str, int] | None]:
+    """The query items (sorted) and, with a per-group floor, the budget's allocation to groups."""
+    queries = np.arange(n)
+    allocation: dict[str, int] | None = None
+    if max_queries is not None and max_queries < n:
+        if group_col and queries_floor > 0:
+            allocation = allocate({g: m.size for g, m in zip(names, members_of)}, max_queries, queries_floor)
+            picked = [rng.choice(m, size=allocation[g], replace=False) for g, m in zip(names, members_of)
+                      if allocation[g]]
+            queries = np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+        else:
+            queries = np.sort(rng.choice(n, size=max_queries, replace=False))
+    return queries, allocation
+
+
+def _variant_rows(name: str, emb: np.ndarray, origin_n: np.ndarray, queries: np.ndarray, codes: dict,
+                  ks: tuple[int, ...], scopes: list[tuple[str, np.ndarray, np.ndarray]], *, seed: int,
+                  max_clusters: int, nmi_max_items: int) -> list[dict]:
+    """One variant's table rows, one per scope: the K-metrics over the scope's queries and NMI
+    over (a seeded sample of at most ``nmi_max_items`` of) its items."""
+    rows = []
+    per_q = _per_query(emb, origin_n, queries, codes, ks)
+    emb_n = l2_normalise(emb)
+    for scope, members, in_scope in scopes:
+        row: dict[str, object] = {
+            "variant": name, "scope": scope, "n_items": int(members.size),
+            "n_queries": int(in_scope.sum()),
+        }
+        for key, vals in per_q.items():
+            v = vals[in_scope]
+            v = v[~np.isnan(v)]
+            row[key] = float(v.mean()) if v.size else float("nan")
+        sample = members
+        if sample.size > nmi_max_items:
+            sample = np.sort(
+                np.random.default_rng(seed).choice(sample, nmi_max_items, replace=False)
+            )
+        for _, col in LEVELS:
+            row[f"nmi_{col}"] = _nmi(emb_n[sample], codes[col][sample], seed, max_clusters)
+        rows.append(row)
+    return rows
+
+
 def alignment_report(
     embeddings: dict[str, np.ndarray],
     items: pl.DataFrame,
@@ -229,27 +289,8 @@ def alignment_report(
     origin_n = l2_normalise(embs[origin_key])
     codes = {col: _codes(items, col) for _, col in LEVELS}
     rng = np.random.default_rng(seed)
-    # groups by one sort, not one scan per group: O(N log N) at any number of cities
-    group_of = np.zeros(n, dtype=np.int64)
-    names: list[str] = []
-    members_of: list[np.ndarray] = []
-    if group_col:
-        uniq, group_of = np.unique(items[group_col].cast(pl.Utf8).fill_null("").to_numpy().astype(str),
-                                   return_inverse=True)
-        order = np.argsort(group_of, kind="stable")
-        bounds = np.searchsorted(group_of[order], np.arange(len(uniq) + 1))
-        names = [str(g) for g in uniq]
-        members_of = [order[bounds[i]:bounds[i + 1]] for i in range(len(uniq))]
-    queries = np.arange(n)
-    allocation: dict[str, int] | None = None
-    if max_queries is not None and max_queries < n:
-        if group_col and queries_floor > 0:
-            allocation = allocate({g: m.size for g, m in zip(names, members_of)}, max_queries, queries_floor)
-            picked = [rng.choice(m, size=allocation[g], replace=False) for g, m in zip(names, members_of)
-                      if allocation[g]]
-            queries = np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
-        else:
-            queries = np.sort(rng.choice(n, size=max_queries, replace=False))
+    group_of, names, members_of = _groups(items, group_col)
+    queries, allocation = _queries(n, max_queries, group_col, queries_floor, names, members_of, rng)
 
     scopes: list[tuple[str, np.ndarray, np.ndarray]] = [("overall", np.arange(n), np.ones(queries.size, bool))]
     query_group = group_of[queries]
@@ -258,25 +299,8 @@ def alignment_report(
 
     rows = []
     for name, emb in embs.items():
-        per_q = _per_query(emb, origin_n, queries, codes, ks)
-        emb_n = l2_normalise(emb)
-        for scope, members, in_scope in scopes:
-            row: dict[str, object] = {
-                "variant": name, "scope": scope, "n_items": int(members.size),
-                "n_queries": int(in_scope.sum()),
-            }
-            for key, vals in per_q.items():
-                v = vals[in_scope]
-                v = v[~np.isnan(v)]
-                row[key] = float(v.mean()) if v.size else float("nan")
-            sample = members
-            if sample.size > nmi_max_items:
-                sample = np.sort(
-                    np.random.default_rng(seed).choice(sample, nmi_max_items, replace=False)
-                )
-            for _, col in LEVELS:
-                row[f"nmi_{col}"] = _nmi(emb_n[sample], codes[col][sample], seed, max_clusters)
-            rows.append(row)
+        rows += _variant_rows(name, emb, origin_n, queries, codes, ks, scopes, seed=seed,
+                              max_clusters=max_clusters, nmi_max_items=nmi_max_items)
     order = ["variant", "scope", "n_items", "n_queries"]
     order += [f"top@{k}" for k in ks]
     order += [f"{s}@{k}" for s, _ in LEVELS for k in ks]

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lgsid_pipeline.alignment import negatives
+from lgsid_pipeline.alignment import city_lists
 from lgsid_pipeline.train_state import (
     atomic_save_tensors,
     atomic_write_text,
@@ -62,8 +62,9 @@ BATCH_SIZE = 64
 # -- data -------------------------------------------------------------------------------------
 
 def soft_labels(ranks: torch.Tensor, k: int) -> torch.Tensor:
-    """Eq. 3 (:func:`lgsid_pipeline.alignment.negatives.soft_labels`) as float32 for R's training tensors."""
-    return negatives.soft_labels(ranks, k).to(torch.float32)
+    """The distance soft labels (:func:`lgsid_pipeline.alignment.city_lists.soft_labels`, K = the
+    common list length) as float32 for R's training tensors."""
+    return city_lists.soft_labels(ranks, k).to(torch.float32)
 
 
 def common_list_length(prompts_df: pl.DataFrame, keep_share: float = 0.9) -> int:
@@ -89,8 +90,8 @@ def encode_prompt_lists(encoder, prompts_df: pl.DataFrame,
     ``prompts_df`` has one row per (anchor_id, rank) with rank 0 the anchor's true prompt and
     ranks 1..K the mismatched prompts near->far. With ``k`` given, each list is cut to its ``k``
     nearest negatives; anchors whose list is shorter (fewer negatives than ``k``, or than the
-    longest list when ``k`` is None, e.g. in a tiny city) are dropped. Labels follow Eq. 3 and
-    are recomputed from ``rank``.
+    longest list when ``k`` is None, e.g. in a tiny city) are dropped. Labels are
+    :func:`soft_labels` of ``rank``, recomputed here.
     """
     missing = {"anchor_id", "rank", "prompt"} - set(prompts_df.columns)
     if missing:
@@ -206,6 +207,77 @@ def _split(a: int, holdout_frac: float, seed: int) -> tuple[torch.Tensor, torch.
     return perm[n_hold:], perm[:n_hold]
 
 
+def _check_lists(E: torch.Tensor, labels: torch.Tensor, mode: str) -> None:
+    """Refuse prompt-list tensors R cannot train on."""
+    if E.ndim != 3:
+        raise ValueError(f"E must be (anchors, K+1, d), got shape {tuple(E.shape)}")
+    if labels.shape != E.shape[:2]:
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match E {tuple(E.shape[:2])}")
+    if E.shape[1] < 2:
+        raise ValueError("each list needs the true location and at least one mismatched location")
+    if mode not in ("listwise", "pointwise"):
+        raise ValueError(f"mode must be listwise|pointwise, got {mode!r}")
+    if not torch.isfinite(E).all():
+        raise ValueError("E contains non-finite values")
+
+
+def _resume(ckpt: Path | None, model: RewardModel, opt: torch.optim.Optimizer,
+            signature: dict) -> tuple[int, int, list[dict]]:
+    """(start epoch, step, history) from the checkpoint in ``ckpt`` (model and optimizer restored),
+    or a fresh start."""
+    if ckpt is None or (state := load_checkpoint(ckpt)) is None:
+        return 0, 0, []
+    model_t, opt_t, meta = state
+    if meta.get("signature") != signature:
+        raise ValueError(f"checkpoint in {ckpt} was written for different data/settings: "
+                         f"{meta.get('signature')} != {signature}")
+    model.load_state_dict(model_t)
+    restore_optimizer(opt, opt_t, meta["optimizer"])
+    return meta["epoch"], meta["step"], meta["history"]
+
+
+def _train_epoch(model: RewardModel, opt: torch.optim.Optimizer, E: torch.Tensor, labels: torch.Tensor,
+                 order: torch.Tensor, g: torch.Generator, *, mode: str, loss: ListwiseLoss,
+                 batch_size: int) -> tuple[float, int, int]:
+    """One pass over ``order`` in batches; returns (summed loss x batch size, anchors seen, steps)."""
+    k1 = E.shape[1]
+    true_slot = labels.argmax(-1)
+    model.train()
+    total, seen, steps = 0.0, 0, 0
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        if mode == "listwise":
+            batch_loss = reward_loss(model(E[idx]), labels[idx], loss)
+        else:
+            rows = torch.arange(len(idx))
+            neg = torch.randint(1, k1, (len(idx),), generator=g)
+            neg = torch.where(neg <= true_slot[idx], neg - 1, neg)  # any slot but the true one
+            scores = model(E[idx])
+            batch_loss = pointwise_loss(scores[rows, true_slot[idx]], scores[rows, neg])
+        opt.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        opt.step()
+        steps += 1
+        total += float(batch_loss.detach()) * len(idx)
+        seen += len(idx)
+    return total, seen, steps
+
+
+def _fit_metrics(model: RewardModel, untrained: RewardModel, E: torch.Tensor, labels: torch.Tensor,
+                 train_idx: torch.Tensor, hold_idx: torch.Tensor, metrics: dict) -> dict:
+    """``metrics`` plus the ranking metrics of R and the untrained MLP on the held-out lists (the
+    training lists when none is held out) and of R on the training lists."""
+    model.eval()
+    eval_idx = hold_idx if len(hold_idx) else train_idx
+    with torch.no_grad():
+        for name, m in (("heldout", model), ("untrained", untrained)):
+            for key, v in ranking_metrics(m(E[eval_idx]), labels[eval_idx]).items():
+                metrics[f"{name}_{key}"] = v
+        for key, v in ranking_metrics(model(E[train_idx]), labels[train_idx]).items():
+            metrics[f"train_{key}"] = v
+    return metrics
+
+
 def train_reward_model(
     E: torch.Tensor,
     labels: torch.Tensor,
@@ -226,16 +298,7 @@ def train_reward_model(
     Resumable: with ``checkpoint_dir`` the state is saved after every epoch and a later call
     with the same arguments continues from the last completed epoch.
     """
-    if E.ndim != 3:
-        raise ValueError(f"E must be (anchors, K+1, d), got shape {tuple(E.shape)}")
-    if labels.shape != E.shape[:2]:
-        raise ValueError(f"labels shape {tuple(labels.shape)} does not match E {tuple(E.shape[:2])}")
-    if E.shape[1] < 2:
-        raise ValueError("each list needs the true location and at least one mismatched location")
-    if mode not in ("listwise", "pointwise"):
-        raise ValueError(f"mode must be listwise|pointwise, got {mode!r}")
-    if not torch.isfinite(E).all():
-        raise ValueError("E contains non-finite values")
+    _check_lists(E, labels, mode)
     E, labels = E.float(), labels.float()
     a, k1, d = E.shape
     train_idx, hold_idx = _split(a, holdout_frac, seed)
@@ -246,57 +309,25 @@ def train_reward_model(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     signature = {"a": a, "k1": k1, "d": d, "mode": mode, "loss": loss, "hidden": hidden,
                  "seed": seed, "lr": lr, "batch_size": batch_size, "holdout_frac": holdout_frac}
-    history: list[dict] = []
-    start_epoch, step = 0, 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt is not None and (state := load_checkpoint(ckpt)) is not None:
-        model_t, opt_t, meta = state
-        if meta.get("signature") != signature:
-            raise ValueError(f"checkpoint in {ckpt} was written for different data/settings: "
-                             f"{meta.get('signature')} != {signature}")
-        model.load_state_dict(model_t)
-        restore_optimizer(opt, opt_t, meta["optimizer"])
-        start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
+    start_epoch, step, history = _resume(ckpt, model, opt, signature)
 
     t0 = time.perf_counter()
-    true_slot = labels.argmax(-1)
     for epoch in range(start_epoch, epochs):
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = train_idx[torch.randperm(len(train_idx), generator=g)]
-        model.train()
-        total, seen = 0.0, 0
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            if mode == "listwise":
-                batch_loss = reward_loss(model(E[idx]), labels[idx], loss)
-            else:
-                rows = torch.arange(len(idx))
-                neg = torch.randint(1, k1, (len(idx),), generator=g)
-                neg = torch.where(neg <= true_slot[idx], neg - 1, neg)  # any slot but the true one
-                scores = model(E[idx])
-                batch_loss = pointwise_loss(scores[rows, true_slot[idx]], scores[rows, neg])
-            opt.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            opt.step()
-            step += 1
-            total += float(batch_loss.detach()) * len(idx)
-            seen += len(idx)
+        total, seen, steps = _train_epoch(model, opt, E, labels, order, g, mode=mode, loss=loss,
+                                          batch_size=batch_size)
+        step += steps
         history.append({"epoch": epoch + 1, "loss": total / max(seen, 1)})
         if ckpt is not None:
             save_checkpoint(ckpt, model.state_dict(), opt,
                             {"epoch": epoch + 1, "step": step, "history": history, "signature": signature})
 
-    model.eval()
     metrics: dict = {"n_train": int(len(train_idx)), "n_heldout": int(len(hold_idx)), "k": k1 - 1,
                      "epochs": epochs, "steps": step, "seconds": time.perf_counter() - t0,
                      "mode": mode, "loss": loss}
-    eval_idx = hold_idx if len(hold_idx) else train_idx
-    with torch.no_grad():
-        for name, m in (("heldout", model), ("untrained", untrained)):
-            for key, v in ranking_metrics(m(E[eval_idx]), labels[eval_idx]).items():
-                metrics[f"{name}_{key}"] = v
-        for key, v in ranking_metrics(model(E[train_idx]), labels[train_idx]).items():
-            metrics[f"train_{key}"] = v
+    metrics = _fit_metrics(model, untrained, E, labels, train_idx, hold_idx, metrics)
     return RewardResult(model=model, history=history, metrics=metrics)
 
 
