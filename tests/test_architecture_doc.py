@@ -91,3 +91,16 @@ def test_no_asset_module_imports_another():
                 if node.module.split(".")[1] in asset_modules:
                     offenders.append(f"assets/{name}.py imports {node.module}")
     assert not offenders, offenders
+
+
+def test_every_file_the_data_flow_names_exists():
+    """The data-flow block names modules by file (``assets/data.py``, ``city_lists.py``): each one
+    exists under the core, assets, resources or orchestration, so a move cannot leave it stale."""
+    root = DOC.parents[1]
+    block = DOC.read_text().split("## Data flow", 1)[1].split("```", 2)[1]
+    names = set(re.findall(r"[\w/]+\.py", block))
+    assert len(names) > 20, names
+    files = {str(p.relative_to(root)) for f in ("lgsid_pipeline", "assets", "resources", "orchestration")
+             for p in (root / f).rglob("*.py")}
+    missing = [n for n in sorted(names) if not any(f == n or f.endswith("/" + n) for f in files)]
+    assert not missing, f"docs/ARCHITECTURE.md's data flow names files that do not exist: {missing}"
