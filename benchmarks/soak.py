@@ -10,7 +10,7 @@ Refresh phases (items of ``lgsid_pipeline.world.generator.stream_world(preset, s
    swapped coordinates, empty and duplicated ids, NUL bytes), seeded.
 2. ``validate``: ``catalog.validate_items``; checks valid + quarantined == input rows.
 3. ``delta_write``: every city written as its own partition through the pipeline's Delta type
-   handler (``resources.storage.RetryingDeltaLakePolarsTypeHandler``, a predicate overwrite of
+   handler (``resources.delta_io.RetryingDeltaLakePolarsTypeHandler``, a predicate overwrite of
    that ``city_key``), twice (an initial load, then a refresh of every city).
 4. ``reread``: ``pl.read_delta`` of the table; per-city row counts and ids compared.
 
