@@ -9,8 +9,10 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from lgsid_pipeline.train_state import load_json
+from lgsid_pipeline.tokenizers import registry
 from resources import LgsidHome
+
+manifest_path = registry.manifest_path  # the codebook registry owns it; still importable from here
 
 
 def load_embeddings(home: LgsidHome, variant: str, catalog: pl.DataFrame) -> np.ndarray:
@@ -31,17 +33,9 @@ def load_embeddings_and_versions(home: LgsidHome, variant: str, catalog: pl.Data
     return np.asarray(joined["embedding"].to_list(), dtype=np.float32), versions
 
 
-def manifest_path(home: LgsidHome):
-    current = home.current("sid_codebook")
-    return None if current is None else current / "manifest.json"
-
-
 def read_manifest(home: LgsidHome) -> dict | None:
-    path = manifest_path(home)
-    if path is None or not path.exists():
-        return None
+    """:func:`lgsid_pipeline.tokenizers.registry.read_manifest`, a damaged manifest as a ``dg.Failure``."""
     try:
-        return load_json(path, "the SID codebook manifest")
-    except ValueError as exc:
-        raise dg.Failure(f"{exc}; the codebook version folder is damaged: re-materialize sid_codebook with "
-                         "refit=True (a new version) or restore the file") from None
+        return registry.read_manifest(home)
+    except registry.CodebookError as exc:
+        raise dg.Failure(str(exc)) from None

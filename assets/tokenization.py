@@ -1,7 +1,6 @@
 """Tokenization assets: versioned SID codebooks fitted over all cities (HGIT = Eq. 9-16, and the
 Res-KMeans / RQ-VAE baselines) and the per-city SID table with stable IDs across refreshes."""
 
-import datetime
 import inspect
 import json
 from typing import Literal
@@ -12,16 +11,15 @@ import polars as pl
 from pydantic import Field
 
 from assets.metadata import Timer, config_json, image
-from assets.reads import load_embeddings_and_versions, manifest_path, read_manifest
+from assets.reads import load_embeddings_and_versions, read_manifest
 from assets.partitions import CITY_BACKFILL, DELTA, TRAINING_POOL, city_partitions, emit, run_cities
-from lgsid_pipeline.train_state import load_json
-from lgsid_pipeline.tokenizers import default_codebook_sizes, load_tokenizer, make_tokenizer
+from lgsid_pipeline.tokenizers import default_codebook_sizes
 from lgsid_pipeline.tokenizers.hgit import ADMIN_COLUMNS, HGITTokenizer
 from lgsid_pipeline.alignment.prompts import build_prompts
-from lgsid_pipeline.tokenizers.dedup import (DEDUP_ORDERS, DEDUP_STRATEGIES, assign_unique, collision_figures, collision_rate,
-                                             dedup_order_key, hub_codes, unique_sids)
-from lgsid_pipeline.tokenizers.diagnostics import (diagnostics_markdown, plot_codebook_usage, plot_coverage,
-                                                   tokenizer_diagnostics)
+from lgsid_pipeline.tokenizers.dedup import DEDUP_ORDERS, DEDUP_STRATEGIES, collision_figures, collision_rate, dedup_order_key
+from lgsid_pipeline.tokenizers.diagnostics import diagnostics_markdown, plot_codebook_usage, plot_coverage
+from lgsid_pipeline.tokenizers.registry import (CodebookError, CodebookSettings, fit_codebook_version, manifest_history,
+                                                next_version, stable_sid_table)
 from resources import EncoderResource, LgsidHome
 
 GROUP = "tokenization"
@@ -89,30 +87,55 @@ class CodebookConfig(dg.Config):
     seed: int = 0
 
 
-def check_embedding_space(name: str, spec: dict, version: str, city: str, encoder_versions: pl.Series) -> None:
-    """New items are coded with the frozen codebook only in the embedding space it was fitted
-    in: their embeddings' encoder version must be the one the manifest records (manifests
-    written before that field existed are not checked)."""
-    fitted = spec.get("encoder_version")
-    if fitted is None:
-        return
-    if encoder_versions.null_count():
-        raise dg.Failure(f"city {city}: {encoder_versions.null_count()} new items have no "
-                         f"{spec['embedding_variant']!r} embedding: materialize item_embeddings for {city} first")
-    other = sorted(set(encoder_versions.to_list()) - {fitted})
-    if other:
-        raise dg.Failure(
-            f"city {city}, method {name}: new items' {spec['embedding_variant']!r} embeddings come from encoder "
-            f"{other}, but codebook {version} was fitted on embeddings from encoder {fitted!r}; coding them with "
-            "the frozen codebook would mix two embedding spaces. Refit the codebook on the current embeddings "
-            "(`lgsid materialize --refit`, or let the refit chain finish)")
+def _checked_default_variant(config: CodebookConfig) -> str:
+    """The variant sid_table ships as its default, after checking the variants and dedup order."""
+    for name in config.variants:
+        if name not in VARIANTS:
+            raise dg.Failure(f"unknown tokenizer variant {name!r}; choose from {list(VARIANTS)}")
+    default_variant = config.default_variant or (
+        DEFAULT_SID_VARIANT if DEFAULT_SID_VARIANT in config.variants else config.variants[0])
+    if default_variant not in config.variants:
+        raise dg.Failure(f"default_variant {default_variant!r} is not among the fitted variants {config.variants}")
+    if config.dedup_order not in DEDUP_ORDERS:
+        raise dg.Failure(f"unknown dedup_order {config.dedup_order!r}; choose from {list(DEDUP_ORDERS)}")
+    return default_variant
 
 
-def manifest_history(home: LgsidHome) -> list[dict]:
-    """Every codebook version's manifest under this home, oldest first (each file parsed once)."""
-    manifests = [load_json(p / "manifest.json", "a SID codebook manifest")
-                 for p in home.artifact_dir("sid_codebook").iterdir() if (p / "manifest.json").exists()]
-    return sorted(manifests, key=lambda m: m["number"])
+def _popularity(home: LgsidHome, catalog: pl.DataFrame, config: CodebookConfig) -> np.ndarray | None:
+    """Visits per catalogue item (user_interactions), when the dedup order or hubs need them."""
+    if not (config.dedup_order == "popularity" or config.hub_share > 0):
+        return None
+    visits = home.read("user_interactions").group_by("item_id").agg(pl.len().alias("n"))
+    return catalog.select("item_id").join(visits, on="item_id", how="left", maintain_order="left")["n"] \
+        .fill_null(0).to_numpy()
+
+
+def _variant_methods(config: CodebookConfig) -> dict[str, tuple[str, dict]]:
+    """Variant name -> (tokenizer method, its hyper-parameters from the config beyond sizes/levels/seed)."""
+    hgit_params = {"w_admin": config.w_admin, "w_geo": config.w_geo, "lambda_reg": config.lambda_reg,
+                   "usage_temperature": config.usage_temperature, "admin_columns": list(config.admin_columns)}
+    out = {}
+    for name in config.variants:
+        method = VARIANTS[name][0]
+        params = {}
+        if method in HGIT_METHODS:
+            params = dict(hgit_params)
+            if method == "hgit":
+                params.update(w_cat=config.w_cat, w_brand=config.w_brand)
+        out[name] = (method, params)
+    return out
+
+
+def _fit_metadata(diags: dict, manifest: dict) -> dict:
+    """The flat per-variant figures sid_codebook reports (recon, collisions, hubs, prompt floor)."""
+    meta = {f"{m}.recon_rel": float(d["recon_rel"]) for m, d in diags.items()}
+    meta.update({f"{m}.collision_rate_before": float(d["collision_rate_before"]) for m, d in diags.items()})
+    meta.update({f"{m}.{k}": v for m, d in diags.items() for k, v in d["collisions"].items()
+                 if k in ("max_digit", "bucket_size_q50", "bucket_size_q90", "bucket_size_q99")})
+    meta.update({f"{m}.hubs": v["hubs"] for m, v in manifest["variants"].items() if "hubs" in v})
+    meta["identical_prompt_share"] = float(manifest["identical_prompt_share"])
+    meta["default_variant"] = manifest["default_variant"]
+    return meta
 
 
 def _no_codebook() -> dg.AssetCheckResult:
@@ -145,90 +168,38 @@ def sid_codebook(context: dg.AssetExecutionContext, config: CodebookConfig, home
     available = set(emb.select("variant").unique().collect()["variant"].to_list())
     n = catalog.height
     sizes = config.codebook_sizes or default_codebook_sizes(n, config.levels)
-    for name in config.variants:
-        if name not in VARIANTS:
-            raise dg.Failure(f"unknown tokenizer variant {name!r}; choose from {list(VARIANTS)}")
-    default_variant = config.default_variant or (
-        DEFAULT_SID_VARIANT if DEFAULT_SID_VARIANT in config.variants else config.variants[0])
-    if default_variant not in config.variants:
-        raise dg.Failure(f"default_variant {default_variant!r} is not among the fitted variants {config.variants}")
-    if config.dedup_order not in DEDUP_ORDERS:
-        raise dg.Failure(f"unknown dedup_order {config.dedup_order!r}; choose from {list(DEDUP_ORDERS)}")
-    popularity = None
-    if config.dedup_order == "popularity" or config.hub_share > 0:
-        visits = home.read("user_interactions").group_by("item_id").agg(pl.len().alias("n"))
-        popularity = catalog.select("item_id").join(visits, on="item_id", how="left", maintain_order="left")["n"] \
-            .fill_null(0).to_numpy()
+    default_variant = _checked_default_variant(config)
+    popularity = _popularity(home, catalog, config)
     order_key = dedup_order_key(catalog, config.dedup_order, popularity)
     prompt_floor = collision_figures(np.zeros((n, 1), dtype=np.int64), prompts=build_prompts(catalog, template=encoder.template()))
-    hgit_params = {"w_admin": config.w_admin, "w_geo": config.w_geo, "lambda_reg": config.lambda_reg,
-                   "usage_temperature": config.usage_temperature, "admin_columns": list(config.admin_columns)}
-    number = (previous["number"] + 1) if previous else 1
-    version = f"v{number}-{datetime.datetime.now(datetime.UTC).strftime('%Y%m%dT%H%M%S')}"
+    number, version = next_version(previous)
     out_dir = home.artifact_dir("sid_codebook", version)
-    diags, variants, assignments = {}, {}, []
-    for name in config.variants:
-        method, emb_variant = VARIANTS[name]
+
+    def embeddings(name: str) -> tuple[np.ndarray, list[str], str]:
+        emb_variant = VARIANTS[name][1]
         if emb_variant not in available:
             context.log.warning(f"{name}: no {emb_variant!r} embeddings, using origin")
             emb_variant = "origin"
-        X, enc_versions = load_embeddings_and_versions(home, emb_variant, catalog)
-        if len(enc_versions) > 1:
-            raise dg.Failure(f"{name}: the {emb_variant!r} item embeddings come from {len(enc_versions)} encoder "
-                             f"versions {enc_versions} (some cities still hold embeddings from an older adapter); "
-                             "re-materialize item_embeddings for every city before fitting a codebook "
-                             "(`lgsid materialize --refit` does, in order)")
-        params = {}
-        if method in HGIT_METHODS:
-            params = dict(hgit_params)
-            if method == "hgit":
-                params.update(w_cat=config.w_cat, w_brand=config.w_brand)
-        tok = make_tokenizer(method, codebook_sizes=list(sizes), levels=config.levels, seed=config.seed, **params)
-        with timer(f"fit_{name}"):
-            codes = tok.fit(X, catalog).transform(X, catalog)
-        sid_codes, hubs = hub_codes(codes, popularity, config.hub_share) if config.hub_share > 0 else (codes, None)
-        sids, info = unique_sids(sid_codes, config.dedup, tokenizer=tok, X=X, items=catalog, order_key=order_key)
-        if hubs is not None:
-            info["hubs"] = int(hubs.size)
-        tok.save(out_dir / name)
-        # the tokenizer's own codes describe its codebooks; the SIDs carry the hub codes
-        diags[name] = tokenizer_diagnostics(tok, X, catalog, codes, dedup_codes=sids)
-        figures = collision_figures(sid_codes, sids)
-        diags[name]["collisions"] = figures
-        variants[name] = {"method": method, "embedding_variant": emb_variant,
-                          "encoder_version": enc_versions[0] if enc_versions else None,
-                          **{k: v for k, v in info.items()}, **figures}
-        assignments.append(pl.DataFrame({
-            "item_id": catalog["item_id"], "city_key": catalog["city_key"], "method": name,
-            "sid": pl.Series(sids.tolist(), dtype=pl.List(pl.Int32)),
-            "raw_codes": pl.Series(sid_codes.tolist(), dtype=pl.List(pl.Int32)),
-        }))
-    pl.concat(assignments).write_parquet(out_dir / "assignments.parquet")
-    manifest = {"version": version, "number": number, "variants": variants, "codebook_sizes": list(sizes),
-                "levels": config.levels, "n_items": n, "dedup": config.dedup, "dedup_order": config.dedup_order,
-                "hub_share": config.hub_share, "seed": config.seed, "default_variant": default_variant,
-                "fitted_on": "every item of the catalogue (all cities)",
-                "identical_prompt_share": prompt_floor["identical_prompt_share"],
-                "coverage_q90": {m: [lv["coverage"]["q90"] for lv in d["per_level"]] for m, d in diags.items()},
-                "dead_codes": {m: [lv["dead"] for lv in d["per_level"]] for m, d in diags.items()},
-                "collision_rate_before": {m: d["collision_rate_before"] for m, d in diags.items()}}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        return (*load_embeddings_and_versions(home, emb_variant, catalog), emb_variant)
+
+    settings = CodebookSettings(codebook_sizes=list(sizes), levels=config.levels, seed=config.seed,
+                                dedup=config.dedup, dedup_order=config.dedup_order, hub_share=config.hub_share,
+                                default_variant=default_variant)
+    try:
+        manifest, diags = fit_codebook_version(
+            out_dir, number, version, catalog, _variant_methods(config), embeddings, settings, popularity=popularity,
+            order_key=order_key, identical_prompt_share=prompt_floor["identical_prompt_share"], timed=timer)
+    except CodebookError as exc:
+        raise dg.Failure(str(exc)) from None
     home.publish("sid_codebook", out_dir)
     plots = home.artifact_dir("plots")
     cov = plot_coverage(diags, plots / "token_coverage.png")
     use = plot_codebook_usage(diags, plots / "codebook_usage.png")
-    meta = {f"{m}.recon_rel": float(d["recon_rel"]) for m, d in diags.items()}
-    meta.update({f"{m}.collision_rate_before": float(d["collision_rate_before"]) for m, d in diags.items()})
-    meta.update({f"{m}.{k}": v for m, d in diags.items() for k, v in d["collisions"].items()
-                 if k in ("max_digit", "bucket_size_q50", "bucket_size_q90", "bucket_size_q99")})
-    meta.update({f"{m}.hubs": v["hubs"] for m, v in variants.items() if "hubs" in v})
-    meta["identical_prompt_share"] = float(prompt_floor["identical_prompt_share"])
-    meta["default_variant"] = default_variant
     return dg.MaterializeResult(metadata={
         "version": version, "refit": True, "config": config_json(config), "items": n,
         "codebook_sizes": "x".join(map(str, sizes)), "diagnostics": dg.MetadataValue.md(diagnostics_markdown(diags)),
         "token_coverage": image(cov, "token coverage"), "codebook_usage": image(use, "codebook usage"),
-        "path": dg.MetadataValue.path(str(out_dir)), **meta, **timer.metadata(),
+        "path": dg.MetadataValue.path(str(out_dir)), **_fit_metadata(diags, manifest), **timer.metadata(),
     })
 
 
@@ -289,47 +260,12 @@ def sid_table(context: dg.AssetExecutionContext, item_catalog: pl.DataFrame, hom
     previous_lf = home.scan("sid_table")
     previous = (previous_lf.filter(pl.col("codebook_version") == version).collect()
                 if previous_lf is not None else None)
-    known = {}
-    for name in manifest["variants"]:
-        k = fitted.filter(pl.col("method") == name).select("item_id", "sid")
-        if previous is not None and previous.height:
-            # Items assigned incrementally earlier (in any city) keep their SID.
-            k = pl.concat([k, previous.filter(pl.col("method") == name).select("item_id", "sid")]) \
-                  .unique("item_id", keep="first")
-        known[name] = k
-    by_city = item_catalog.partition_by("city_key", as_dict=True)
-    emb_all, tokenizers = None, {}
-    frames, per_city = [], {}
-    for city in cities:  # in turn: a city's new SIDs are taken before the next city assigns its own
-        catalog = by_city.get((city,), item_catalog.clear()).sort("item_id")
-        meta = {"codebook_version": version}
-        for name, spec in manifest["variants"].items():
-            mine = catalog.select("item_id").join(known[name], on="item_id", how="left")
-            new = catalog.filter(pl.col("item_id").is_in(mine.filter(pl.col("sid").is_null())["item_id"].to_list()))
-            if new.height:
-                if emb_all is None:
-                    emb_all = home.read("item_embeddings", cities)
-                emb = emb_all.filter(pl.col("variant") == spec["embedding_variant"])
-                check_embedding_space(name, spec, version, city,
-                                      new.select("item_id").join(emb, on="item_id", how="left")["encoder_version"])
-                X = np.asarray(new.select("item_id").join(emb, on="item_id", how="left", maintain_order="left")
-                               ["embedding"].to_list(), dtype=np.float32)
-                if name not in tokenizers:
-                    tokenizers[name] = load_tokenizer(cb_dir / name)
-                codes = tokenizers[name].transform(X, new)
-                existing = np.asarray(known[name]["sid"].to_list(), dtype=np.int32).reshape(-1, codes.shape[1] + 1)
-                sids = assign_unique(codes, existing)
-                added = pl.DataFrame({"item_id": new["item_id"],
-                                      "sid": pl.Series(sids.tolist(), dtype=pl.List(pl.Int32))})
-                mine = mine.filter(pl.col("sid").is_not_null()).vstack(added)
-                known[name] = pl.concat([known[name], added])
-            meta[f"{name}.incremental"] = new.height
-            frames.append(mine.with_columns(pl.lit(name).alias("method"), pl.lit(version).alias("codebook_version"),
-                                            pl.col("item_id").is_in(new["item_id"].to_list()).alias("incremental"),
-                                            pl.lit(city).alias("city_key")))
-        per_city[city] = {"dagster/row_count": catalog.height * len(manifest["variants"]), "items": catalog.height,
-                          **meta}
-    out = pl.concat(frames).select("item_id", "method", "codebook_version", "sid", "incremental", "city_key")
+    try:
+        out, figures = stable_sid_table(item_catalog, cities, manifest, fitted, previous, cb_dir,
+                                        lambda: home.read("item_embeddings", cities))
+    except CodebookError as exc:
+        raise dg.Failure(str(exc)) from None
+    per_city = {city: {"dagster/row_count": m["items"] * len(manifest["variants"]), **m} for city, m in figures.items()}
     return emit(context, out, per_city)
 
 

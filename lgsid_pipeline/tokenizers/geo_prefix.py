@@ -23,23 +23,13 @@ import numpy as np
 import polars as pl
 import torch
 
+from lgsid_pipeline.geo import unit_vectors
 from lgsid_pipeline.tokenizers.base import SemanticIdTokenizer, check_embeddings, check_items
 from lgsid_pipeline.tokenizers.codebook_io import require_tensors
-from lgsid_pipeline.tokenizers.hgit import unit_vectors
-from lgsid_pipeline.tokenizers.kmeans import fit_kmeans, group_means, nearest_centre, residual_step, sq_distances
+from lgsid_pipeline.tokenizers.hgit import item_lat_lon
+from lgsid_pipeline.tokenizers.kmeans import group_means, nearest_centre, residual_kmeans, residual_step, sq_distances
 
 MAX_BITS = 26  # per axis: about 0.6 m of latitude
-
-
-def _lat_lon(items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if "lat" not in items.columns or "lon" not in items.columns:
-        n = items.height
-        return np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
-    lat = items["lat"].cast(pl.Float64, strict=False).to_numpy().astype(np.float64)
-    lon = items["lon"].cast(pl.Float64, strict=False).to_numpy().astype(np.float64)
-    ok = np.isfinite(lat) & np.isfinite(lon)
-    unit_vectors(items)  # range check with a row-naming error
-    return np.where(ok, lat, 0.0), np.where(ok, lon, 0.0), ok
 
 
 def geohash_cells(lat: np.ndarray, lon: np.ndarray, bits: int) -> np.ndarray:
@@ -68,8 +58,8 @@ def cell_centres(cells: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _unit(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    la, lo = np.radians(lat), np.radians(lon)
-    return np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=1).astype(np.float32)
+    """:func:`lgsid_pipeline.geo.unit_vectors` as float32 (the cells' search space)."""
+    return unit_vectors(lat, lon).astype(np.float32)
 
 
 class GeoPrefixTokenizer(SemanticIdTokenizer):
@@ -90,7 +80,7 @@ class GeoPrefixTokenizer(SemanticIdTokenizer):
         items = check_items(items, X.shape[0], True, "geo_prefix")
         t0 = time.perf_counter()
         sizes = self._resolve_sizes(X.shape[0])
-        lat, lon, ok = _lat_lon(items)
+        lat, lon, ok = item_lat_lon(items)
         if not ok.any():
             raise ValueError("geo_prefix needs coordinates: every item's lat/lon is null")
         bits, cells = 1, np.unique(geohash_cells(lat[ok], lon[ok], 1))
@@ -107,11 +97,9 @@ class GeoPrefixTokenizer(SemanticIdTokenizer):
         _, R = residual_step(X.copy(), centres[0], z1)  # Eq. 11-12 with the cells as level-1 codes
         codes = np.empty((X.shape[0], self.levels), dtype=np.int32)
         codes[:, 0] = z1
-        for level in range(1, self.levels):
-            C = fit_kmeans(R, sizes[level], seed=self.seed + level, max_samples=self.kmeans_max_samples)
-            z, R = residual_step(R, C)  # Eq. 10-12
-            codes[:, level] = z
-            centres.append(C)
+        more, R = residual_kmeans(R, sizes, range(1, self.levels), seed=self.seed,  # Eq. 10-12 per level
+                                  max_samples=self.kmeans_max_samples, codes=codes)
+        centres += more
         self.centres_ = centres
         self.codes_ = codes
         self.codebook_sizes_ = [int(c.shape[0]) for c in centres]
@@ -121,7 +109,7 @@ class GeoPrefixTokenizer(SemanticIdTokenizer):
         return self
 
     def _cell_codes(self, items: pl.DataFrame) -> np.ndarray:
-        lat, lon, ok = _lat_lon(items)
+        lat, lon, ok = item_lat_lon(items)
         cell = geohash_cells(lat, lon, self.bits_)
         pos = np.searchsorted(self.cells_, cell).clip(max=self.cells_.size - 1)
         z = pos.astype(np.int64)
@@ -141,7 +129,7 @@ class GeoPrefixTokenizer(SemanticIdTokenizer):
             return super().level_distances(X, items, codes, level)
         self._check_fitted()
         items = check_items(items, np.asarray(X).shape[0], True, "geo_prefix")
-        lat, lon, ok = _lat_lon(items)
+        lat, lon, ok = item_lat_lon(items)
         u = _unit(lat, lon)
         u[~ok] = self.cell_units_.mean(0)
         # the item's own cell first (a point can lie nearer another cell's centre than its

@@ -46,10 +46,14 @@ import numpy as np
 import polars as pl
 import torch
 
+from lgsid_pipeline.geo import out_of_range
 from lgsid_pipeline.geo import unit_vectors as geo_unit_vectors
 from lgsid_pipeline.tokenizers.base import SemanticIdTokenizer, check_embeddings, check_items
 from lgsid_pipeline.tokenizers.codebook_io import require_tensors
-from lgsid_pipeline.tokenizers.kmeans import fit_kmeans, group_means, nearest_centre, residual_step, sq_distances
+# the Eq. 10-16 training terms; imported here so ``hgit.hgit_loss`` etc. stay where they were
+from lgsid_pipeline.tokenizers.hgit_loss import hgit_loss, quantise_residual, usage_kl
+from lgsid_pipeline.tokenizers.kmeans import (fit_kmeans, group_means, nearest_centre, residual_kmeans, residual_step,
+                                              sq_distances)
 
 ADMIN_COLUMNS = ("province", "city", "district", "town")
 # Codebooks saved before ``admin_columns`` existed were fitted on these (no ``town``).
@@ -97,19 +101,27 @@ def hierarchical_codes(items: pl.DataFrame, columns: tuple[str, ...], dim: int, 
     return total / math.sqrt(len(columns))
 
 
-def unit_vectors(items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Latitude/longitude as 3-D unit vectors ``(N, 3)`` and the mask of rows that have both."""
+def item_lat_lon(items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lat, lon, ok)`` of the items as float64 (0 where missing) and the mask of rows that
+    have both; a coordinate outside [-90, 90] x [-180, 180] is an error naming its row."""
     n = items.height
     if "lat" not in items.columns or "lon" not in items.columns:
-        return np.zeros((n, 3)), np.zeros(n, dtype=bool)
+        return np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
     lat = items["lat"].cast(pl.Float64, strict=False).to_numpy().astype(np.float64)
     lon = items["lon"].cast(pl.Float64, strict=False).to_numpy().astype(np.float64)
     ok = np.isfinite(lat) & np.isfinite(lon)
-    bad = ok & ((np.abs(lat) > 90) | (np.abs(lon) > 180))
+    bad = ok & out_of_range(lat, lon)
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
         raise ValueError(f"items row {r}: lat={lat[r]}, lon={lon[r]} is outside [-90, 90] x [-180, 180]")
-    u = geo_unit_vectors(np.where(ok, lat, 0.0), np.where(ok, lon, 0.0))
+    return np.where(ok, lat, 0.0), np.where(ok, lon, 0.0), ok
+
+
+def unit_vectors(items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Latitude/longitude as 3-D unit vectors ``(N, 3)`` (``lgsid_pipeline.geo.unit_vectors``;
+    zero rows where a coordinate is missing) and the mask of rows that have both."""
+    lat, lon, ok = item_lat_lon(items)
+    u = geo_unit_vectors(lat, lon)
     u[~ok] = 0.0
     return u, ok
 
@@ -129,41 +141,6 @@ def _mean_sq_norm(A: np.ndarray) -> float:
         b = A[s : s + 65_536].astype(np.float64)
         total += float((b * b).sum())
     return total / max(1, A.shape[0])
-
-
-# --- Eq. 10-16 as named functions: each equation has this one home -----------------------------
-def quantise_residual(R: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                  torch.Tensor]:
-    """One residual level: ``(d2, z, Q, R - Q)``. Eq. 10: ``z = argmin_k |R - mu_k|^2`` (no
-    gradient through the choice); Eq. 11: ``Q = mu_z`` (the gradient reaches the chosen centres);
-    Eq. 12: the next residual ``R - Q``. ``d2`` (the squared distances) feeds Eq. 14."""
-    d2 = sq_distances(R, mu)
-    z = d2.detach().argmin(1)  # Eq. 10
-    # Eq. 11; embedding() is mu[z] with a CPU backward that sums each centre's gradient in a
-    # fixed order (the index_put behind mu[z] adds them in thread order, so a fit on two
-    # threads differed from run to run)
-    Q = torch.nn.functional.embedding(z, mu)
-    return d2, z, Q, R - Q  # Eq. 12
-
-
-def usage_kl(d2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Eq. 14-15: the batch's soft usage of each centre, ``p_k = mean_i softmax_k(-d2_ik / (T s))``
-    with ``s`` the batch's mean nearest squared distance (so ``T`` does not depend on the scale
-    of the embeddings), and its KL divergence from the uniform usage, ``sum_k p_k log(K p_k)``:
-    0 when every centre is used equally, ``log K`` when one centre takes every item."""
-    scale = d2.detach().min(1).values.mean().clamp_min(1e-12)
-    p = torch.softmax(-d2 / (temperature * scale), dim=1).mean(0)  # Eq. 14
-    return (p * torch.log(p.clamp_min(1e-12) * d2.shape[1])).sum()  # Eq. 15
-
-
-def hgit_loss(x: torch.Tensor, recon: torch.Tensor, total_var: float, lambda_reg: float,
-              reg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 13 and 16: ``(loss, err)`` with ``err_i = |x_i - x_hat_i|^2`` (Eq. 13, per item) and
-    ``loss = mean(err) / total_var + lambda_reg * reg`` (Eq. 16; ``reg`` the summed Eq. 15 terms
-    of the levels). Dividing by the embeddings' total variance makes ``lambda_reg`` mean the same
-    on any encoder."""
-    err = ((x - recon) ** 2).sum(1)  # Eq. 13
-    return err.mean() / total_var + lambda_reg * reg, err  # Eq. 16
 
 
 class HGITTokenizer(SemanticIdTokenizer):
@@ -275,11 +252,8 @@ class HGITTokenizer(SemanticIdTokenizer):
 
         # Layers >= 2: k-means initialisation on the residuals (Eq. 10-12, seeded per level).
         _, R = residual_step(X.copy(), mu1, z1)
-        centres = [mu1]
-        for level in range(1, self.levels):
-            C = fit_kmeans(R, sizes[level], seed=self.seed + level, max_samples=self.kmeans_max_samples)
-            _, R = residual_step(R, C)
-            centres.append(C)
+        more, R = residual_kmeans(R, sizes, range(1, self.levels), seed=self.seed, max_samples=self.kmeans_max_samples)
+        centres = [mu1] + more
         init_mse = _mean_sq_norm(R)
         del R
 
@@ -435,14 +409,9 @@ class HGITGeoLastTokenizer(HGITTokenizer):
         if not np.any(G):
             raise ValueError("HGIT (geo last) needs lat/lon or admin columns (province/city/district/town); "
                              "every one of them is null in items (or w_geo and w_admin are 0)")
-        R = X.copy()
-        centres = []
         codes = np.empty((n, self.levels), dtype=np.int32)
-        for level in range(self.levels - 1):
-            C = fit_kmeans(R, sizes[level], seed=self.seed + level, max_samples=self.kmeans_max_samples)
-            z, R = residual_step(R, C)  # Eq. 10-12
-            codes[:, level] = z
-            centres.append(C)
+        centres, R = residual_kmeans(X.copy(), sizes, range(self.levels - 1), seed=self.seed,  # Eq. 10-12
+                                     max_samples=self.kmeans_max_samples, codes=codes)
         G_centres = fit_kmeans(G, sizes[-1], seed=self.seed + self.levels - 1, max_samples=self.kmeans_max_samples,
                                algorithm="minibatch", n_init=self.kmeans_n_init)
         zg, _ = nearest_centre(G, G_centres)

@@ -156,6 +156,22 @@ def residual_step(R, C, z=None):
     return z, R
 
 
+def residual_kmeans(R: np.ndarray, sizes: list[int], levels: range, *, seed: int, max_samples: int | None,
+                    max_iter: int = 30, codes: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Res-KMeans over ``levels`` (0-based): at each level a k-means of ``sizes[level]`` codes
+    seeded ``seed + level`` on the current residual, then :func:`residual_step` (Eq. 10-12).
+    Returns the levels' centres and the last residual (``R``, a working copy, is updated in
+    place); ``codes``, when given, receives each level's assignments in its column."""
+    centres = []
+    for level in levels:
+        C = fit_kmeans(R, sizes[level], seed=seed + level, max_samples=max_samples, max_iter=max_iter)
+        z, R = residual_step(R, C)  # Eq. 10-12
+        if codes is not None:
+            codes[:, level] = z
+        centres.append(C)
+    return centres, R
+
+
 def group_means(X: np.ndarray, labels: np.ndarray, k: int, fill: np.ndarray | None = None) -> np.ndarray:
     """Mean of X's rows per label (``(k, d)``); labels with no rows get ``fill`` (default: global mean)."""
     X = np.asarray(X, dtype=np.float32)

@@ -12,7 +12,7 @@ import torch
 
 from lgsid_pipeline.tokenizers.base import SemanticIdTokenizer, check_embeddings
 from lgsid_pipeline.tokenizers.codebook_io import require_tensors
-from lgsid_pipeline.tokenizers.kmeans import fit_kmeans, residual_step
+from lgsid_pipeline.tokenizers.kmeans import residual_kmeans
 
 
 class ResKMeansTokenizer(SemanticIdTokenizer):
@@ -40,14 +40,9 @@ class ResKMeansTokenizer(SemanticIdTokenizer):
         X = check_embeddings(X)
         t0 = time.perf_counter()
         sizes = self._resolve_sizes(X.shape[0])
-        R = X.copy()
-        centres: list[np.ndarray] = []
         codes = np.empty((X.shape[0], len(sizes)), dtype=np.int32)
-        for level, k in enumerate(sizes):
-            C = fit_kmeans(R, k, seed=self.seed + level, max_samples=self.kmeans_max_samples, max_iter=self.kmeans_max_iter)
-            z, R = residual_step(R, C)  # Eq. 10-12
-            codes[:, level] = z
-            centres.append(C)
+        centres, R = residual_kmeans(X.copy(), sizes, range(len(sizes)), seed=self.seed,  # Eq. 10-12 per level
+                                     max_samples=self.kmeans_max_samples, max_iter=self.kmeans_max_iter, codes=codes)
         self.centres_ = centres
         self.codes_ = codes  # assignments of the fitted rows
         self.codebook_sizes_ = [int(c.shape[0]) for c in centres]
