@@ -46,7 +46,7 @@ def test_every_quarantine_reason_is_documented_and_nothing_else():
     """The reason codes in the docs are exactly the codes the checks can emit."""
     code = Path(catalog.__file__).read_text()
     # (code, field, mask, text) check tuples, the wrong_type checks and the verdicts added directly
-    emitted = set(re.findall(r'\("([a-z_0-9]+)", (?:"[a-z_*]+"|col),\s*(?:pl\.|c\.|lat|\(|~|failed)', code))
+    emitted = set(re.findall(r'\("([a-z_0-9]+)", (?:"[a-z_*]+"|col),\s*(?:pl\.|c\.|lat|out_of_range|\(|~|failed)', code))
     emitted |= set(re.findall(r'verdicts\.add\("([a-z_]+)"', code))
     assert {"wrong_type", "unknown_item", "far_from_city", "duplicate_item_id"} <= emitted
     section = _section("## What is quarantined, and why")
