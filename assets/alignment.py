@@ -270,10 +270,12 @@ def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig,
         else:
             raise dg.Failure(f"unknown embedding variant {variant!r}")
         progress = _progress_logger(context, f"encoding {variant}")
-        with timer(f"encode_{variant}"):
-            done = embeddings.embed_variant(current, prompts, existing, variant=variant, version=enc.version,
-                                            identity=enc.identity,
-                                            encode=lambda texts: enc.encode(texts, progress=progress))
+
+        def encode(texts, enc=enc, progress=progress, key=f"encode_{variant}"):
+            with timer(key):  # the encoder only, not the reuse joins
+                return enc.encode(texts, progress=progress)
+        done = embeddings.embed_variant(current, prompts, existing, variant=variant, version=enc.version,
+                                        identity=enc.identity, encode=encode)
         frames.append(done.rows)
         for city in cities:
             counts[city][f"{variant}.encoded"] = done.encoded.get(city, 0)

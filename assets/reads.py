@@ -12,7 +12,6 @@ import polars as pl
 from lgsid_pipeline.tokenizers import registry
 from resources import LgsidHome
 
-manifest_path = registry.manifest_path  # the codebook registry owns it; still importable from here
 
 
 def load_embeddings(home: LgsidHome, variant: str, catalog: pl.DataFrame) -> np.ndarray:

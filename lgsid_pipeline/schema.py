@@ -1,7 +1,7 @@
 """Canonical table schemas shared by every stage of the pipeline.
 
 The item and interaction schemas follow ``../shared/data/README.md`` so the public datasets
-load with one config line; the generator (``world.py``) emits the same columns plus the
+load with one config line; the generator (``world/generator.py``) emits the same columns plus the
 optional ``goods`` / ``top_sellers`` text used by the paper's prompt (Appendix A).
 
 ``city_key`` is the sanitised partition key (see ``partitions.py``); ``city`` keeps the

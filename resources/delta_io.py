@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-# Private Dagster API, used in this one place: DbIOManager is the class dagster_deltalake's own
+# Private Dagster API, the IO manager's only one, used in this one place: DbIOManager is the class dagster_deltalake's own
 # DeltaLakeIOManager.create_io_manager returns, and dagster exports no public equivalent.
 # LgsidDeltaIOManager.create_io_manager builds one with its own DbClient, which no public hook
 # allows. Checked against dagster 1.13.x / dagster-deltalake(-polars) 0.29.x, the versions

@@ -1,4 +1,4 @@
-"""The one private Dagster name the pipeline relies on, ``DbIOManager`` from
+"""The private Dagster name the Delta IO manager relies on, ``DbIOManager`` from
 ``dagster._core.storage.db_io_manager`` (used by ``resources/delta_io.py``). Dagster can move
 or change it in any release; these tests fail at once if it does, instead of the Delta IO
 manager breaking at run time."""

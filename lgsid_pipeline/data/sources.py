@@ -2,7 +2,7 @@
 
 A :class:`SourceSpec` names one of:
 
-- ``generator``: the embedded synthetic local-life world (``world.py``), by preset and seed;
+- ``generator``: the embedded synthetic local-life world (``world/generator.py``), by preset and seed;
 - ``folder``: a folder in the shared schema (``items.parquet`` + ``interactions.parquet``,
   or ``.csv`` / Delta directories of those names), e.g. ``../shared/data/gowalla_nyc``;
 - ``files``: explicit item / interaction files (Parquet, CSV or Delta) with a column mapping;

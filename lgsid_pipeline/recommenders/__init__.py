@@ -6,7 +6,7 @@ Plain Python + polars + numpy + scipy + torch; no orchestration imports.
 from .data import SplitData, item_attribute, next_item_split
 from .dien import DIEN, AUGRUCell, DIENConfig, train_and_evaluate_dien
 from .din import DIN, DINConfig, DiscResult, train_and_evaluate_din
-from .evaluate import EvaluationResult, evaluate_all, plot_results, user_topk
+from .evaluate import EvaluationResult, EvaluationSettings, evaluate_all, plot_results, user_topk
 from .heuristics import HEURISTICS, TopKResult, run_heuristic
 from .metrics import auc, gauc, hit_ndcg, target_ranks, topk_metrics
 from .reachability import reachable_share, reachable_share_per_user
@@ -22,6 +22,7 @@ __all__ = [
     "DINConfig",
     "DiscResult",
     "EvaluationResult",
+    "EvaluationSettings",
     "GenResult",
     "SplitData",
     "TigerConfig",

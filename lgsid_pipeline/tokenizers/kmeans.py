@@ -157,14 +157,15 @@ def residual_step(R, C, z=None):
 
 
 def residual_kmeans(R: np.ndarray, sizes: list[int], levels: range, *, seed: int, max_samples: int | None,
-                    max_iter: int = 30, codes: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+                    max_iter: int | None = None, codes: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Res-KMeans over ``levels`` (0-based): at each level a k-means of ``sizes[level]`` codes
     seeded ``seed + level`` on the current residual, then :func:`residual_step` (Eq. 10-12).
     Returns the levels' centres and the last residual (``R``, a working copy, is updated in
     place); ``codes``, when given, receives each level's assignments in its column."""
     centres = []
     for level in levels:
-        C = fit_kmeans(R, sizes[level], seed=seed + level, max_samples=max_samples, max_iter=max_iter)
+        C = fit_kmeans(R, sizes[level], seed=seed + level, max_samples=max_samples,
+                       **({} if max_iter is None else {"max_iter": max_iter}))  # else fit_kmeans's default
         z, R = residual_step(R, C)  # Eq. 10-12
         if codes is not None:
             codes[:, level] = z

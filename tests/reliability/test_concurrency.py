@@ -4,7 +4,7 @@
   the same city twice.
 - Three processes write different city partitions of fresh tables through the pipeline's
   Delta type handler, released at the same instant (the upstream handler's first write is an unfiltered
-  overwrite, so racing creators used to wipe each other's cities; ``resources.storage``
+  overwrite, so racing creators used to wipe each other's cities; ``resources.delta_io``
   creates the table first and retries commit conflicts).
 """
 
