@@ -6,6 +6,7 @@ Usage:
         [--dedup-order item_id|spatial|popularity] [--local-km 5] [--din-epochs 3]
         [--cache DIR] [--encoder DIR] [--codebook-size K] [--threads 2] [--jobs 2]
         [--template paper|coordinates] [--instruction] [--paired-seeds] [--dry-run] [--hub-share 0.01]
+        [--device cpu|cuda] [--origin-npy FILE.npy]
 
 What it does, in order:
 
@@ -154,6 +155,18 @@ def origin_embeddings(prompts: list[str], cache: Path, encoder: str | None, dtyp
     return X
 
 
+def precomputed_embeddings(path: Path, n_items: int) -> np.ndarray:
+    """Origin embeddings saved earlier (e.g. this command's own ``--cache`` file), one float row
+    per ranked item in the split's order, for a machine without the encoder; no model is loaded."""
+    X = np.load(path)
+    if X.ndim != 2 or X.shape[0] != n_items or not np.issubdtype(X.dtype, np.floating):
+        raise SystemExit(f"error: --origin-npy {path} holds {X.dtype} {X.shape}; "
+                         f"expected a float (n_items={n_items}, dim) array")
+    if not np.isfinite(X).all():
+        raise SystemExit(f"error: --origin-npy {path} has non-finite values (row {int(np.argwhere(~np.isfinite(X))[0, 0])})")
+    return X.astype(np.float32, copy=False)
+
+
 def aligned_embeddings(path: Path, ranked: pl.DataFrame) -> np.ndarray:
     emb = pl.read_parquet(path).select(pl.col("item_id").cast(pl.Utf8), "embedding")
     joined = ranked.select("item_id").join(emb, on="item_id", how="left", maintain_order="left")
@@ -213,6 +226,10 @@ def prefix_labels(sids: np.ndarray, depth: int) -> np.ndarray:
 
 
 _CTX: dict = {}
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _init_worker(ctx: dict) -> None:
@@ -310,7 +327,10 @@ def _prepare(args: argparse.Namespace) -> dict:
     template = prompt_template(args.template, args.instruction)
     prompts = build_prompts(ranked, template=template)
     specs = [parse_method(m, args.dedup_order) for m in args.methods]
-    X = {"origin": origin_embeddings(prompts, Path(args.cache), args.encoder, args.encoder_dtype)}
+    if args.origin_npy:
+        X = {"origin": precomputed_embeddings(Path(args.origin_npy), len(prompts))}
+    else:
+        X = {"origin": origin_embeddings(prompts, Path(args.cache), args.encoder, args.encoder_dtype)}
     if any(s.embeddings == "aligned" for s in specs):
         if not args.aligned:
             raise SystemExit("error: a ':aligned' method needs --aligned PARQUET (item_id, embedding)")
@@ -416,8 +436,8 @@ def run(args: argparse.Namespace) -> dict:
     d = _prepare(args)
     split, specs, no_airport = d["split"], d["specs"], d["no_airport"]
     tiger_cfg = TigerConfig(epochs=1000, max_steps=args.tiger_steps, max_seconds=None, seed=0,
-                            max_valid_users=args.max_valid_users)
-    din_cfg = DINConfig(epochs=args.din_epochs)
+                            max_valid_users=args.max_valid_users, device=args.device)
+    din_cfg = DINConfig(epochs=args.din_epochs, device=args.device)
     per_user: dict[str, dict[str, list[np.ndarray]]] = {}
     out_methods: dict[str, dict] = {}
 
@@ -470,7 +490,10 @@ def run(args: argparse.Namespace) -> dict:
                      "tokenizer_seed": "codebook_seed + run seed" if args.paired_seeds else "codebook_seed",
                      "local_km": args.local_km, "dedup": "append", "fitted_on": "the ranked (5-core) items",
                      "tiger": {k: v for k, v in tiger_cfg.__dict__.items()}, "threads": args.threads,
-                     "jobs": args.jobs, "prompt_template": args.template, "instruction": args.instruction},
+                     "jobs": args.jobs, "prompt_template": args.template, "instruction": args.instruction,
+                     "device": args.device, "torch": torch.__version__,
+                     "origin_embeddings": (f"{args.origin_npy} (sha256 {_file_sha(Path(args.origin_npy))})"
+                                           if args.origin_npy else "encoded by this run (cached)")},
         "identical_prompt_share": identical,
         "targets_reachability": target_reachability(split, d["lat"], d["lon"]),
         "airport_target_share": float(1 - no_airport.mean()),
@@ -534,6 +557,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--encoder", default=None, help="model directory (default: the bundled all-MiniLM-L6-v2)")
     ap.add_argument("--encoder-dtype", default="float32", choices=("float32", "auto"),
                     help="float32 (default: how the recorded tables were measured) or auto (the pipeline's default)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="where TIGER and DIN train and rank (the runs are keyed by it; cpu: how the recorded "
+                         "2-core tables were measured)")
+    ap.add_argument("--origin-npy", default=None,
+                    help="precomputed origin embeddings (.npy, one row per ranked item in split order), e.g. "
+                         "a --cache file from another machine; the encoder is not loaded")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in all (split across --jobs)")
     ap.add_argument("--jobs", type=int, default=2, help="TIGER/DIN runs in parallel processes")
     ap.add_argument("--runs", default=None,

@@ -186,3 +186,34 @@ def test_a_hubs_method_gives_the_most_visited_items_their_own_first_code(tmp_pat
     assert hubs["collisions"]["hubs"] == int(np.ceil(0.05 * n_ranked)) > 0 and "hubs" not in plain["collisions"]
     assert hubs["collisions"]["codebook_sizes"] == plain["collisions"]["codebook_sizes"]
     assert 0.0 <= hubs["valid"]["hit@10"] <= 1.0
+
+
+def test_precomputed_origin_embeddings_replace_the_encoder_and_the_device_keys_the_runs(tmp_path, monkeypatch):
+    data = tiny_dataset(tmp_path / "tiny")
+    bert = build_tiny_bert(tmp_path / "bert")
+    common = ["--data", str(data), "--tiger-steps", "4", "--din-epochs", "0", "--threads", "1",
+              "--codebook-size", "8", "--jobs", "1", "--runs", str(tmp_path / "runs"),
+              "--methods", "res_kmeans:origin", "--seeds", "0", "--dry-run"]
+    cache = tmp_path / "cache"
+    encoded = sid_shootout.main([*common, "--out", str(tmp_path / "a.json"), "--encoder", str(bert),
+                                 "--cache", str(cache)])
+    (npy,) = cache.glob("origin-*.npy")
+    import lgsid_pipeline.alignment.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "TextEncoder", lambda *a, **k: pytest.fail("the encoder was loaded"))
+    keys = []
+    real_key = sid_shootout._run_key
+    monkeypatch.setattr(sid_shootout, "_run_key", lambda *a: keys.append(real_key(*a)) or keys[-1])
+    given = sid_shootout.main([*common, "--out", str(tmp_path / "b.json"), "--origin-npy", str(npy)])
+    assert given["to_run"] == encoded["to_run"] == [["res_kmeans:origin", 0]]
+    sid_shootout.main([*common, "--out", str(tmp_path / "c.json"), "--origin-npy", str(npy), "--device", "cuda"])
+    assert len(keys) == 2 and keys[0] != keys[1]  # a CUDA run is never mistaken for a saved CPU run
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.load(npy)[:-1])
+    with pytest.raises(SystemExit, match=r"expected a float \(n_items="):
+        sid_shootout.main([*common, "--out", str(tmp_path / "d.json"), "--origin-npy", str(bad)])
+    X = np.load(npy)
+    X[3, 0] = np.nan
+    np.save(bad, X)
+    with pytest.raises(SystemExit, match=r"non-finite values \(row 3\)"):
+        sid_shootout.main([*common, "--out", str(tmp_path / "e.json"), "--origin-npy", str(bad)])
