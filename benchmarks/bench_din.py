@@ -36,7 +36,7 @@ from lgsid_pipeline.recommenders.din import DIN, DINConfig, PrintedDIN, train_an
 
 
 def _table(home: Path, name: str) -> pl.DataFrame:
-    from resources.storage import LgsidHome
+    from resources.home import LgsidHome
 
     return LgsidHome(home=str(home), tables_uri=None).read(name)
 

@@ -302,7 +302,7 @@ def _defs_inputs(args):
     call it on the same options, so they build the same definitions."""
     from resources import EncoderResource
 
-    from resources.storage import parse_storage_options
+    from resources.uris import parse_storage_options
 
     source = _source_from_args(args)
     encoder = None
@@ -759,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from lgsid_pipeline.data.catalog import DataValidationError
-    from resources.storage import DeltaLogError
+    from resources.delta_io import DeltaLogError
 
     try:
         return args.func(args)

@@ -30,7 +30,8 @@ from orchestration.refit import (global_refit_job, refit_chain_sensor, refit_cit
 from orchestration.schedules import weekly_refresh_schedule
 from orchestration.sensors import new_items_sensor
 from resources import DataSource, EncoderResource, LgsidHome, default_home, delta_io_manager
-from resources.storage import default_storage_options, default_tables_uri, normalize_storage_options
+from resources.home import default_tables_uri
+from resources.uris import default_storage_options, normalize_storage_options
 
 
 def source_from_env() -> DataSource:

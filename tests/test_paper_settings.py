@@ -82,7 +82,7 @@ CORE_OF = {
     "assets.signals:NegativesConfig": ["lgsid_pipeline.alignment.stage:NegativeSettings"],
     "assets.signals:CooccurrenceConfig": ["lgsid_pipeline.alignment.cooccurrence:cooccurrence_pairs"],
     "assets.tokenization:CodebookConfig": ["lgsid_pipeline.tokenizers.hgit:HGITTokenizer"],
-    "assets.evaluation:EvaluationConfig": ["lgsid_pipeline.recommenders.evaluate:evaluate_all",
+    "assets.evaluation:EvaluationConfig": ["lgsid_pipeline.recommenders.evaluate:EvaluationSettings",
                                            "lgsid_pipeline.recommenders.data:next_item_split"],
 }
 # Same-named fields that differ on purpose, each with its reason.

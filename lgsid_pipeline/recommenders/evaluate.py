@@ -23,12 +23,11 @@ run, so parallel runs should use a step budget (``max_steps``).
 
 from __future__ import annotations
 
-import inspect
 import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -307,19 +306,6 @@ def evaluate_all(interactions: pl.DataFrame, items: pl.DataFrame, sid_frame: pl.
     tally.model_runs()
     return evaluation_result(scope.split, tally.rows, tally.user_runs, tally.tiger_results, scope.ours,
                              s.reach_km, s.reach_last_n)
-
-
-def _settings_signature(func, settings_cls) -> inspect.Signature:
-    """``func``'s signature with its ``**options`` spelled out as the keyword-only fields of
-    ``settings_cls`` (their defaults), so ``help`` and ``inspect`` show every option."""
-    sig = inspect.signature(func)
-    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-               for f in fields(settings_cls)]
-    return sig.replace(parameters=params)
-
-
-evaluate_all.__signature__ = _settings_signature(evaluate_all, EvaluationSettings)
 
 
 def _with_seed(cfg, seed):

@@ -18,7 +18,7 @@ from local_services import LocalS3, child_env, lgsid_cli, require
 from orchestration.cli import materialize_graph
 from orchestration.definitions import build_defs
 from resources import DataSource, LgsidHome, delta_io_manager
-from resources.storage import normalize_tables_uri, parse_storage_options
+from resources.uris import normalize_tables_uri, parse_storage_options
 
 BUCKET = "lgsid-bucket"
 TABLES_URI = f"s3://{BUCKET}/lgsid-test"

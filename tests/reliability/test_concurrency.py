@@ -118,7 +118,7 @@ def test_racing_first_writes_through_io_manager(tmp_path, child_env, figures):
 def test_retry_helper_classifies_conflicts():
     from deltalake.exceptions import CommitFailedError, DeltaError
 
-    from resources.storage import _is_commit_conflict
+    from resources.delta_io import _is_commit_conflict
 
     assert _is_commit_conflict(CommitFailedError("Failed to commit transaction: 3"))
     assert _is_commit_conflict(DeltaError("Transaction failed: version already exists"))
@@ -133,7 +133,7 @@ def test_commit_conflicts_are_retried_then_succeed(tmp_path, monkeypatch, figure
     from dagster_deltalake.io_manager import TableConnection
     from deltalake.exceptions import CommitFailedError
 
-    from resources.storage import RetryingDeltaLakePolarsTypeHandler
+    from resources.delta_io import RetryingDeltaLakePolarsTypeHandler
 
     real = DeltalakeBaseArrowTypeHandler.handle_output
     calls = {"n": 0}

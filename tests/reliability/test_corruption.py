@@ -189,7 +189,7 @@ def test_a_zero_byte_last_delta_commit_is_refused_on_read_and_on_write(tmp_path,
     from deltalake import DeltaTable, write_deltalake
 
     from resources import LgsidHome
-    from resources.storage import DeltaLogError, RetryingDeltaLakePolarsTypeHandler
+    from resources.delta_io import DeltaLogError, RetryingDeltaLakePolarsTypeHandler
 
     home = LgsidHome(home=str(tmp_path / "home"))
     path = home.table_path("item_catalog")
