@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import sys
 import time
@@ -155,16 +156,18 @@ def origin_embeddings(prompts: list[str], cache: Path, encoder: str | None, dtyp
     return X
 
 
-def precomputed_embeddings(path: Path, n_items: int) -> np.ndarray:
+def precomputed_embeddings(path: Path, n_items: int) -> tuple[np.ndarray, str]:
     """Origin embeddings saved earlier (e.g. this command's own ``--cache`` file), one float row
-    per ranked item in the split's order, for a machine without the encoder; no model is loaded."""
-    X = np.load(path)
+    per ranked item in the split's order, for a machine without the encoder; no model is loaded.
+    Returns them and the file's sha256 (first 16 hex digits), read from the same bytes."""
+    raw = path.read_bytes()
+    X = np.load(io.BytesIO(raw))
     if X.ndim != 2 or X.shape[0] != n_items or not np.issubdtype(X.dtype, np.floating):
         raise SystemExit(f"error: --origin-npy {path} holds {X.dtype} {X.shape}; "
                          f"expected a float (n_items={n_items}, dim) array")
     if not np.isfinite(X).all():
         raise SystemExit(f"error: --origin-npy {path} has non-finite values (row {int(np.argwhere(~np.isfinite(X))[0, 0])})")
-    return X.astype(np.float32, copy=False)
+    return X.astype(np.float32, copy=False), hashlib.sha256(raw).hexdigest()[:16]
 
 
 def aligned_embeddings(path: Path, ranked: pl.DataFrame) -> np.ndarray:
@@ -226,10 +229,6 @@ def prefix_labels(sids: np.ndarray, depth: int) -> np.ndarray:
 
 
 _CTX: dict = {}
-
-
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _init_worker(ctx: dict) -> None:
@@ -328,9 +327,12 @@ def _prepare(args: argparse.Namespace) -> dict:
     prompts = build_prompts(ranked, template=template)
     specs = [parse_method(m, args.dedup_order) for m in args.methods]
     if args.origin_npy:
-        X = {"origin": precomputed_embeddings(Path(args.origin_npy), len(prompts))}
+        origin, sha = precomputed_embeddings(Path(args.origin_npy), len(prompts))
+        origin_source = f"{args.origin_npy} (sha256 {sha})"
     else:
-        X = {"origin": origin_embeddings(prompts, Path(args.cache), args.encoder, args.encoder_dtype)}
+        origin = origin_embeddings(prompts, Path(args.cache), args.encoder, args.encoder_dtype)
+        origin_source = "encoded by this run (cached)"
+    X = {"origin": origin}
     if any(s.embeddings == "aligned" for s in specs):
         if not args.aligned:
             raise SystemExit("error: a ':aligned' method needs --aligned PARQUET (item_id, embedding)")
@@ -344,7 +346,7 @@ def _prepare(args: argparse.Namespace) -> dict:
     cands = local_candidates(split, lat, lon, "test", km=args.local_km)
     return {"split": split, "ranked": ranked, "prompts": prompts, "specs": specs, "X": X, "sizes": sizes,
             "popularity": item_counts(split, "valid"),  # training visits only
-            "lat": lat, "lon": lon, "no_airport": ~np.isin(split.test_target, airports),
+            "origin_source": origin_source, "lat": lat, "lon": lon, "no_airport": ~np.isin(split.test_target, airports),
             "strata": target_strata(split, lat, lon, airports=airports), "cands": cands,
             "eligible": eligible_users(split, cands, "test")}
 
@@ -492,8 +494,7 @@ def run(args: argparse.Namespace) -> dict:
                      "tiger": {k: v for k, v in tiger_cfg.__dict__.items()}, "threads": args.threads,
                      "jobs": args.jobs, "prompt_template": args.template, "instruction": args.instruction,
                      "device": args.device, "torch": torch.__version__,
-                     "origin_embeddings": (f"{args.origin_npy} (sha256 {_file_sha(Path(args.origin_npy))})"
-                                           if args.origin_npy else "encoded by this run (cached)")},
+                     "origin_embeddings": d["origin_source"]},
         "identical_prompt_share": identical,
         "targets_reachability": target_reachability(split, d["lat"], d["lon"]),
         "airport_target_share": float(1 - no_airport.mean()),

@@ -21,6 +21,9 @@ def effective_k(k: int, n_rows: int) -> int:
     return int(max(1, min(int(k), int(n_rows))))
 
 
+KMEANS_MAX_ITER = 30  # Lloyd iterations per fit, for fit_kmeans and residual_kmeans
+
+
 def fit_kmeans(
     X: np.ndarray,
     k: int,
@@ -28,7 +31,7 @@ def fit_kmeans(
     seed: int,
     max_samples: int | None = 131_072,
     algorithm: str = "lloyd",
-    max_iter: int = 30,
+    max_iter: int = KMEANS_MAX_ITER,
     tol: float = 1e-4,
     n_init: int = 1,
     batch_size: int = 4096,
@@ -157,15 +160,14 @@ def residual_step(R, C, z=None):
 
 
 def residual_kmeans(R: np.ndarray, sizes: list[int], levels: range, *, seed: int, max_samples: int | None,
-                    max_iter: int | None = None, codes: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+                    max_iter: int = KMEANS_MAX_ITER, codes: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Res-KMeans over ``levels`` (0-based): at each level a k-means of ``sizes[level]`` codes
     seeded ``seed + level`` on the current residual, then :func:`residual_step` (Eq. 10-12).
     Returns the levels' centres and the last residual (``R``, a working copy, is updated in
     place); ``codes``, when given, receives each level's assignments in its column."""
     centres = []
     for level in levels:
-        C = fit_kmeans(R, sizes[level], seed=seed + level, max_samples=max_samples,
-                       **({} if max_iter is None else {"max_iter": max_iter}))  # else fit_kmeans's default
+        C = fit_kmeans(R, sizes[level], seed=seed + level, max_samples=max_samples, max_iter=max_iter)
         z, R = residual_step(R, C)  # Eq. 10-12
         if codes is not None:
             codes[:, level] = z
